@@ -1,0 +1,28 @@
+# Weak-shot / few-shot segmentation DAG. Thin on purpose: the rules live in
+# workflow/rules/*.smk (one file per method family + common + data + evaluation),
+# the science parameters in params.yaml, the code in the `pipeline` package.
+#
+#   snakemake results/retab_fold0 --cores 2                # default dataset (params.yaml)
+#   snakemake results/camvid/retab_fold0 --cores 2         # any dataset by name
+#   snakemake results/retab_fold0 --cores 8 --resources gpu=2   (target BEFORE --resources)
+
+configfile: "params.yaml"
+
+
+include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+    fold=r"\d+",
+    method=r"[a-z][a-z0-9_]*",
+
+
+include: "workflow/rules/data.smk"
+include: "workflow/rules/evaluation.smk"
+
+
+rule all:
+    input:
+        f"results/baseline_fold{DEFAULT_FOLD}",
+    default_target: True

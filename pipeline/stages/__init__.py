@@ -1,0 +1,1 @@
+"""One module per DAG stage: ``python -m pipeline.stages.NAME --help``."""

@@ -1,0 +1,93 @@
+"""params.yaml loading: overrides, schema validation, one-line errors naming the key."""
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import check_range, deep_merge, load_params, read_params_file, resolve_params, validate_params
+from pipeline.errors import PipelineError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture()
+def raw():
+    return read_params_file(ROOT / "params.yaml")
+
+
+def test_deep_merge_overrides_leaves_and_keeps_siblings():
+    base = {"a": {"b": 1, "c": [1, 2]}, "d": 3}
+    merged = deep_merge(base, {"a": {"b": 5, "c": [9]}})
+    assert merged == {"a": {"b": 5, "c": [9]}, "d": 3}
+    assert base["a"]["b"] == 1  # the input is not mutated
+
+
+def test_shipped_params_validate_for_every_dataset(raw):
+    validate_params(raw)
+    for name in raw["datasets"]:
+        params = resolve_params(raw, name)
+        assert params["data"]["name"] == name
+        assert "overrides" not in params
+
+
+def test_dataset_overrides_apply_only_to_their_dataset(raw):
+    raw = copy.deepcopy(raw)
+    raw.setdefault("overrides", {}).setdefault("camvid", {})["seed"] = 123
+    assert resolve_params(raw, "camvid")["seed"] == 123
+    assert resolve_params(raw, "voc")["seed"] == raw["seed"]
+
+
+def test_mistyped_key_names_the_key(raw):
+    raw = copy.deepcopy(raw)
+    raw["backbone"]["output_strid"] = 8
+    with pytest.raises(PipelineError, match=r"backbone\.output_strid: unknown key"):
+        validate_params(raw)
+
+
+def test_mistyped_key_inside_an_override_is_caught(raw):
+    raw = copy.deepcopy(raw)
+    raw.setdefault("overrides", {})["camvid"] = {"sead": 1}
+    with pytest.raises(PipelineError, match=r"overrides\.camvid -> sead: unknown key"):
+        validate_params(raw)
+
+
+def test_wrong_type_names_the_key(raw):
+    raw = copy.deepcopy(raw)
+    raw["seed"] = "zero"
+    with pytest.raises(PipelineError, match=r"seed: 'zero' is not of type 'integer'"):
+        validate_params(raw)
+
+
+def test_unknown_dataset_is_one_clear_error(raw):
+    with pytest.raises(PipelineError, match="dataset 'kitti' is not defined"):
+        resolve_params(raw, "kitti")
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(PipelineError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_check_range_open_and_closed_bounds():
+    check_range(0.5, "boundary.tau", 0, 1, low_open=True, high_open=True)
+    with pytest.raises(PipelineError, match=r"boundary\.tau = 1 is out of range \(0, 1\)"):
+        check_range(1, "boundary.tau", 0, 1, low_open=True, high_open=True)
+    with pytest.raises(PipelineError, match=r"propagation\.logt = -1"):
+        check_range(-1, "propagation.logt", 0)
+
+
+def test_stage_with_mistyped_params_exits_2_with_one_line(tmp_path, raw):
+    raw = copy.deepcopy(raw)
+    raw["image_labels"]["min_pixel"] = 3
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "labels.json"
+    proc = subprocess.run([sys.executable, "-m", "pipeline.stages.image_labels", "--params", str(bad),
+                           "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "image_labels.min_pixel" in lines[0]
+    assert not out.exists()

@@ -1,0 +1,66 @@
+# Data: the embedded default dataset, image-level labels, PASCAL-5i folds.
+
+
+rule make_embedded:
+    output:
+        directory("data/embedded"),
+    params:
+        **STAGE_PARAMS,
+        embedded=config.get("embedded_data", {}),
+    log:
+        "logs/data/make_embedded.log",
+    benchmark:
+        "benchmarks/out/make_embedded.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.py} -m pipeline.stages.make_embedded --params {params.params_file} --out {output} 2> {log}"
+
+
+rule image_labels:
+    input:
+        root=dataset_root,
+    output:
+        "work/{dataset}/image_labels.json",
+    params:
+        **STAGE_PARAMS,
+        labels=lambda w: section(w.dataset, "image_labels"),
+        data=lambda w: P(w.dataset)["data"],
+    log:
+        "logs/{dataset}/image_labels.log",
+    benchmark:
+        "benchmarks/out/{dataset}/image_labels.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=30,
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.py} -m pipeline.stages.image_labels --params {params.params_file} --dataset {wildcards.dataset} --out {output} 2> {log}"
+
+
+rule make_folds:
+    input:
+        labels="work/{dataset}/image_labels.json",
+    output:
+        "work/{dataset}/folds/fold{fold}.json",
+    params:
+        **STAGE_PARAMS,
+        data=lambda w: P(w.dataset)["data"],
+    log:
+        "logs/{dataset}/make_folds_fold{fold}.log",
+    benchmark:
+        "benchmarks/out/{dataset}/make_folds_fold{fold}.tsv"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.py} -m pipeline.stages.make_folds --params {params.params_file} --dataset {wildcards.dataset} --labels {input.labels} --fold {wildcards.fold} --out {output} 2> {log}"

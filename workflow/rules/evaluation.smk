@@ -1,0 +1,94 @@
+# Evaluation and publishing of results/<dataset>/<method>_fold<k> directories.
+# `results/<method>_fold<k>` is the same directory for the default dataset (params.yaml
+# `dataset`), so the short targets of the README work without naming the dataset.
+
+
+rule predict_background:
+    # The trivial all-background prediction: exercises data -> folds -> evaluate end to end
+    # and is the floor every method must beat.
+    input:
+        root=dataset_root,
+    output:
+        directory("work/{dataset}/baseline/pred_val"),
+    params:
+        **STAGE_PARAMS,
+    log:
+        "logs/{dataset}/predict_background.log",
+    benchmark:
+        "benchmarks/out/{dataset}/predict_background.tsv"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=10,
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.py} -m pipeline.stages.predict_constant --params {params.params_file} --dataset {wildcards.dataset} --split val --out {output} 2> {log}"
+
+
+rule evaluate_baseline:
+    input:
+        pred="work/{dataset}/baseline/pred_val",
+        fold="work/{dataset}/folds/fold{fold}.json",
+    output:
+        "work/{dataset}/fold{fold}/eval/baseline_val.json",
+    params:
+        **STAGE_PARAMS,
+        evaluate=lambda w: section(w.dataset, "evaluate"),
+    log:
+        "logs/{dataset}/evaluate_baseline_fold{fold}.log",
+    benchmark:
+        "benchmarks/out/{dataset}/evaluate_baseline_fold{fold}.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.py} -m pipeline.stages.evaluate --params {params.params_file} --dataset {wildcards.dataset} --split val --pred {input.pred} --fold-file {input.fold} --out {output} 2> {log}"
+
+
+rule result_baseline:
+    input:
+        metrics="work/{dataset}/fold{fold}/eval/baseline_val.json",
+    output:
+        directory("results/{dataset}/baseline_fold{fold}"),
+    params:
+        **STAGE_PARAMS,
+    log:
+        "logs/{dataset}/result_baseline_fold{fold}.log",
+    benchmark:
+        "benchmarks/out/{dataset}/result_baseline_fold{fold}.tsv"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=200,
+        runtime=5,
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.py} -m pipeline.stages.publish --file metrics.json={input.metrics} --out {output} 2> {log}"
+
+
+rule publish_default_dataset:
+    # results/<method>_fold<k> mirrors results/<default dataset>/<method>_fold<k>.
+    input:
+        lambda w: f"results/{DEFAULT_DATASET}/{w.method}_fold{w.fold}",
+    output:
+        directory("results/{method}_fold{fold}"),
+    params:
+        **STAGE_PARAMS,
+    log:
+        "logs/publish_{method}_fold{fold}.log",
+    benchmark:
+        "benchmarks/out/publish_{method}_fold{fold}.tsv"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=200,
+        runtime=5,
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.py} -m pipeline.stages.publish --src {input} --out {output} 2> {log}"
