@@ -20,9 +20,10 @@ wildcard_constraints:
 
 include: "workflow/rules/data.smk"
 include: "workflow/rules/evaluation.smk"
+include: "workflow/rules/retab.smk"
 
 
 rule all:
     input:
-        f"results/baseline_fold{DEFAULT_FOLD}",
+        f"results/retab_fold{DEFAULT_FOLD}",
     default_target: True

@@ -6,6 +6,16 @@ sys.path.insert(0, str(Path(workflow.basedir)))
 
 from pipeline.config import resolve_params, validate_params  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
+from pipeline.layout import (  # noqa: E402
+    AFFINITY_VARIANTS,
+    PSEUDO_SOURCES,
+    SEG_METHODS,
+    fold_of_scope,
+    method_metric_files,
+    pseudo_dir,
+    seg_dir,
+    seg_pred_dir,
+)
 
 try:
     # Validated at workflow start: a mistyped key stops here with one line.
@@ -61,3 +71,78 @@ PARAMS_FILE = write_effective_params(config)
 # part of each job's provenance.
 STAGE_PARAMS = dict(py=PY, params_file=PARAMS_FILE)
 CONDA_ENV = "../../environment.yml"  # for --software-deployment-method conda
+# Torch threads of training/inference jobs (snakemake lowers it to --cores when smaller).
+TRAIN_THREADS = int(config.get("workflow", {}).get("train_threads", 2))
+
+
+# ---- RETAB branch input functions (workflow/rules/retab.smk) ----
+RETAB_METHODS = list(SEG_METHODS)
+
+
+def fold_file_of_scope(wildcards):
+    fold = fold_of_scope(wildcards.scope)
+    return [] if fold is None else f"work/{wildcards.dataset}/folds/fold{fold}.json"
+
+
+def affinity_inputs(wildcards):
+    inputs = {
+        "confident": f"work/{wildcards.dataset}/shared/cam/confident",
+        "labels": f"work/{wildcards.dataset}/image_labels.json",
+    }
+    if wildcards.variant != "cam":
+        inputs["fold"] = fold_file_of_scope(wildcards)
+    if wildcards.variant == "retab":
+        inputs["boundary"] = f"work/{wildcards.dataset}/{wildcards.scope}/boundary/maps"
+    return inputs
+
+
+def affinity_args(wildcards, input):
+    args = f"--variant {wildcards.variant}"
+    if "fold" in input.keys():
+        args += f" --fold-file {input.fold}"
+    if "boundary" in input.keys():
+        args += f" --boundary {input.boundary}"
+    return args
+
+
+def propagate_inputs(wildcards):
+    variant, _ = PSEUDO_SOURCES[wildcards.source]
+    inputs = {
+        "cams": f"work/{wildcards.dataset}/shared/cam/cams",
+        "labels": f"work/{wildcards.dataset}/image_labels.json",
+        "affinity": f"work/{wildcards.dataset}/{wildcards.scope}/affinity/{variant}/model.pt",
+    }
+    if wildcards.source == "retab":
+        inputs["boundary"] = f"work/{wildcards.dataset}/{wildcards.scope}/boundary/maps"
+    return inputs
+
+
+def pseudo_label_inputs(wildcards):
+    inputs = {"labels": f"work/{wildcards.dataset}/image_labels.json"}
+    if wildcards.source == "cam":
+        inputs["scores"] = f"work/{wildcards.dataset}/shared/cam/cams"
+        inputs["cam_eval"] = f"work/{wildcards.dataset}/shared/cam/eval.json"
+    else:
+        inputs["scores"] = f"work/{wildcards.dataset}/{wildcards.scope}/revised/{wildcards.source}"
+    return inputs
+
+
+def seg_inputs(wildcards):
+    source, supervision, _ = SEG_METHODS[wildcards.method]
+    inputs = {"labels": f"work/{wildcards.dataset}/image_labels.json", "root": dataset_root(wildcards)}
+    if source is not None:
+        fold = fold_of_scope(wildcards.scope)
+        inputs["pseudo"] = pseudo_dir(wildcards.dataset, source, fold if fold is not None else 0)
+    if supervision == "mixed":
+        inputs["fold"] = fold_file_of_scope(wildcards)
+    return inputs
+
+
+def seg_args(wildcards, input):
+    _, supervision, _ = SEG_METHODS[wildcards.method]
+    args = f"--supervision {supervision}"
+    if "pseudo" in input.keys():
+        args += f" --pseudo {input.pseudo}"
+    if "fold" in input.keys():
+        args += f" --fold-file {input.fold}"
+    return args
