@@ -14,6 +14,14 @@ from typing import Iterator
 import numpy as np
 
 
+def _umask_mode(base: int) -> int:
+    """``base`` (0o666 files, 0o777 dirs) less the process umask: what open() would give.
+    mkstemp/mkdtemp create owner-only entries, unreadable to a shared cluster's group."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return base & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path next to ``path``; rename onto ``path`` on success."""
@@ -24,6 +32,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, _umask_mode(0o666))
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -38,6 +47,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
     try:
         yield tmp
+        os.chmod(tmp, _umask_mode(0o777))
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

@@ -1,0 +1,150 @@
+"""Weak-shot folds: which classes are novel, and which train images are novel samples.
+
+PASCAL-5i (``novel_classes: pascal5i``): fold i has novel classes 5i+1..5i+5 (4 folds of
+the 20 VOC object classes); the other 15 and background are base classes. A dataset can
+instead list its folds explicitly as class-name lists (``[[pedestrian, bicyclist]]``).
+
+Sample split (PASCAL-5i rule): a train image with any pixel of a novel class is a *novel
+sample* (only its image-level labels are used); every other train image is a *base
+sample* (its pixel labels are used). ``datasets.<name>.novel_min_pixels`` (default 1 =
+the PASCAL-5i rule) raises the bar to "at least that many pixels of one novel class", so
+that tiny far-away instances (CamVid's distant pedestrians) do not turn nearly every image
+into a novel sample. Base samples may then still hold a few novel-class pixels: whoever
+trains on their pixel labels must pass the mask through :func:`mask_novel_pixels`, which
+turns them into ignore, so no novel-class pixel label ever reaches training.
+
+Fold file (stage ``make_folds``)::
+
+    {"fold": k, "dataset": name, "novel_classes": [ids], "base_classes": [ids],
+     "novel_class_names": [...], "base_class_names": [...], "novel_min_pixels": n,
+     "novel_samples": [train ids], "base_samples": [train ids], "counts": {...}}
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+from pipeline.io import read_json
+
+PASCAL5I_FOLDS = 4
+PASCAL5I_CLASSES_PER_FOLD = 5
+FOLD_KEYS = ("fold", "novel_classes", "base_classes", "novel_samples", "base_samples", "counts")
+
+
+def _novel_key(data_cfg: dict) -> str:
+    return f"datasets.{data_cfg.get('name', 'dataset')}.novel_classes"
+
+
+def num_folds(data_cfg: dict) -> int:
+    """Number of folds the dataset defines (4 for pascal5i, else the number of lists)."""
+    spec = data_cfg["novel_classes"]
+    if spec == "pascal5i":
+        return PASCAL5I_FOLDS
+    if isinstance(spec, list) and spec:
+        return len(spec)
+    raise PipelineError(_novel_key(data_cfg), "must be 'pascal5i' or a non-empty list of class-name lists")
+
+
+def novel_classes_for_fold(data_cfg: dict, fold: int) -> list[int]:
+    """Sorted novel class ids of ``fold``; errors name the params key."""
+    key = _novel_key(data_cfg)
+    classes = list(data_cfg["classes"])
+    background = data_cfg.get("background")
+    background_index = classes.index(background) if background in classes else None
+    folds = num_folds(data_cfg)
+    if not 0 <= fold < folds:
+        raise PipelineError(key, f"fold {fold} does not exist (the dataset has folds 0..{folds - 1})")
+    spec = data_cfg["novel_classes"]
+    if spec == "pascal5i":
+        needed = PASCAL5I_FOLDS * PASCAL5I_CLASSES_PER_FOLD + 1
+        if len(classes) != needed or background_index != 0:
+            raise PipelineError(key, f"pascal5i needs {needed} classes with the background first "
+                                f"(this dataset has {len(classes)}); list the folds explicitly instead")
+        first = PASCAL5I_CLASSES_PER_FOLD * fold + 1
+        return list(range(first, first + PASCAL5I_CLASSES_PER_FOLD))
+    names = spec[fold]
+    novel = []
+    for name in names:
+        if name not in classes:
+            raise PipelineError(f"{key}[{fold}]", f"unknown class '{name}' (known: {', '.join(classes)})")
+        index = classes.index(name)
+        if index == background_index:
+            raise PipelineError(f"{key}[{fold}]", f"the background class '{name}' cannot be novel")
+        if index in novel:
+            raise PipelineError(f"{key}[{fold}]", f"class '{name}' is listed twice")
+        novel.append(index)
+    if len(novel) == len(classes):
+        raise PipelineError(f"{key}[{fold}]", "every class is novel: no base classes are left")
+    return sorted(novel)
+
+
+def base_classes_for_fold(data_cfg: dict, fold: int) -> list[int]:
+    """All class ids that are not novel in ``fold`` (background included when there is one)."""
+    novel = set(novel_classes_for_fold(data_cfg, fold))
+    return [c for c in range(len(data_cfg["classes"])) if c not in novel]
+
+
+def split_samples(image_labels: dict[str, list[int]], novel: list[int]) -> tuple[list[str], list[str]]:
+    """(novel_samples, base_samples): ids whose labels hold any novel class, and the rest.
+
+    Order follows ``image_labels`` (insertion order), so the split is deterministic.
+    """
+    novel_set = set(novel)
+    novel_samples, base_samples = [], []
+    for image_id, classes in image_labels.items():
+        (novel_samples if novel_set.intersection(classes) else base_samples).append(image_id)
+    return novel_samples, base_samples
+
+
+def mask_novel_pixels(mask: np.ndarray, novel: list[int], ignore_index: int) -> np.ndarray:
+    """Copy of a base sample's mask with novel-class pixels set to ``ignore_index``.
+
+    Apply it before deriving anything else from a base sample's mask (boundary targets,
+    affinity labels), so nothing learnt from pixel labels depends on where novel objects
+    are. No-op under the PASCAL-5i rule (base samples then hold no novel pixels).
+    """
+    out = mask.copy()
+    out[np.isin(out, novel)] = ignore_index
+    return out
+
+
+def fold_counts(novel_samples: list[str], base_samples: list[str], image_labels: dict[str, list[int]],
+                class_names: list[str], pixel_counts: dict[str, list[int]] | None, novel: list[int]) -> dict:
+    """Counts recorded in the fold file: samples, images per class overall and per subset."""
+    def images_per_class(ids):
+        counts = dict.fromkeys(class_names, 0)
+        for image_id in ids:
+            for c in image_labels[image_id]:
+                counts[class_names[c]] += 1
+        return counts
+
+    counts = {
+        "train_images": len(novel_samples) + len(base_samples),
+        "novel_samples": len(novel_samples),
+        "base_samples": len(base_samples),
+        "images_per_class": images_per_class(novel_samples + base_samples),
+        "images_per_class_in_novel_samples": images_per_class(novel_samples),
+        "images_per_class_in_base_samples": images_per_class(base_samples),
+    }
+    if pixel_counts is not None:
+        # Novel-class pixels that stay in base samples (0 under the PASCAL-5i rule);
+        # training turns them into ignore with mask_novel_pixels.
+        counts["novel_pixels_ignored_in_base_samples"] = int(
+            sum(pixel_counts[i][c] for i in base_samples for c in novel))
+    return counts
+
+
+def load_fold(path: str | os.PathLike) -> dict:
+    """A fold file, structure-checked (errors name the file)."""
+    document = read_json(path)
+    if not isinstance(document, dict):
+        raise PipelineError(path, "fold file must be a JSON object")
+    missing = [k for k in FOLD_KEYS if k not in document]
+    if missing:
+        raise PipelineError(path, f"fold file lacks {', '.join(missing)}")
+    for key in ("novel_classes", "base_classes", "novel_samples", "base_samples"):
+        if not isinstance(document[key], list):
+            raise PipelineError(path, f"'{key}' must be a list")
+    return document
