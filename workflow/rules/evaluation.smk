@@ -34,7 +34,6 @@ rule evaluate_baseline:
         "work/{dataset}/fold{fold}/eval/baseline_val.json",
     params:
         **STAGE_PARAMS,
-        evaluate=lambda w: section(w.dataset, "evaluate"),
     log:
         "logs/{dataset}/evaluate_baseline_fold{fold}.log",
     benchmark:

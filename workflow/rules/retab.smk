@@ -333,7 +333,6 @@ rule evaluate_seg:
         method="|".join(SEG_METHODS),
     params:
         **STAGE_PARAMS,
-        evaluate=lambda w: section(w.dataset, "evaluate"),
     log:
         "logs/{dataset}/fold{fold}/evaluate_{method}_val.log",
     benchmark:
@@ -360,7 +359,6 @@ rule evaluate_pseudo:
         method="|".join(m for m, (source, _, _) in SEG_METHODS.items() if source),
     params:
         **STAGE_PARAMS,
-        evaluate=lambda w: section(w.dataset, "evaluate"),
     log:
         "logs/{dataset}/fold{fold}/evaluate_{method}_pseudo.log",
     benchmark:
