@@ -1,0 +1,276 @@
+"""Dense matrix-power random walk (PSA) vs the sparse step walk, at VOC scale.
+
+    python benchmarks/propagation_benchmark.py [--threads 2] [--json benchmarks/out/propagation.json]
+
+Defaults: a 56 x 56 feature grid (448 px crops at stride 8), 21 channels (background + 20
+classes), radius 5, logt 8, beta 8, alpha 16. Inputs are synthetic but structured: a
+feature map made of random elliptical regions (so affinities are high inside a region and
+low across), foreground CAMs peaked on some regions. Every variant runs the same work,
+from the pair affinities to the walked CAMs (graph/transition construction + walk), in
+float32 as PSA does, in its *own subprocess* with the same thread count (timing runs and
+memory runs are separate subprocesses). Peak memory is the peak RSS of the run (Linux
+VmHWM, reset after the inputs are loaded) minus the RSS at that point: it counts numpy,
+scipy and torch allocations alike (tracemalloc would miss torch's), and the memory run sets
+glibc's ``MALLOC_MMAP_THRESHOLD_`` so that arrays cannot hide in heap pages freed earlier.
+Variants:
+
+* ``dense``        PSA: dense ``A``, ``T = A / A.sum(0)``, ``logt`` squarings, ``cams @ T``;
+* ``sparse-torch`` ``2 ** logt`` CSR x dense steps in torch (MKL), the pipeline default;
+* ``sparse-scipy`` the same steps with scipy's CSR product.
+
+The max abs difference of each variant to the dense result and to a float64 reference
+(sparse walk in float64) is printed with the timings.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+VARIANTS = ("dense", "sparse-torch", "sparse-scipy")
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _proc_status_mib(field: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def start_peak_window() -> tuple[float, str]:
+    """Reset the peak-RSS mark to the current RSS; return (baseline MiB, how it is measured).
+
+    Linux: writing 5 to /proc/self/clear_refs resets VmHWM, so the later peak is the peak
+    of this window only (the imports' own transient peak no longer hides it). Elsewhere
+    the fallback is ru_maxrss, which can under-report growth below an earlier peak.
+    """
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        rss = _proc_status_mib("VmRSS")
+        if rss is not None:
+            return rss, "VmHWM"
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "ru_maxrss"
+
+
+def peak_since_window(how: str) -> float:
+    """Peak RSS (MiB) since :func:`start_peak_window`."""
+    if how == "VmHWM":
+        return _proc_status_mib("VmHWM")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def make_inputs(height: int, width: int, channels: int, radius: int, n_features: int, seed: int):
+    """Structured synthetic inputs: (pair affinities (M,), foreground CAMs (channels-1, H, W))."""
+    import numpy as np
+    import torch
+
+    from pipeline.propagation.affinity import pairwise_affinity
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    region = np.zeros((height, width), dtype=np.int64)
+    n_regions = 8
+    centres_yx = []
+    for r in range(1, n_regions):
+        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+        ry = rng.uniform(min(4.0, height / 4), max(height / 3, 2.0))
+        rx = rng.uniform(min(4.0, width / 4), max(width / 3, 2.0))
+        region[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1] = r
+        centres_yx.append((cy, cx))
+    centres = rng.normal(0, 1.0, size=(n_regions, n_features))
+    feats = centres[region].transpose(2, 0, 1) + rng.normal(0, 0.15, size=(n_features, height, width))
+    with torch.no_grad():
+        aff = pairwise_affinity(torch.from_numpy(feats[None].astype(np.float32)), radius)[0].numpy()
+    fg = np.zeros((channels - 1, height, width), dtype=np.float32)
+    for r, (cy, cx) in enumerate(centres_yx, start=1):
+        c = rng.integers(0, channels - 1)
+        peak = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 40.0)
+        fg[c] = np.maximum(fg[c], (peak * (region == r)).astype(np.float32))
+    fg += rng.uniform(0, 0.1, size=fg.shape).astype(np.float32)
+    fg /= np.maximum(fg.max(axis=(1, 2), keepdims=True), 1e-5)
+    return aff.astype(np.float32), fg
+
+
+def run_variant(variant: str, aff, cams, height: int, width: int, radius: int, beta: float, logt: int):
+    """Graph construction + walk for one variant; returns (walked C x N, build_s, walk_s)."""
+    from pipeline.propagation.random_walk import (
+        dense_affinity_matrix,
+        random_walk_dense,
+        random_walk_sparse,
+        transition_from_affinity,
+    )
+
+    import numpy as np
+
+    start = time.perf_counter()
+    if variant == "dense":
+        a = dense_affinity_matrix(aff, height, width, radius, beta, dtype=np.float32)
+        built = time.perf_counter()
+        out = random_walk_dense(cams, a, logt)
+    else:
+        t = transition_from_affinity(aff, height, width, radius, beta)
+        built = time.perf_counter()
+        out = random_walk_sparse(cams, t, logt, backend=variant.split("-", 1)[1])
+    done = time.perf_counter()
+    return out, built - start, done - built
+
+
+#: glibc serves allocations of at least this size with their own mmap and unmaps them on
+#: free. In the memory run that makes ru_maxrss track live memory: without it, arrays reuse
+#: heap pages freed by the imports and input loading, and a variant's peak can read as 0.
+MMAP_THRESHOLD = 65536
+
+
+def worker(args) -> None:
+    """Subprocess body: load inputs, run one variant, write its result files.
+
+    ``--mode time``: best of ``--repeats`` runs; ``--mode memory``: one run, peak memory.
+    """
+    import numpy as np
+
+    import pipeline.propagation.random_walk  # noqa: F401  (imports happen before the baseline)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    with np.load(args.inputs) as data:
+        aff, cams = data["aff"], data["cams"]
+    baseline, how = start_peak_window()
+    runs = []
+    out = None
+    for _ in range(args.repeats if args.mode == "time" else 1):
+        out, build_s, walk_s = run_variant(args.worker, aff, cams, args.height, args.width,
+                                           args.radius, args.beta, args.logt)
+        runs.append((build_s + walk_s, build_s, walk_s))
+    peak = peak_since_window(how)
+    best = min(runs)
+    np.save(args.result + ".npy", out)
+    Path(args.result + ".json").write_text(json.dumps({
+        "variant": args.worker, "mode": args.mode, "total_s": best[0], "build_s": best[1], "walk_s": best[2],
+        "peak_mem_mib": peak - baseline, "baseline_mib": baseline, "memory_measure": how, "runs": len(runs)}))
+
+
+def spawn(variant: str, mode: str, args, inputs: Path, workdir: Path) -> dict:
+    """Run one variant in a fresh interpreter (same thread count for every variant)."""
+    import numpy as np
+
+    env = dict(os.environ)
+    env.update({name: str(args.threads) for name in THREAD_VARS})
+    if mode == "memory":
+        env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
+    result = workdir / f"{variant}-{mode}"
+    repeats = args.dense_repeats if variant == "dense" else args.repeats
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", variant, "--mode", mode,
+           "--inputs", str(inputs), "--result", str(result), "--threads", str(args.threads),
+           "--repeats", str(repeats), "--height", str(args.height), "--width", str(args.width),
+           "--radius", str(args.radius), "--beta", str(args.beta), "--logt", str(args.logt)]
+    subprocess.run(cmd, check=True, env=env, cwd=REPO_ROOT)
+    info = json.loads(Path(str(result) + ".json").read_text())
+    info["output"] = np.load(str(result) + ".npy")
+    return info
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--height", type=int, default=56)
+    parser.add_argument("--width", type=int, default=56)
+    parser.add_argument("--channels", type=int, default=21, help="background + foreground channels")
+    parser.add_argument("--radius", type=int, default=5)
+    parser.add_argument("--beta", type=float, default=8.0)
+    parser.add_argument("--logt", type=int, default=8)
+    parser.add_argument("--alpha", type=float, default=16.0)
+    parser.add_argument("--features", type=int, default=64, help="feature channels of the synthetic map")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--repeats", type=int, default=3, help="best of this many timed runs per sparse variant")
+    parser.add_argument("--dense-repeats", type=int, default=1,
+                        help="timed runs of the dense variant (~10 s each on 2 cores)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    parser.add_argument("--worker", default=None, choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default="time", choices=("time", "memory"), help=argparse.SUPPRESS)
+    parser.add_argument("--inputs", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return {}
+
+    import numpy as np
+
+    from pipeline.propagation.random_walk import background_channel, random_walk_sparse, transition_from_affinity
+
+    if "dense" not in args.variants:
+        args.variants = ["dense", *args.variants]
+    aff, fg = make_inputs(args.height, args.width, args.channels, args.radius, args.features, args.seed)
+    cams = np.concatenate([background_channel(fg, args.alpha)[None], fg]).astype(np.float32)
+    n = args.height * args.width
+    reference = random_walk_sparse(cams.astype(np.float64),
+                                   transition_from_affinity(aff, args.height, args.width, args.radius, args.beta),
+                                   args.logt)
+    with tempfile.TemporaryDirectory(prefix="propagation-bench-") as tmp:
+        inputs = Path(tmp) / "inputs.npz"
+        np.savez(inputs, aff=aff, cams=cams)
+        results = {}
+        for variant in args.variants:
+            results[variant] = spawn(variant, "time", args, inputs, Path(tmp))
+            memory = spawn(variant, "memory", args, inputs, Path(tmp))
+            results[variant].update(peak_mem_mib=memory["peak_mem_mib"], memory_measure=memory["memory_measure"])
+
+    dense = results["dense"]
+    print(f"\nrandom walk, {args.height}x{args.width} grid (N={n}), {args.channels} channels, radius {args.radius}, "
+          f"{aff.size} pairs, beta {args.beta:g}, logt {args.logt} ({2 ** args.logt} steps), float32, "
+          f"{args.threads} thread(s), best of {args.dense_repeats} dense / {args.repeats} sparse runs")
+    header = (f"{'variant':<13} {'total s':>9} {'build s':>9} {'walk s':>9} {'speedup':>9} "
+              f"{'peak MiB':>9} {'max|d| dense':>13} {'max|d| f64':>11}")
+    print(header)
+    print("-" * len(header))
+    summary = {"config": {k: getattr(args, k) for k in ("height", "width", "channels", "radius", "beta", "logt",
+                                                        "alpha", "threads", "repeats", "dense_repeats")},
+               "pairs": int(aff.size), "variants": {}}
+    for name, info in results.items():
+        diff_dense = float(np.abs(info["output"] - dense["output"]).max())
+        diff_ref = float(np.abs(info["output"] - reference.reshape(info["output"].shape)).max())
+        speedup = dense["total_s"] / info["total_s"]
+        print(f"{name:<13} {info['total_s']:>9.3f} {info['build_s']:>9.3f} {info['walk_s']:>9.3f} {speedup:>8.1f}x "
+              f"{info['peak_mem_mib']:>9.1f} {diff_dense:>13.2e} {diff_ref:>11.2e}")
+        summary["variants"][name] = {k: info[k] for k in ("total_s", "build_s", "walk_s", "peak_mem_mib")}
+        summary["variants"][name].update(speedup_vs_dense=speedup, max_abs_diff_vs_dense=diff_dense,
+                                         max_abs_diff_vs_float64=diff_ref)
+    measure = dense["memory_measure"]
+    print(f"peak MiB: peak RSS ({measure}) minus RSS after loading the inputs, in a separate run of each variant "
+          f"in its own process with MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD} (freed memory is not silently reused); "
+          f"one dense N x N float32 matrix is {n * n * 4 / 2 ** 20:.1f} MiB")
+    print(f"load average at the end (1/5/15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+          f"on {os.cpu_count()} cores: timings of a busy machine are noisy")
+    fast = summary["variants"].get("sparse-torch")
+    if fast:
+        ok_speed = fast["speedup_vs_dense"] >= 20
+        ok_diff = fast["max_abs_diff_vs_dense"] <= 1e-4
+        print(f"sparse-torch vs dense: {fast['speedup_vs_dense']:.1f}x faster (target >= 20x: "
+              f"{'met' if ok_speed else 'NOT met'}), max |diff| {fast['max_abs_diff_vs_dense']:.2e} "
+              f"(target <= 1e-4: {'met' if ok_diff else 'NOT met'})")
+    if args.json:
+        from pipeline.io import write_json
+
+        write_json(args.json, summary)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

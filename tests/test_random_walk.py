@@ -1,0 +1,304 @@
+"""Transition matrices, PSA's random walk and RETAB's two-stage walk (sparse vs dense)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import load_params
+from pipeline.errors import PipelineError
+from pipeline.propagation.affinity import num_pairs, pair_indices, pairwise_affinity
+from pipeline.propagation.random_walk import (
+    affinity_matrix,
+    background_channel,
+    dense_affinity_matrix,
+    psa_random_walk,
+    random_walk_dense,
+    random_walk_sparse,
+    transition_from_affinity,
+    two_stage_edge_masks,
+    two_stage_random_walk,
+    validate_propagation_params,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _random_case(h=12, w=12, channels=4, radius=5, seed=0):
+    """Structured affinities (two regions) and CAMs in [0, 1] on an h x w grid."""
+    gen = torch.Generator().manual_seed(seed)
+    feats = torch.rand(1, 8, h, w, generator=gen) * 0.3
+    feats[:, :, :, w // 2:] += 1.0  # two regions: low affinity across the middle
+    aff = pairwise_affinity(feats, radius)[0].numpy().astype(np.float64)
+    cams = np.random.default_rng(seed).random((channels, h, w))
+    return aff, cams
+
+
+# ---------------------------------------------------------------- hand-worked 1 x 3 grid
+#   pairs (0,1) aff 0.5 and (1,2) aff 0.25, beta 1, self-loops:
+#   A = [[1, .5, 0], [.5, 1, .25], [0, .25, 1]], column sums 1.5, 1.75, 1.25
+#   T = [[2/3, 2/7, 0], [1/3, 4/7, 1/5], [0, 1/7, 4/5]]
+T_1X3 = np.array([[2 / 3, 2 / 7, 0], [1 / 3, 4 / 7, 1 / 5], [0, 1 / 7, 4 / 5]])
+AFF_1X3 = np.array([0.5, 0.25])
+
+
+def test_transition_1x3_by_hand():
+    t = transition_from_affinity(AFF_1X3, 1, 3, 2, beta=1.0)
+    np.testing.assert_allclose(t.toarray(), T_1X3, atol=1e-12)
+    # beta squares the affinities: A01 = .25, A12 = .0625.
+    a = affinity_matrix(AFF_1X3, 1, 3, 2, beta=2.0).toarray()
+    np.testing.assert_allclose(a, [[1, .25, 0], [.25, 1, .0625], [0, .0625, 1]])
+    np.testing.assert_allclose(dense_affinity_matrix(AFF_1X3, 1, 3, 2, beta=2.0), a)
+
+
+@pytest.mark.parametrize("walk", ["sparse", "dense"])
+def test_walk_1x3_by_hand(walk):
+    cams = np.array([[1.0, 0.0, 0.0]])
+    a = dense_affinity_matrix(AFF_1X3, 1, 3, 2, beta=1.0)
+    t = transition_from_affinity(AFF_1X3, 1, 3, 2, beta=1.0)
+
+    def run(logt):
+        return random_walk_sparse(cams, t, logt) if walk == "sparse" else random_walk_dense(cams, a, logt)
+
+    # logt 0: one step = row 0 of T.
+    np.testing.assert_allclose(run(0), [[2 / 3, 2 / 7, 0]], atol=1e-12)
+    # logt 1: two steps, x2_j = sum_i x1_i T_ij = (34/63, 52/147, 2/35).
+    np.testing.assert_allclose(run(1), [[34 / 63, 52 / 147, 2 / 35]], atol=1e-12)
+
+
+def test_transition_column_sums_symmetry_and_nonnegativity():
+    aff, _ = _random_case()
+    a = affinity_matrix(aff, 12, 12, 5, beta=8.0)
+    assert abs(a - a.T).max() == 0  # symmetric without an edge mask
+    np.testing.assert_array_equal(a.diagonal(), np.ones(144))
+    t = transition_from_affinity(aff, 12, 12, 5, beta=8.0)
+    np.testing.assert_allclose(np.asarray(t.sum(axis=0)).ravel(), np.ones(144), atol=1e-12)
+    assert t.min() >= 0
+    # Each pixel has at most the full disc of neighbours plus itself.
+    assert t.nnz == 2 * num_pairs(12, 12, 5) + 144
+
+
+def test_constant_cam_stays_constant():
+    # Column-stochastic T: ones @ T = column sums = ones, for any number of steps.
+    aff, _ = _random_case()
+    t = transition_from_affinity(aff, 12, 12, 5, beta=8.0)
+    out = random_walk_sparse(np.full((1, 12, 12), 0.3), t, 6)
+    np.testing.assert_allclose(out, 0.3, atol=1e-12)
+
+
+@pytest.mark.parametrize("logt", [4, 6, 8])
+def test_sparse_equals_dense_random_12x12(logt):
+    aff, cams = _random_case(seed=logt)
+    a = dense_affinity_matrix(aff, 12, 12, 5, beta=8.0)
+    dense = random_walk_dense(cams, a, logt)
+    t = transition_from_affinity(aff, 12, 12, 5, beta=8.0)
+    for backend in ("torch", "scipy"):
+        sparse = random_walk_sparse(cams, t, logt, backend=backend)
+        assert sparse.shape == cams.shape and sparse.dtype == np.float64
+        np.testing.assert_allclose(sparse, dense, atol=1e-10)
+    # float32 (PSA's precision) stays within 1e-4 of the float64 reference.
+    sparse32 = random_walk_sparse(cams.astype(np.float32), t, logt)
+    assert sparse32.dtype == np.float32
+    assert np.abs(sparse32 - dense).max() <= 1e-4
+
+
+def test_walk_accepts_torch_inputs_and_flat_cams():
+    aff, cams = _random_case()
+    t = transition_from_affinity(torch.from_numpy(aff)[None], 12, 12, 5, beta=8.0)
+    out = random_walk_sparse(torch.from_numpy(cams).reshape(4, -1), t, 4)
+    assert isinstance(out, np.ndarray) and out.shape == (4, 144)
+    np.testing.assert_allclose(out.reshape(4, 12, 12), random_walk_sparse(cams, t, 4))
+
+
+def test_early_stop_tolerance():
+    aff, cams = _random_case()
+    t = transition_from_affinity(aff, 12, 12, 5, beta=2.0)
+    full = random_walk_sparse(cams, t, 12)
+    early = random_walk_sparse(cams, t, 12, tol=1e-10)
+    assert np.abs(full - early).max() < 1e-6
+
+
+def test_psa_random_walk_adds_background_and_matches_manual():
+    aff, cams = _random_case(channels=3)
+    fg = cams / cams.max(axis=(1, 2), keepdims=True)
+    out = psa_random_walk(fg, aff, beta=8, logt=5, alpha=16, radius=5)
+    assert out.shape == (4, 12, 12)
+    manual = np.concatenate([background_channel(fg, 16)[None], fg])
+    t = transition_from_affinity(aff, 12, 12, 5, beta=8)
+    np.testing.assert_allclose(out, random_walk_sparse(manual, t, 5), atol=1e-12)
+    dense = psa_random_walk(fg, aff, beta=8, logt=5, alpha=16, radius=5, method="dense")
+    np.testing.assert_allclose(out, dense, atol=1e-10)
+    # No background class (CamVid): the channels are walked as given.
+    plain = psa_random_walk(fg, aff, beta=8, logt=5, alpha=None, radius=5, with_background=False)
+    assert plain.shape == (3, 12, 12)
+    np.testing.assert_allclose(plain, out[1:], atol=1e-12)
+
+
+def test_background_channel_by_hand():
+    fg = np.array([[[0.5, 1.0, 1.2]], [[0.2, 0.0, 0.0]]])
+    np.testing.assert_allclose(background_channel(fg, 2), [[0.25, 0.0, 0.0]])
+    np.testing.assert_allclose(background_channel(np.zeros((0, 2, 2)), 16), np.ones((2, 2)))
+
+
+# ---------------------------------------------------------------- RETAB two-stage walk
+
+def test_two_stage_edges_2x2_by_hand():
+    # Grid 0 1 / 2 3, pixel 3 is boundary. Pairs: (0,1) (2,3) (1,2) (0,2) (1,3) (0,3).
+    boundary = np.array([[False, False], [False, True]])
+    stage1, stage2 = two_stage_edge_masks(boundary, 2)
+    # Stage 1: both directions among the non-boundary pixels 0, 1, 2 only.
+    np.testing.assert_array_equal(stage1, [[1, 0, 1, 1, 0, 0], [1, 0, 1, 1, 0, 0]])
+    # Stage 2: only edges into pixel 3 (all pairs with pixel 3 are (x, 3): row 0).
+    np.testing.assert_array_equal(stage2, [[0, 1, 0, 0, 1, 1], [0, 0, 0, 0, 0, 0]])
+    a2 = affinity_matrix(np.ones(6), 2, 2, 2, beta=1, edge_mask=stage2).toarray()
+    np.testing.assert_array_equal(a2, [[1, 0, 0, 1], [0, 1, 0, 1], [0, 0, 1, 1], [0, 0, 0, 1]])
+
+
+@pytest.mark.parametrize("method", ["sparse", "dense"])
+def test_two_stage_walk_2x2_by_hand(method):
+    boundary = np.array([[False, False], [False, True]])
+    cams = np.array([[[1.0, 0.0], [0.0, 5.0]]])
+    final, stage1 = two_stage_random_walk(cams, np.ones(6), boundary, beta=1, logt=0, radius=2,
+                                          method=method, return_intermediate=True)
+    # Stage 1 (one step): pixels 0-2 average each other (1/3 each); pixel 3 only has its self-loop.
+    np.testing.assert_allclose(stage1, [[[1 / 3, 1 / 3], [1 / 3, 5.0]]], atol=1e-12)
+    # Stage 2: pixel 3's column holds pixels 0-3 with weight 1/4 each -> (3 * 1/3 + 5) / 4.
+    np.testing.assert_allclose(final, [[[1 / 3, 1 / 3], [1 / 3, 1.5]]], atol=1e-12)
+
+
+def _boundary_band(h=12, w=12):
+    mask = np.zeros((h, w), dtype=bool)
+    mask[:, w // 2 - 1:w // 2 + 1] = True  # a vertical boundary band between the regions
+    mask[2, 2] = True                       # and an isolated boundary pixel
+    return mask
+
+
+@pytest.mark.parametrize("method", ["sparse", "dense"])
+def test_two_stage_freezing_properties(method):
+    aff, cams = _random_case(channels=4)
+    boundary = _boundary_band()
+    final, stage1 = two_stage_random_walk(cams, aff, boundary, beta=8, logt=6, radius=5,
+                                          method=method, return_intermediate=True)
+    # Stage 1 leaves boundary pixels exactly as they were ...
+    np.testing.assert_array_equal(stage1[:, boundary], cams[:, boundary])
+    # ... and does change the interior.
+    assert np.abs(stage1[:, ~boundary] - cams[:, ~boundary]).max() > 1e-3
+    # Stage 2 freezes the non-boundary (confident) pixels exactly ...
+    np.testing.assert_array_equal(final[:, ~boundary], stage1[:, ~boundary])
+    # ... and fills the boundary pixels from their neighbours.
+    assert np.abs(final[:, boundary] - stage1[:, boundary]).max() > 1e-3
+
+
+def test_two_stage_sparse_equals_dense():
+    aff, cams = _random_case(channels=4, seed=3)
+    boundary = _boundary_band()
+    for logt in (4, 8):
+        sparse = two_stage_random_walk(cams, aff, boundary, beta=8, logt=logt, radius=5)
+        dense = two_stage_random_walk(cams, aff, boundary, beta=8, logt=logt, radius=5, method="dense")
+        np.testing.assert_allclose(sparse, dense, atol=1e-10)
+        sparse32 = two_stage_random_walk(cams.astype(np.float32), aff, boundary, beta=8, logt=logt, radius=5)
+        assert np.abs(sparse32 - dense).max() <= 1e-4
+
+
+def test_no_boundary_two_stage_is_single_stage():
+    aff, cams = _random_case()
+    none = np.zeros((12, 12), dtype=bool)
+    two = two_stage_random_walk(cams, aff, none, beta=8, logt=5, radius=5)
+    one = psa_random_walk(cams, aff, beta=8, logt=5, alpha=None, radius=5, with_background=False)
+    np.testing.assert_allclose(two, one, atol=1e-12)
+
+
+def test_stage2_transition_direction():
+    # Column of a non-boundary pixel is a unit vector; a boundary column collects neighbours.
+    aff, _ = _random_case()
+    boundary = _boundary_band()
+    _, stage2 = two_stage_edge_masks(boundary, 5)
+    t = transition_from_affinity(aff, 12, 12, 5, beta=8, edge_mask=stage2).toarray()
+    inner = np.flatnonzero(~boundary.ravel())
+    np.testing.assert_array_equal(t[:, inner], np.eye(144)[:, inner])
+    edge = np.flatnonzero(boundary.ravel())
+    assert ((t[:, edge] > 0).sum(axis=0) > 1).all()
+
+
+# ---------------------------------------------------------------- parameters and shapes
+
+@pytest.mark.parametrize("kwargs,key", [
+    ({"beta": 0}, "propagation.beta"), ({"beta": -1.0}, "propagation.beta"),
+    ({"logt": -1}, "propagation.logt"), ({"logt": 2.5}, "propagation.logt"),
+    ({"alpha": 0}, "propagation.alpha"), ({"radius": 0}, "affinity.radius"),
+    ({"method": "power"}, "propagation.method"),
+])
+def test_walk_parameter_validation(kwargs, key):
+    aff, cams = _random_case(channels=2)
+    args = {"beta": 8, "logt": 2, "alpha": 16, "radius": 5, "method": "sparse"}
+    args.update(kwargs)
+    with pytest.raises(PipelineError, match=key.replace(".", r"\.")):
+        psa_random_walk(cams, aff, **args)
+
+
+def test_shape_mismatch_is_value_error():
+    aff, cams = _random_case()
+    with pytest.raises(ValueError, match="pairs"):
+        transition_from_affinity(aff[:-1], 12, 12, 5, beta=8)
+    t = transition_from_affinity(aff, 12, 12, 5, beta=8)
+    with pytest.raises(ValueError):
+        random_walk_sparse(cams[:, :11], t, 2)
+    with pytest.raises(ValueError):
+        two_stage_random_walk(cams, aff, np.zeros((11, 12), bool), beta=8, logt=2, radius=5)
+
+
+def test_params_yaml_defaults_and_validation():
+    params = load_params(REPO / "params.yaml")
+    checked = validate_propagation_params(params)
+    assert checked == {"beta": 8.0, "logt": 8, "alpha": 16.0, "method": "sparse", "radius": 5}
+    bad = {"propagation": dict(params["propagation"], logt=-2), "affinity": {"radius": 5}}
+    with pytest.raises(PipelineError, match=r"propagation\.logt"):
+        validate_propagation_params(bad)
+    bad = {"propagation": dict(params["propagation"]), "affinity": {"radius": 0}}
+    with pytest.raises(PipelineError, match=r"affinity\.radius"):
+        validate_propagation_params(bad)
+    with pytest.raises(PipelineError, match=r"propagation\.beta"):
+        validate_propagation_params({"propagation": {k: v for k, v in params["propagation"].items() if k != "beta"},
+                                     "affinity": {"radius": 5}})
+
+
+def test_schema_rejects_out_of_range(tmp_path):
+    import yaml
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, key, value in (("propagation", "beta", 0), ("propagation", "logt", -1),
+                                ("propagation", "method", "power"), ("affinity", "radius", 0)):
+        broken = {**raw, section: {**raw[section], key: value}}
+        path = tmp_path / "params.yaml"
+        path.write_text(yaml.safe_dump(broken))
+        with pytest.raises(PipelineError, match=f"{section}.{key}"):
+            load_params(path)
+
+
+def test_benchmark_runs_at_tiny_scale(tmp_path, capsys):
+    # Smoke test of benchmarks/propagation_benchmark.py (each variant in its own subprocess).
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("propagation_benchmark",
+                                                  REPO / "benchmarks" / "propagation_benchmark.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out_json = tmp_path / "bench.json"
+    summary = bench.main(["--height", "10", "--width", "10", "--channels", "3", "--logt", "3", "--features", "8",
+                          "--threads", "1", "--repeats", "1", "--variants", "dense", "sparse-torch",
+                          "--json", str(out_json)])
+    printed = capsys.readouterr().out
+    assert "sparse-torch" in printed and "speedup" in printed
+    assert summary["variants"]["sparse-torch"]["max_abs_diff_vs_dense"] <= 1e-4
+    assert out_json.exists()
+
+
+def test_nan_or_negative_affinity_is_rejected():
+    aff, _ = _random_case()
+    for bad in (np.nan, -0.5):
+        broken = aff.copy()
+        broken[3] = bad
+        with pytest.raises(ValueError, match="finite"):
+            transition_from_affinity(broken, 12, 12, 5, beta=8)
