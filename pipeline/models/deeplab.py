@@ -1,0 +1,72 @@
+"""DeepLab-v3 segmentation network: backbone + ASPP + 1x1 classifier.
+
+ASPP (Chen et al. 2017): a 1x1 branch, three 3x3 atrous branches and an image-pooling
+branch, 256 channels each, concatenated and projected to 256 (dropout 0.5), then a 3x3
+conv and the 1x1 classifier. Atrous rates follow the output stride: (6, 12, 18) at OS 16,
+doubled to (12, 24, 36) at OS 8, halved to (3, 6, 9) at OS 32 (:func:`default_rates`).
+On small inputs the large rates reach mostly padding (DeepLab-v3's remark): at 128 px
+and OS 16 the map is 8 x 8, so a rate >= 8 branch sees only its centre tap.
+
+``forward`` returns logits at the input size (bilinear upsampling). The class-agnostic
+L-Net is ``DeepLabASPP(cfg, num_classes=1)`` (one foreground logit).
+
+GroupNorm instead of BatchNorm in the head: the image-pooling branch is 1 x 1, where
+BatchNorm needs batches of 2 or more; GroupNorm works for any batch size.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pipeline.models.backbone import BackboneModel
+
+ASPP_CHANNELS = 256
+GROUPS = 32
+
+
+def default_rates(output_stride: int) -> tuple[int, int, int]:
+    """DeepLab-v3's atrous rates for an output stride (6/12/18 at 16)."""
+    return {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}[output_stride]
+
+
+def _conv_norm_relu(in_ch: int, out_ch: int, kernel: int = 1, dilation: int = 1) -> nn.Sequential:
+    padding = dilation * (kernel - 1) // 2
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch, kernel, padding=padding, dilation=dilation, bias=False),
+                         nn.GroupNorm(GROUPS, out_ch), nn.ReLU(inplace=True))
+
+
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling with image pooling."""
+
+    def __init__(self, in_channels: int, rates: tuple[int, ...], channels: int = ASPP_CHANNELS):
+        super().__init__()
+        self.branches = nn.ModuleList([_conv_norm_relu(in_channels, channels)] +
+                                      [_conv_norm_relu(in_channels, channels, 3, r) for r in rates])
+        self.image_pool = _conv_norm_relu(in_channels, channels)
+        self.project = nn.Sequential(_conv_norm_relu(channels * (len(rates) + 2), channels), nn.Dropout(0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [branch(x) for branch in self.branches]
+        pooled = self.image_pool(x.mean(dim=(2, 3), keepdim=True))
+        outs.append(pooled.expand(-1, -1, *x.shape[-2:]))
+        return self.project(torch.cat(outs, dim=1))
+
+
+class DeepLabASPP(BackboneModel):
+    """DeepLab-v3: logits ``B x num_classes x H x W`` at the input size."""
+
+    def __init__(self, backbone_cfg: dict | None, num_classes: int, rates: tuple[int, ...] | None = None):
+        super().__init__(backbone_cfg, num_classes)
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.rates = tuple(rates) if rates is not None else default_rates(self.backbone_cfg["output_stride"])
+        self.aspp = ASPP(self.backbone.channels[-1], self.rates)
+        self.head = _conv_norm_relu(ASPP_CHANNELS, ASPP_CHANNELS, 3)
+        self.classifier = nn.Conv2d(ASPP_CHANNELS, num_classes, 1)
+        self.out_stride = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(x)[-1]
+        logits = self.classifier(self.head(self.aspp(features)))
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
