@@ -1,0 +1,298 @@
+"""Boundary maps (pipeline/boundary.py) and stages train_boundary / infer_boundary.
+
+Pure functions are checked on hand-computed arrays. The stages run on a tiny VOC-layout
+dataset built in tmp_path: classes [background, cat, dog, bus], six 32x32 train images,
+fold 0 with novel class bus (images t4, t5 are novel samples; t0..t3 base samples), an
+untrained-ImageNet backbone (pretrained: false) and one epoch.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from pipeline.boundary import (
+    boundary_f1,
+    boundary_mask,
+    boundary_net_backbone_cfg,
+    check_boundary_params,
+    non_boundary_mask,
+    pooled_boundary_f1,
+    prob_to_uint8,
+    uint8_to_prob,
+)
+from pipeline.config import REPO_ROOT
+from pipeline.errors import PipelineError, run_stage
+from pipeline.metrics.label_png import write_label_png
+from pipeline.models import BoundaryNet
+from pipeline.stages import infer_boundary, train_boundary
+from pipeline.stages.train_boundary import base_sample_loss_target, checkpoint_path_for, history_tsv
+from pipeline.training import MODEL_FORMAT
+
+# --------------------------------------------------------------------------- pure functions
+
+
+def test_prob_uint8_round_trip():
+    prob = np.array([0.0, 0.5, 0.998, 1.0, 1.2, -0.1, 0.1])
+    # 127.5 -> 128, 254.49 -> 254, 25.5 -> 26 (round half to even), clipped outside [0, 1]
+    assert prob_to_uint8(prob).tolist() == [0, 128, 254, 255, 255, 0, 26]
+    assert uint8_to_prob(np.array([0, 51, 255], np.uint8)).tolist() == pytest.approx([0.0, 0.2, 1.0])
+
+
+def test_boundary_mask_threshold_is_inclusive():
+    # 127/255 = 0.498 < 0.5 <= 128/255 = 0.502
+    assert boundary_mask(np.array([127, 128, 255], np.uint8), 0.5).tolist() == [False, True, True]
+    with pytest.raises(ValueError):
+        boundary_mask(np.zeros(3, np.uint8), 1.0)
+
+
+def test_non_boundary_mask_hand_computed():
+    prob = np.full((5, 5), 10, np.uint8)
+    prob[:, 2] = 200  # a vertical boundary line in column 2
+    expected = np.ones((5, 5), bool)
+    expected[:, 2] = False
+    assert (non_boundary_mask(prob, 0.5, 0) == expected).all()
+    # erosion 1: columns 1 and 3 go too; the image border does not erode columns 0 and 4
+    expected[:, [1, 3]] = False
+    assert (non_boundary_mask(prob, 0.5, 1) == expected).all()
+    assert not non_boundary_mask(prob, 0.5, 2).any()
+    # a higher tau leaves the line (200/255 = 0.78) non-boundary
+    assert non_boundary_mask(prob, 0.8, 1).all()
+    corner = np.zeros((4, 4), np.uint8)
+    corner[0, 0] = 255
+    out = non_boundary_mask(corner, 0.5, 1)
+    assert out.sum() == 16 - 4 and not out[:2, :2].any()
+    with pytest.raises(ValueError):
+        non_boundary_mask(corner, 0.5, -1)
+
+
+def test_boundary_f1_hand_computed():
+    target = np.array([[1, 1, 0, 0, 255, 0]], np.uint8)
+    pred = np.array([[1, 0, 1, 0, 1, 0]], bool)  # the prediction on the ignore pixel is not counted
+    exact = boundary_f1(pred, target)
+    assert (exact["tp_pred"], exact["pred"], exact["tp_target"], exact["target"]) == (1, 2, 1, 2)
+    assert (exact["precision"], exact["recall"], exact["f1"]) == (0.5, 0.5, 0.5)
+    # tolerance 1: pixel 2 is next to target pixel 1; target pixel 1 next to prediction 0 / 2
+    tolerant = boundary_f1(pred, target, tolerance=1)
+    assert (tolerant["precision"], tolerant["recall"], tolerant["f1"]) == (1.0, 1.0, 1.0)
+    # precision 1/3, recall 1/1 -> F1 = 2 * (1/3) / (4/3) = 0.5; pooled over both images:
+    second = boundary_f1(np.array([[1, 1, 1]], bool), np.array([[0, 1, 0]], np.uint8))
+    assert second["f1"] == pytest.approx(0.5)
+    pooled = pooled_boundary_f1([exact, second])
+    assert pooled["precision"] == pytest.approx(2 / 5) and pooled["recall"] == pytest.approx(2 / 3)
+    assert pooled["f1"] == pytest.approx(2 * 0.4 * (2 / 3) / (0.4 + 2 / 3))
+
+
+def test_boundary_f1_empty_sets():
+    target = np.array([[1, 0]], np.uint8)
+    nothing = boundary_f1(np.zeros((1, 2), bool), target)
+    assert math.isnan(nothing["precision"]) and nothing["recall"] == 0.0 and nothing["f1"] == 0.0
+    no_target = boundary_f1(np.zeros((1, 2), bool), np.zeros((1, 2), np.uint8))
+    assert math.isnan(no_target["f1"])
+    with pytest.raises(ValueError):
+        boundary_f1(np.zeros((2, 2), bool), target)
+
+
+def test_check_boundary_params_names_the_key():
+    check_boundary_params({"tau": 0.5, "erosion": 0})
+    for bad in ({"tau": 1.0}, {"tau": 0.0}, {"tau": -0.2}):
+        with pytest.raises(PipelineError, match=r"boundary\.tau"):
+            check_boundary_params(bad)
+    with pytest.raises(PipelineError, match=r"boundary\.erosion"):
+        check_boundary_params({"tau": 0.5, "erosion": -1})
+
+
+def test_boundary_net_backbone_cfg():
+    params = {"backbone": {"name": "efficientnet_lite0", "output_stride": 8, "pretrained": True},
+              "boundary": {"output_stride": 16}}
+    assert boundary_net_backbone_cfg(params, pretrained=False) == {
+        "name": "efficientnet_lite0", "output_stride": 16, "pretrained": False}
+    params["boundary"]["output_stride"] = None
+    assert boundary_net_backbone_cfg(params)["output_stride"] == 8
+
+
+def test_base_sample_loss_target_hand_computed():
+    mask = np.zeros((6, 6), np.uint8)
+    mask[1:3, 1:3] = 1  # base object
+    mask[4:6, 4:6] = 3  # novel object left in a base sample (novel_min_pixels > 1)
+    novel = mask == 3
+    masked = np.where(novel, 255, mask).astype(np.uint8)
+    args = {"source": "transitions", "width": 1, "ignore_index": 255}
+    got = base_sample_loss_target(masked, novel, background_index=0, **args)
+    # 2 boundary (both sides of each object/background change), 0 background,
+    # 255: the novel object and its 1-px margin (the boundary there depends on it)
+    expected = np.array([[0, 2, 2, 0, 0, 0],
+                         [2, 2, 2, 2, 0, 0],
+                         [2, 2, 2, 2, 0, 0],
+                         [0, 2, 2, 255, 255, 255],
+                         [0, 0, 0, 255, 255, 255],
+                         [0, 0, 0, 255, 255, 255]])
+    assert (got == expected).all()
+    # no background class: every non-boundary pixel is foreground (1)
+    all_fg = base_sample_loss_target(masked, novel, background_index=None, **args)
+    assert (all_fg == np.where(expected == 0, 1, expected)).all()
+
+
+def test_history_tsv():
+    history = [{"epoch": 1, "loss": 0.5, "boundary": 0.25, "lr": [0.01, 0.1], "batches": 3, "seconds": 1.5}]
+    assert history_tsv(history, ["backbone", "head"]) == (
+        "epoch\tloss\tboundary\tlr_backbone\tlr_head\tbatches\tseconds\n1\t0.5\t0.25\t0.01\t0.1\t3\t1.500\n")
+
+
+def test_boundary_probability_has_image_size():
+    torch.manual_seed(0)
+    model = BoundaryNet({"name": "efficientnet_lite0", "pretrained": False, "output_stride": 16}).eval()
+    with torch.inference_mode():
+        prob = infer_boundary.boundary_probability(model, torch.randn(1, 3, 30, 34), flip=True)
+    assert prob.shape == (1, 30, 34) and float(prob.min()) >= 0 and float(prob.max()) <= 1
+
+
+def test_same_size_batches_groups_consecutive_equal_sizes():
+    sizes = {"a": 4, "b": 4, "c": 4, "d": 6, "e": 4}
+    batches = list(infer_boundary.same_size_batches(list(sizes), lambda i: np.zeros((sizes[i], 5, 3), np.uint8), 2))
+    assert [(ids, images.shape) for ids, images in batches] == [
+        (["a", "b"], (2, 4, 5, 3)), (["c"], (1, 4, 5, 3)), (["d"], (1, 6, 5, 3)), (["e"], (1, 4, 5, 3))]
+
+
+# --------------------------------------------------------------------------- stages
+
+CLASSES = ["background", "cat", "dog", "bus"]
+TRAIN_IDS = ["t0", "t1", "t2", "t3", "t4", "t5"]
+
+
+def _tiny_mask(index: int) -> np.ndarray:
+    """32x32: background, one square of cat/dog (t0..t3) or bus (t4, t5), a 1-px 255 outline."""
+    mask = np.zeros((32, 32), np.uint8)
+    r, c = 4 + 3 * index, 20 - 2 * index
+    value = 3 if index >= 4 else 1 + index % 2
+    mask[r - 1:r + 11, c - 1:c + 11] = 255
+    mask[r:r + 10, c:c + 10] = value
+    return mask
+
+
+@pytest.fixture()
+def tiny(tmp_path):
+    root = tmp_path / "tiny"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    labels, pixel_counts = {}, {}
+    for index, image_id in enumerate(TRAIN_IDS):
+        mask = _tiny_mask(index)
+        image = rng.integers(0, 60, (32, 32, 3), dtype=np.uint8)
+        image[mask == (3 if index >= 4 else 1 + index % 2)] += 150
+        Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.jpg")
+        write_label_png(root / "SegmentationClass" / f"{image_id}.png", mask)
+        labels[image_id] = [int(c) for c in np.unique(mask) if c not in (0, 255)]
+        pixel_counts[image_id] = [int((mask == c).sum()) for c in range(len(CLASSES))]
+    (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(TRAIN_IDS) + "\n")
+    (root / "ImageSets/Segmentation/val.txt").write_text("t0\n")
+
+    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    raw["dataset"], raw["device"] = "tiny", "cpu"
+    raw["datasets"]["tiny"] = {
+        "root": str(root), "image_dir": "JPEGImages", "mask_dir": "SegmentationClass",
+        "splits": {"train": "ImageSets/Segmentation/train.txt", "val": "ImageSets/Segmentation/val.txt"},
+        "classes": CLASSES, "background": "background", "ignore_index": 255,
+        "boundary_source": "outline", "novel_classes": [["bus"]],
+    }
+    raw["backbone"]["pretrained"] = False
+    raw["boundary"]["train"].update({"crop": 32, "scale_range": [0.9, 1.1], "batch_size": 2, "epochs": 1})
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    fold = {"fold": 0, "dataset": "tiny", "novel_classes": [3], "base_classes": [0, 1, 2],
+            "novel_samples": ["t4", "t5"], "base_samples": ["t0", "t1", "t2", "t3"], "counts": {}}
+    (tmp_path / "fold0.json").write_text(json.dumps(fold))
+    (tmp_path / "image_labels.json").write_text(json.dumps({
+        "dataset": "tiny", "classes": CLASSES, "background": "background", "min_pixels": 1,
+        "splits": {"train": TRAIN_IDS, "val": ["t0"]}, "labels": labels, "pixel_counts": pixel_counts}))
+    out = tmp_path / "boundary"
+    return {"tmp": tmp_path, "raw": raw, "params": str(params), "fold": str(tmp_path / "fold0.json"),
+            "labels": str(tmp_path / "image_labels.json"), "model": str(out / "model.pt"),
+            "history": str(out / "history.tsv"), "maps": str(out / "maps"), "out": out}
+
+
+def _train_argv(s, params=None, fold=None):
+    return ["--params", params or s["params"], "--fold-file", fold or s["fold"], "--out", s["model"],
+            "--history", s["history"], "--threads", "1"]
+
+
+def _infer_argv(s, model=None, params=None):
+    return ["--params", params or s["params"], "--model", model or s["model"], "--labels", s["labels"],
+            "--split", "train", "--out", s["maps"], "--threads", "1"]
+
+
+def _run(main, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage(main, argv)
+    return exit_info.value.code
+
+
+def _single_error_line(capsys) -> str:
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], lines
+    return errors[0]
+
+
+def test_train_then_infer(tiny, capsys):
+    assert _run(train_boundary.main, _train_argv(tiny)) == 0
+    history = tiny["out"].joinpath("history.tsv").read_text().splitlines()
+    assert history[0].split("\t") == ["epoch", "loss", "boundary", "foreground", "background",
+                                      "lr_backbone", "lr_head", "batches", "seconds"]
+    assert len(history) == 2 and history[1].split("\t")[-2] == "2"  # 4 base samples, batches of 2
+    assert not checkpoint_path_for(tiny["model"]).exists()  # removed once the model is written
+    saved = torch.load(tiny["model"], weights_only=True)
+    assert saved["meta"]["novel_classes"] == [3] and saved["meta"]["output_stride"] == 16
+
+    assert _run(infer_boundary.main, _infer_argv(tiny)) == 0
+    maps = sorted(p.name for p in tiny["out"].joinpath("maps").iterdir())
+    assert maps == [f"{i}.png" for i in TRAIN_IDS]  # every train image, novel samples included
+    with Image.open(tiny["out"] / "maps" / "t4.png") as im:
+        assert im.mode == "L" and im.size == (32, 32)
+
+
+def test_infer_rejects_model_of_another_backbone(tiny, capsys):
+    model = tiny["tmp"] / "resnet.pt"
+    meta = {"model": "BoundaryNet", "backbone": "resnet50", "output_stride": 16, "num_classes": None,
+            "dataset": "tiny"}
+    torch.save({"format": MODEL_FORMAT, "meta": meta, "state_dict": {}}, model)
+    assert _run(infer_boundary.main, _infer_argv(tiny, model=str(model))) == 2
+    line = _single_error_line(capsys)
+    assert str(model) in line and "resnet50" in line
+    assert not tiny["out"].exists()
+
+
+@pytest.mark.parametrize("tau", [1.5, 0.0])
+def test_tau_outside_open_interval(tiny, capsys, tau):
+    tiny["raw"]["boundary"]["tau"] = tau
+    params = tiny["tmp"] / "bad_tau.yaml"
+    params.write_text(yaml.safe_dump(tiny["raw"]))
+    assert _run(train_boundary.main, _train_argv(tiny, params=str(params))) == 2
+    assert "boundary.tau" in _single_error_line(capsys)
+    assert _run(infer_boundary.main, _infer_argv(tiny, params=str(params))) == 2
+    assert "boundary.tau" in _single_error_line(capsys)
+    assert not tiny["out"].exists()
+
+
+def test_missing_fold_file(tiny, capsys):
+    missing = str(tiny["tmp"] / "fold9.json")
+    assert _run(train_boundary.main, _train_argv(tiny, fold=missing)) == 2
+    assert missing in _single_error_line(capsys)
+    assert not tiny["out"].exists()
+
+
+def test_fold_with_unknown_base_sample(tiny, capsys):
+    fold = json.loads(open(tiny["fold"]).read())
+    fold["base_samples"].append("nope")
+    bad = tiny["tmp"] / "fold_bad.json"
+    bad.write_text(json.dumps(fold))
+    assert _run(train_boundary.main, _train_argv(tiny, fold=str(bad))) == 2
+    line = _single_error_line(capsys)
+    assert str(bad) in line and "'nope'" in line
+    assert not tiny["out"].exists()
