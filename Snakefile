@@ -21,6 +21,7 @@ wildcard_constraints:
 include: "workflow/rules/data.smk"
 include: "workflow/rules/evaluation.smk"
 include: "workflow/rules/retab.smk"
+include: "workflow/rules/lnet.smk"
 
 
 rule all:

@@ -12,6 +12,15 @@ L-Net is ``DeepLabASPP(cfg, num_classes=1)`` (one foreground logit).
 
 GroupNorm instead of BatchNorm in the head: the image-pooling branch is 1 x 1, where
 BatchNorm needs batches of 2 or more; GroupNorm works for any batch size.
+
+``head="v2"`` swaps the v3 head for DeepLab-v2's ASPP (Chen et al. 2016; the head of
+the DeepLab-v2 the IRN/PSA-lineage WSSS papers train): parallel 3x3 atrous convolutions
+straight from the features to class logits, summed, weights N(0, 0.01) and zero bias
+(:class:`ASPPClassifier`; default rates (6, 12, 18, 24) at OS 8, :func:`default_rates_v2`).
+It is linear in the features and learns within a few hundred steps, where the v3 head
+(GroupNorm after its 3x3 conv) stays at the all-background prediction for longer than
+the embedded default's CPU budget allows (measured in stage train_seg's tuning, see
+params.yaml ``segmentation``).
 """
 from __future__ import annotations
 
@@ -28,6 +37,11 @@ GROUPS = 32
 def default_rates(output_stride: int) -> tuple[int, int, int]:
     """DeepLab-v3's atrous rates for an output stride (6/12/18 at 16)."""
     return {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}[output_stride]
+
+
+def default_rates_v2(output_stride: int) -> tuple[int, int, int, int]:
+    """DeepLab-v2's atrous rates (6/12/18/24 at OS 8), scaled to keep the field of view in pixels."""
+    return {8: (6, 12, 18, 24), 16: (3, 6, 9, 12), 32: (2, 3, 5, 6)}[output_stride]
 
 
 def _conv_norm_relu(in_ch: int, out_ch: int, kernel: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -53,17 +67,45 @@ class ASPP(nn.Module):
         return self.project(torch.cat(outs, dim=1))
 
 
+class ASPPClassifier(nn.Module):
+    """DeepLab-v2 ASPP: one 3x3 atrous convolution to class logits per rate, summed."""
+
+    def __init__(self, in_channels: int, num_classes: int, rates: tuple[int, ...], init_std: float = 0.01):
+        super().__init__()
+        self.convs = nn.ModuleList([nn.Conv2d(in_channels, num_classes, 3, padding=r, dilation=r) for r in rates])
+        for conv in self.convs:
+            nn.init.normal_(conv.weight, 0.0, init_std)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sum(conv(x) for conv in self.convs)
+
+
+HEADS = ("v3", "v2")
+
+
 class DeepLabASPP(BackboneModel):
     """DeepLab-v3: logits ``B x num_classes x H x W`` at the input size."""
 
-    def __init__(self, backbone_cfg: dict | None, num_classes: int, rates: tuple[int, ...] | None = None):
+    def __init__(self, backbone_cfg: dict | None, num_classes: int, rates: tuple[int, ...] | None = None,
+                 head: str = "v3"):
         super().__init__(backbone_cfg, num_classes)
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        self.rates = tuple(rates) if rates is not None else default_rates(self.backbone_cfg["output_stride"])
-        self.aspp = ASPP(self.backbone.channels[-1], self.rates)
-        self.head = _conv_norm_relu(ASPP_CHANNELS, ASPP_CHANNELS, 3)
-        self.classifier = nn.Conv2d(ASPP_CHANNELS, num_classes, 1)
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        self.head_type = head
+        output_stride = self.backbone_cfg["output_stride"]
+        if head == "v2":
+            self.rates = tuple(rates) if rates is not None else default_rates_v2(output_stride)
+            self.aspp = ASPPClassifier(self.backbone.channels[-1], num_classes, self.rates)
+            self.head = nn.Identity()
+            self.classifier = nn.Identity()
+        else:
+            self.rates = tuple(rates) if rates is not None else default_rates(output_stride)
+            self.aspp = ASPP(self.backbone.channels[-1], self.rates)
+            self.head = _conv_norm_relu(ASPP_CHANNELS, ASPP_CHANNELS, 3)
+            self.classifier = nn.Conv2d(ASPP_CHANNELS, num_classes, 1)
         self.out_stride = 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

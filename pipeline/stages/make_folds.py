@@ -7,6 +7,10 @@ Novel classes come from ``datasets.<name>.novel_classes`` (pascal5i or explicit 
 A train image is a novel sample when one novel class has at least
 ``datasets.<name>.novel_min_pixels`` pixels in it (default 1: the PASCAL-5i rule), else a
 base sample. Format and rules: :mod:`pipeline.data.folds`. Deterministic (no seeding).
+
+``--novel-classes NAME,NAME`` replaces the dataset's fold list for this one file: the
+listed classes are novel, the fold number is only recorded (the L-Net branch's named
+split-sets, ``lnet.split_sets``, use it; workflow/rules/lnet.smk).
 """
 from __future__ import annotations
 
@@ -34,6 +38,14 @@ def presence_for_split(document: dict, ids: list[str], min_pixels: int, path: st
     return {i: present_classes(counts[i], min_pixels, None) for i in ids}
 
 
+def with_novel_classes(data_cfg: dict, names: str) -> dict:
+    """``data_cfg`` whose only fold has the comma-separated ``names`` as novel classes."""
+    listed = [n.strip() for n in names.split(",") if n.strip()]
+    if not listed:
+        raise PipelineError("--novel-classes", "lists no class name")
+    return {**data_cfg, "novel_classes": [listed]}
+
+
 def check_labels_match(document: dict, data_cfg: dict, dataset: str, path: str) -> None:
     """The cached labels were made for this dataset and class list (else they are stale)."""
     if document["dataset"] != dataset:
@@ -53,12 +65,17 @@ def main(argv=None):
     ap.add_argument("--labels", required=True, help="image-labels JSON (stage image_labels)")
     ap.add_argument("--fold", required=True, type=int)
     ap.add_argument("--out", required=True, help="fold JSON to write")
+    ap.add_argument("--novel-classes", default=None, metavar="NAME,NAME",
+                    help="novel class names of this fold, instead of the dataset's novel_classes")
     args = ap.parse_args(argv)
 
     params = load_params(args.params, args.dataset)
     data_cfg = params["data"]
-    novel = novel_classes_for_fold(data_cfg, args.fold)
-    base = base_classes_for_fold(data_cfg, args.fold)
+    if args.novel_classes is not None:
+        data_cfg = with_novel_classes(data_cfg, args.novel_classes)
+    split_fold = 0 if args.novel_classes is not None else args.fold
+    novel = novel_classes_for_fold(data_cfg, split_fold)
+    base = base_classes_for_fold(data_cfg, split_fold)
     novel_min_pixels = int(data_cfg.get("novel_min_pixels", 1))
     document = read_image_labels_file(args.labels)
     check_labels_match(document, data_cfg, params["dataset"], args.labels)

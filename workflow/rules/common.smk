@@ -84,6 +84,13 @@ def fold_file_of_scope(wildcards):
     return [] if fold is None else f"work/{wildcards.dataset}/folds/fold{fold}.json"
 
 
+def non_boundary_params(dataset):
+    """boundary.tau / erosion: how stages train_affinity (retab) and propagate (retab) turn the
+    stored boundary probabilities into a mask; a change reruns them, not the boundary net."""
+    boundary = section(dataset, "boundary")
+    return {key: boundary.get(key) for key in ("tau", "erosion")}
+
+
 def affinity_inputs(wildcards):
     inputs = {
         "confident": f"work/{wildcards.dataset}/shared/cam/confident",
@@ -146,3 +153,74 @@ def seg_args(wildcards, input):
     if "fold" in input.keys():
         args += f" --fold-file {input.fold}"
     return args
+
+
+# ---- L-Net / P-Net branch input functions (workflow/rules/lnet.smk) ----
+from pipeline.layout import (  # noqa: E402
+    LNET_METHODS,
+    LNET_PSEUDO_ROWS,
+    LNET_ROWS,
+    PASCAL5I_SPLIT,
+    lnet_dir,
+    lnet_metric_files,
+    lnet_pseudo_dir,
+    lnet_seg_pred_dir,
+    lnet_split_file,
+)
+
+
+def lnet_split(dataset):
+    """The branch's split for a dataset (`lnet.split`), checked against `lnet.split_sets`."""
+    lnet = P(dataset)["lnet"]
+    split = lnet["split"]
+    if split != PASCAL5I_SPLIT and split not in lnet["split_sets"]:
+        known = ", ".join([PASCAL5I_SPLIT, *sorted(lnet["split_sets"])])
+        raise WorkflowError(f"error: params.yaml: lnet.split = {split!r} is neither pascal5i nor a key of "
+                            f"lnet.split_sets (known: {known})")
+    return split
+
+
+def lnet_split_weak_classes(wildcards):
+    """Comma-separated weak classes of fold k of a named split-set (make_folds --novel-classes)."""
+    sets = P(wildcards.dataset)["lnet"]["split_sets"]
+    if wildcards.split not in sets:
+        raise WorkflowError(f"error: params.yaml: lnet.split_sets has no split '{wildcards.split}'")
+    folds = sets[wildcards.split]
+    fold = int(wildcards.fold)
+    if not 0 <= fold < len(folds):
+        raise WorkflowError(f"error: params.yaml: lnet.split_sets.{wildcards.split} has folds "
+                            f"0..{len(folds) - 1}, not {fold}")
+    return ",".join(folds[fold])
+
+
+def lnet_fold_file(wildcards):
+    return lnet_split_file(wildcards.dataset, wildcards.split, wildcards.fold)
+
+
+def lnet_seg_inputs(wildcards):
+    return {
+        "labels": f"work/{wildcards.dataset}/image_labels.json",
+        "root": dataset_root(wildcards),
+        "fold": lnet_fold_file(wildcards),
+        "pseudo": lnet_pseudo_dir(wildcards.dataset, wildcards.split, wildcards.fold, wildcards.row),
+    }
+
+
+def lnet_result_inputs(wildcards):
+    split = lnet_split(wildcards.dataset)
+    base = lnet_dir(wildcards.dataset, split, wildcards.fold)
+    inputs = dict(lnet_metric_files(wildcards.dataset, split, wildcards.fold, wildcards.method))
+    inputs.update({
+        "fold": lnet_split_file(wildcards.dataset, split, wildcards.fold),
+        "labels": f"work/{wildcards.dataset}/image_labels.json",
+        "cams": f"work/{wildcards.dataset}/shared/cam/cams",
+        "maps": f"{base}/lnet/maps",
+        "pseudo": f"{base}/pseudo",
+    })
+    return inputs
+
+
+def lnet_report_metric_args(wildcards, input):
+    split = lnet_split(wildcards.dataset)
+    names = lnet_metric_files(wildcards.dataset, split, wildcards.fold, wildcards.method)
+    return " ".join(f"--metrics {name}={input[name]}" for name in names)

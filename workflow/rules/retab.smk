@@ -185,6 +185,7 @@ rule train_affinity:
         **STAGE_PARAMS,
         args=affinity_args,
         affinity=lambda w: section(w.dataset, "affinity"),
+        non_boundary=lambda w: non_boundary_params(w.dataset) if w.variant == "retab" else {},
         backbone=lambda w: section(w.dataset, "backbone"),
     log:
         "logs/{dataset}/{scope}/train_affinity_{variant}.log",
@@ -217,6 +218,7 @@ rule propagate:
         walk=lambda w: "two_stage" if w.source == "retab" else "single",
         boundary=lambda w, input: f"--boundary {input.boundary}" if "boundary" in input.keys() else "",
         propagation=lambda w: section(w.dataset, "propagation"),
+        non_boundary=lambda w: non_boundary_params(w.dataset) if w.source == "retab" else {},
     log:
         "logs/{dataset}/{scope}/propagate_{source}.log",
     benchmark:

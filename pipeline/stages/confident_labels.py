@@ -1,0 +1,120 @@
+"""Stage confident_labels: confident foreground / background / ignore labels from CAMs.
+
+    python -m pipeline.stages.confident_labels --params params.yaml --dataset D \\
+        --cams work/D/shared/cam/cams --labels work/D/image_labels.json \\
+        --out work/D/shared/cam/confident
+
+Writes ``<out>/<id>.png`` (full resolution, uint8 class indices, the dataset's ignore
+index where unsure) for every train image; the affinity net learns from these pairs.
+
+``confident_labels.method``:
+
+* ``threshold`` (default; IRN ``cam_to_ir_label`` without its CRF): foreground map =
+  argmax with background padded at ``conf_fg`` (0.30), background map = argmax with
+  background padded at ``conf_bg`` (0.05); the label where both agree, ignore where they
+  disagree (CAM between the two thresholds).
+* ``crf`` (PSA ``infer_cls``): background score ``(1 - max CAM) ** alpha`` with
+  ``crf_alpha_fg`` (4) and ``crf_alpha_bg`` (32), each refined by a dense CRF
+  (``confident_labels.crf``: PSA's kernels), then the same agree-or-ignore rule. Needs
+  the optional package ``pydensecrf2`` (``pip install pydensecrf2==1.1``; it compiles
+  C++ on install, about 1.5 CPU-minutes, and works with Python 3.11 / numpy 2). It is not
+  a pinned dependency: the default path does not need it. (SimpleCRF 0.2.x does not
+  build against numpy 2.)
+
+Datasets with no background class (CamVid): the argmax class where the highest CAM is
+>= ``conf_fg``, ignore elsewhere, whatever the method (PSA's scheme needs a background
+channel). The whole directory appears at once when every image is done.
+"""
+from __future__ import annotations
+
+import argparse
+
+from pipeline.cam import (check_cam_files_exist, confident_no_background, confident_threshold_labels,
+                          crf_available, crf_confident_labels, upsample_cams)
+from pipeline.config import check_range, load_params, section
+from pipeline.data.labels import read_image_labels_file
+from pipeline.data.voc import VOCDataset, image_size
+from pipeline.errors import PipelineError, run_stage
+from pipeline.io import atomic_dir
+from pipeline.metrics.label_png import write_label_png
+from pipeline.runtime import progress, stage_run
+from pipeline.stages.eval_cam import load_checked_cams
+from pipeline.stages.train_cam import check_labels_document
+
+CRF_PACKAGE = "pydensecrf2==1.1"
+CRF_DEFAULTS = {"iterations": 10, "gaussian_sxy": 3, "gaussian_compat": 3, "bilateral_sxy": 80,
+                "bilateral_srgb": 13, "bilateral_compat": 10}
+
+
+def check_confident_params(cfg: dict) -> None:
+    """Cross-key checks the schema cannot express; errors name the key."""
+    check_range(cfg["conf_fg"], "confident_labels.conf_fg", 0, 1)
+    check_range(cfg["conf_bg"], "confident_labels.conf_bg", 0, 1)
+    if cfg["conf_bg"] > cfg["conf_fg"]:
+        raise PipelineError("confident_labels.conf_bg", f"{cfg['conf_bg']} must be <= confident_labels.conf_fg "
+                            f"({cfg['conf_fg']}): background is the weak-CAM end")
+    if cfg["method"] == "crf":
+        low, high = cfg.get("crf_alpha_fg", 4), cfg.get("crf_alpha_bg", 32)
+        if low >= high:
+            raise PipelineError("confident_labels.crf_alpha_fg", f"{low} must be < confident_labels.crf_alpha_bg "
+                                f"({high}): the low alpha gives confident foreground")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--dataset", default=None, help="dataset name (default: params' dataset)")
+    ap.add_argument("--cams", required=True, help="directory of <id>.npz CAM files (stage infer_cam)")
+    ap.add_argument("--labels", required=True, help="image-labels JSON (stage image_labels)")
+    ap.add_argument("--split", default="train", help="split whose images get labels (default: train)")
+    ap.add_argument("--out", required=True, help="directory of <id>.png confident labels to write")
+    args = ap.parse_args(argv)
+
+    params = load_params(args.params, args.dataset)
+    cfg = section(params, "confident_labels")
+    check_confident_params(cfg)
+    dataset = VOCDataset(params["data"], args.split)
+    bg, ignore = dataset.background_index, dataset.ignore_index
+    use_crf = cfg["method"] == "crf" and bg is not None
+    if use_crf and not crf_available():
+        raise PipelineError("confident_labels.method", f"'crf' needs the optional package pydensecrf "
+                            f"(pip install {CRF_PACKAGE}), or use method: threshold")
+    document = read_image_labels_file(args.labels)
+    check_labels_document(document, params["data"], args.labels)
+    labels = document["labels"]
+    missing = [i for i in dataset.ids if i not in labels]
+    if missing:
+        raise PipelineError(args.labels, f"no image-level labels for '{missing[0]}' (rerun stage image_labels)")
+    check_cam_files_exist(args.cams, dataset.ids)
+    crf_options = {**CRF_DEFAULTS, **(cfg.get("crf") or {})}
+
+    inputs = {"cams": args.cams, "labels": args.labels, "split": args.split, "images": len(dataset)}
+    with stage_run("confident_labels", inputs, cfg) as log, atomic_dir(args.out) as tmp:
+        if cfg["method"] == "crf" and bg is None:
+            log.warning("no background class: CRF scheme needs one; using the conf_fg threshold rule")
+        counts = {"foreground": 0, "background": 0, "ignore": 0}
+        for image_id in progress(dataset.ids, desc="confident labels", total=len(dataset)):
+            width, height = image_size(dataset.image_path(image_id))
+            record = load_checked_cams(args.cams, image_id, dataset, labels, args.labels, (height, width))
+            cams = upsample_cams(record["cams"], record["size"], record["stride"])
+            keys = record["keys"]
+            if bg is None:
+                label = confident_no_background(cams, keys, cfg["conf_fg"], ignore)
+            elif use_crf:
+                label = crf_confident_labels(dataset.load_image(image_id), cams, keys, cfg.get("crf_alpha_fg", 4),
+                                             cfg.get("crf_alpha_bg", 32), bg, ignore, crf_options)
+            else:
+                label = confident_threshold_labels(cams, keys, cfg["conf_fg"], cfg["conf_bg"], bg, ignore)
+            write_label_png(tmp / f"{image_id}.png", label)
+            counts["ignore"] += int((label == ignore).sum())
+            counts["background"] += int((label == bg).sum()) if bg is not None else 0
+            counts["foreground"] += int(label.size) - int((label == ignore).sum()) - \
+                (int((label == bg).sum()) if bg is not None else 0)
+        total = max(1, sum(counts.values()))
+        log.info("wrote %d label maps to %s (method %s): %s", len(dataset), args.out,
+                 "crf" if use_crf else "threshold",
+                 ", ".join(f"{k} {100 * v / total:.1f}%" for k, v in counts.items()))
+
+
+if __name__ == "__main__":
+    run_stage(main)

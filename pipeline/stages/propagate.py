@@ -1,0 +1,278 @@
+"""Stage propagate: random walk of CAMs over the AffinityNet graph (PSA; RETAB two-stage).
+
+    python -m pipeline.stages.propagate --params params.yaml --dataset D --walk single|two_stage \\
+        --cams work/D/shared/cam/cams --labels work/D/image_labels.json \\
+        --affinity work/D/<scope>/affinity/<variant>/model.pt [--boundary DIR] --out DIR [--threads N]
+
+Per train image (PSA ``infer_aff.py``):
+
+1. the CAMs of the image's labelled classes (npz of stage infer_cam at its stride) are
+   upsampled bilinearly to image size and max-normalised per class (PSA's CAMs are
+   full-resolution and max-normalised);
+2. with a background class, the background score ``(1 - max_c CAM_c) ** alpha`` is
+   computed *at full resolution*, as PSA does (computing it after pooling would turn a
+   half-object cell into almost certain foreground: ``(1 - 0.5) ** 16``);
+3. every channel is average-pooled to the affinity grid (``stride`` 8 cells,
+   ``ceil(H / 8)`` of them): PSA pools the zero-padded full-resolution CAM; we average
+   over the in-image pixels of each cell only, so border cells are not diluted by padding;
+4. pair affinities come from the trained AffinityNet (single scale; with
+   ``propagation.flip`` also the mirrored image, affinities averaged);
+5. ``single``: PSA's walk ``T = A ** beta`` column-normalised, ``2 ** logt`` steps;
+   ``two_stage``: RETAB's boundary-aware walk (stage 1 among non-boundary cells, stage 2
+   into boundary cells; both beta/logt). Boundary cells: the boundary map's boundary
+   pixels (``~non_boundary_mask(prob, boundary.tau, boundary.erosion)``) reduced to the
+   grid: a cell is boundary when at least ``propagation.boundary_cell_fraction`` of its
+   pixels are (a thin boundary line covers only a few of a cell's 64 pixels; PSA-style
+   nearest sampling would miss most of it and leave gaps for the walk to leak through).
+
+Output ``DIR/<id>.npz``: ``scores`` float16 ``(C, h, w)`` (revised scores on the affinity
+grid), ``keys`` int (class of each channel, background first when the dataset has one),
+``size`` (H, W), ``stride`` (pixels per grid cell). The directory appears complete or not
+at all. Sparse walks (``propagation.method``) never form the dense N x N matrix power.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.cam import check_cam_files_exist, read_cam_file
+from pipeline.config import check_range, load_params, section
+from pipeline.data.labels import load_image_labels
+from pipeline.data.voc import VOCDataset
+from pipeline.errors import PipelineError, run_stage
+from pipeline.io import atomic_dir, save_npz
+from pipeline.metrics.label_png import read_label_png
+from pipeline.runtime import choose_device, progress, set_threads, stage_run
+
+WALKS = ("single", "two_stage")
+
+
+# --------------------------------------------------------------------------- params
+
+def propagation_config(params: dict, walk: str) -> dict:
+    """Random-walk params checked (errors name the key), plus flip and boundary settings."""
+    from pipeline.propagation.random_walk import validate_propagation_params
+
+    cfg = validate_propagation_params(params)
+    prop = section(params, "propagation")
+    cfg["flip"] = bool(prop.get("flip", False))
+    cfg["boundary_cell_fraction"] = float(prop.get("boundary_cell_fraction", 0.25))
+    check_range(cfg["boundary_cell_fraction"], "propagation.boundary_cell_fraction", low=0, high=1, low_open=True)
+    if walk == "two_stage":
+        from pipeline.stages.train_affinity import boundary_config
+
+        cfg["tau"], cfg["erosion"] = boundary_config(params)
+    return cfg
+
+
+# --------------------------------------------------------------------------- CAM inputs
+
+def select_label_cams(cams: np.ndarray, keys: list[int], image_labels: list[int],
+                      path: Path) -> tuple[np.ndarray, list[int]]:
+    """The channels of the image's labelled classes, in label order (error if one is absent)."""
+    index = {k: c for c, k in enumerate(keys)}
+    absent = [c for c in image_labels if c not in index]
+    if absent:
+        raise PipelineError(path, f"no CAM channel for labelled class {absent[0]} (keys {keys})")
+    chosen = [index[c] for c in image_labels]
+    return cams[chosen], [int(c) for c in image_labels]
+
+
+def pool_to_grid(maps: np.ndarray, grid: tuple[int, int], cell: int) -> np.ndarray:
+    """``C x H x W`` -> ``C x h x w``: mean over the in-image pixels of each ``cell x cell`` cell.
+
+    The image is the top-left ``H x W`` of a ``h*cell x w*cell`` canvas (PSA pads at the
+    bottom/right); cells partly outside average only their in-image pixels, cells wholly
+    outside are 0.
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    channels, height, width = maps.shape
+    h, w = grid
+    if h * cell < height or w * cell < width:
+        raise ValueError(f"grid {grid} x {cell} does not cover a {height}x{width} image")
+    canvas = torch.zeros((channels + 1, h * cell, w * cell), dtype=torch.float32)
+    canvas[:channels, :height, :width] = torch.from_numpy(maps)
+    canvas[channels, :height, :width] = 1.0  # in-image indicator
+    sums = F.avg_pool2d(canvas[None], cell, cell)[0]
+    inside = sums[channels]
+    pooled = torch.where(inside > 0, sums[:channels] / inside.clamp_min(1e-12), torch.zeros_like(sums[:channels]))
+    return pooled.numpy()
+
+
+def cams_on_grid(cams: np.ndarray, stride: int, size: tuple[int, int], grid: tuple[int, int], cell: int,
+                 alpha: float, with_background: bool) -> np.ndarray:
+    """Foreground CAMs at ``stride`` -> (background +) foreground scores on the affinity grid.
+
+    Upsampled to image size and max-normalised; the background channel
+    ``(1 - max fg) ** alpha`` is computed there (PSA), then everything is pooled to ``grid``.
+    """
+    from pipeline.cam import normalize_cams, upsample_cams
+    from pipeline.propagation.random_walk import background_channel
+
+    full = normalize_cams(upsample_cams(cams, size, stride))
+    if with_background:
+        full = np.concatenate([background_channel(full, alpha)[None], full], axis=0)
+    return pool_to_grid(full, grid, cell)
+
+
+def boundary_on_grid(boundary: np.ndarray, grid: tuple[int, int], cell: int, min_fraction: float) -> np.ndarray:
+    """``H x W`` boolean boundary pixels -> ``h x w`` boundary cells.
+
+    A cell is boundary when at least ``min_fraction`` of its in-image pixels are boundary
+    pixels (a small fraction: any boundary line through the cell; 0.5: majority).
+    """
+    fraction = pool_to_grid(np.asarray(boundary, dtype=np.float32)[None], grid, cell)[0]
+    return fraction >= min_fraction - 1e-6
+
+
+def read_boundary_cells(directory: Path, image_id: str, size: tuple[int, int], grid: tuple[int, int],
+                        cell: int, cfg: dict) -> np.ndarray:
+    """Boundary cells of one image from its boundary map (uint8 probability * 255)."""
+    from pipeline.boundary import non_boundary_mask
+
+    path = directory / f"{image_id}.png"
+    prob = read_label_png(path)
+    if prob.shape != tuple(size):
+        raise PipelineError(path, f"boundary map is {prob.shape[1]}x{prob.shape[0]} but the image is "
+                            f"{size[1]}x{size[0]}")
+    boundary = ~np.asarray(non_boundary_mask(prob, cfg["tau"], cfg["erosion"]), dtype=bool)
+    return boundary_on_grid(boundary, grid, cell, cfg["boundary_cell_fraction"])
+
+
+# --------------------------------------------------------------------------- affinities
+
+def predict_affinities(model, image: torch.Tensor, radius: int, flip: bool) -> tuple[np.ndarray, tuple[int, int]]:
+    """Pair affinities ``(M,)`` of one normalised ``1 x 3 x H x W`` image, and the grid size."""
+    from pipeline.propagation.affinity import pairwise_affinity
+
+    with torch.no_grad():
+        features = model(image)
+        aff = pairwise_affinity(features, radius)[0]
+        if flip:
+            mirrored = model(image.flip(-1)).flip(-1)
+            aff = (aff + pairwise_affinity(mirrored, radius)[0]) / 2
+    return aff.cpu().numpy().astype(np.float32), tuple(features.shape[-2:])
+
+
+def revise(scores: np.ndarray, aff: np.ndarray, cfg: dict, walk: str, boundary_cells: np.ndarray | None) -> np.ndarray:
+    """Random walk of ``C x h x w`` scores: PSA single-stage or RETAB two-stage."""
+    from pipeline.propagation.random_walk import psa_random_walk, two_stage_random_walk
+
+    if scores.shape[0] == 0:
+        return scores
+    if walk == "single":
+        # The background channel is already in `scores` (computed at full resolution).
+        return psa_random_walk(scores, aff, cfg["beta"], cfg["logt"], cfg["alpha"], cfg["radius"],
+                               method=cfg["method"], with_background=False)
+    return two_stage_random_walk(scores, aff, boundary_cells, cfg["beta"], cfg["logt"], cfg["radius"],
+                                 method=cfg["method"])
+
+
+# --------------------------------------------------------------------------- main
+
+def check_inputs_exist(directory: Path, ids: list[str], suffix: str, what: str) -> None:
+    """Fail before any work when ``directory`` or one ``<id><suffix>`` in it is missing."""
+    if not directory.is_dir():
+        raise PipelineError(directory, f"{what} directory not found")
+    with os.scandir(directory) as entries:
+        names = {entry.name for entry in entries}
+    missing = [i for i in ids if f"{i}{suffix}" not in names]
+    if missing:
+        raise PipelineError(directory / f"{missing[0]}{suffix}",
+                            f"{what} missing ({len(missing)} of {len(ids)} train images have none)")
+
+
+def load_affinity_model(path: str, params: dict, device: str):
+    """The trained AffinityNet (no ImageNet download/load: the file holds every weight)."""
+    from pipeline.models import AffinityNet
+    from pipeline.training import load_model
+
+    backbone_cfg = {**params["backbone"], "pretrained": False}
+    model = AffinityNet(backbone_cfg, feat_dim=int(params["affinity"].get("feat_dim", 448)))
+    expected = {k: v for k, v in model.meta.items()}
+    meta = load_model(path, model, expected_meta=expected)
+    return model.to(device).eval(), meta
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--dataset", default=None, help="dataset name (default: params' dataset)")
+    ap.add_argument("--walk", required=True, choices=WALKS)
+    ap.add_argument("--cams", required=True, help="CAM npz directory (stage infer_cam)")
+    ap.add_argument("--labels", required=True, help="image-labels JSON (stage image_labels)")
+    ap.add_argument("--affinity", required=True, help="AffinityNet model file (stage train_affinity)")
+    ap.add_argument("--boundary", default=None, help="boundary maps <id>.png (walk two_stage)")
+    ap.add_argument("--out", required=True, help="output directory of <id>.npz revised scores")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads")
+    args = ap.parse_args(argv)
+    if args.walk == "two_stage" and not args.boundary:
+        ap.error("--walk two_stage needs --boundary")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    params = load_params(args.params, args.dataset)
+    cfg = propagation_config(params, args.walk)
+    set_threads(args.threads)
+
+    dataset = VOCDataset(params["data"], "train")
+    ids = list(dataset.ids)
+    image_labels = load_image_labels(args.labels)
+    unlabelled = [i for i in ids if i not in image_labels]
+    if unlabelled:
+        raise PipelineError(args.labels, f"no image-level labels for train image '{unlabelled[0]}' (stale?)")
+    cam_dir = Path(args.cams)
+    check_cam_files_exist(cam_dir, ids)
+    boundary_dir = Path(args.boundary) if args.boundary else None
+    if args.walk == "two_stage":
+        check_inputs_exist(boundary_dir, ids, ".png", "boundary map")
+
+    from pipeline.models import backbone_normalization
+    from pipeline.data.batches import normalize_batch
+
+    device = choose_device(params.get("device", "auto"))
+    with_background = dataset.background_index is not None
+    inputs = {"walk": args.walk, "cams": args.cams, "affinity": args.affinity, "boundary": args.boundary,
+              "images": len(ids)}
+    stage_params = {"propagation": params["propagation"], "affinity": params["affinity"],
+                    "boundary": params.get("boundary"), "walk": args.walk}
+    with stage_run("propagate", inputs, stage_params, device) as log, atomic_dir(args.out) as tmp:
+        model, meta = load_affinity_model(args.affinity, params, device)
+        cell = int(model.out_stride)
+        mean, std = backbone_normalization(params["backbone"])
+        boundary_share = []
+        for image_id in progress(ids, desc=f"propagate {args.walk}"):
+            cam_path = cam_dir / f"{image_id}.npz"
+            cam = read_cam_file(cam_path, dataset.num_classes, dataset.background_index)
+            image = dataset.load_image(image_id)
+            size = image.shape[:2]
+            if tuple(cam["size"]) != size:
+                raise PipelineError(cam_path, f"CAM size {cam['size']} differs from the image's {size}")
+            fg, fg_keys = select_label_cams(cam["cams"], cam["keys"], image_labels[image_id], cam_path)
+            aff, grid = predict_affinities(model, normalize_batch(image[None], mean, std).to(device),
+                                           cfg["radius"], cfg["flip"])
+            scores = cams_on_grid(fg, cam["stride"], size, grid, cell, cfg["alpha"], with_background)
+            boundary_cells = None
+            if args.walk == "two_stage":
+                boundary_cells = read_boundary_cells(boundary_dir, image_id, size, grid, cell, cfg)
+                boundary_share.append(float(boundary_cells.mean()))
+            revised = revise(scores, aff, cfg, args.walk, boundary_cells)
+            keys = ([dataset.background_index] if with_background else []) + fg_keys
+            save_npz(tmp / f"{image_id}.npz", scores=revised.astype(np.float16),
+                     keys=np.asarray(keys, dtype=np.int64), size=np.asarray(size, dtype=np.int64),
+                     stride=np.asarray(cell, dtype=np.int64))
+        if boundary_share:
+            log.info("boundary cells: %.1f%% of grid cells on average", 100 * float(np.mean(boundary_share)))
+        log.info("%d images revised (%s walk, grid stride %d, affinity net variant %s)",
+                 len(ids), args.walk, cell, meta.get("variant"))
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,330 @@
+"""Stage report_retab: results directories of the RETAB branch (metrics.json, report.md, figure).
+
+One fold::
+
+    python -m pipeline.stages.report_retab --params params.yaml --dataset D \\
+        --method M --fold K --work work/D --out results/D/M_foldK
+
+reads ``work/D/fold{K}/eval/{m}_val.json`` (segmentation on val) and, for methods with
+pseudo labels, ``{m}_pseudo.json`` (pseudo labels on the fold's train novel samples),
+written by stage evaluate (paths: :func:`pipeline.layout.method_metric_files`). For
+``--method retab`` the report covers every row of :data:`pipeline.layout.SEG_METHODS`
+(the paper's comparison table) and adds ``figure.png`` in the form of the RETAB paper's
+Fig. 3: for the ``report.figure_samples`` train novel samples with the most novel-class
+pixels, one row each of image | ground truth | CAM (max over the image's class CAMs,
+jet colours over the image) | boundary probability | CAM+RW pseudo label | CAM+RETAB
+pseudo label. Other methods get their own row only.
+
+Mean over folds::
+
+    python -m pipeline.stages.report_retab --params params.yaml --dataset D \\
+        --aggregate results/D/retab_fold0 ... results/D/retab_fold3 --out results/D/retab_all
+
+metrics.json (scores are fractions in [0, 1], null where undefined)::
+
+    one fold:  {"dataset", "fold", "method", "methods": {m: {"title", "val": S, "pseudo": S | null}}}
+    aggregate: {"dataset", "folds": [k...], "mean": {"methods": ...}, "per_fold": {"fold<k>": {"methods": ...}}}
+
+where S holds miou, miou_base, miou_novel, miou_harmonic, pixel_accuracy,
+mean_pixel_accuracy, fwiou, fb_iou, per_class_iou {class: IoU} and num_images (a mean
+holds num_folds instead: the folds in which the value is defined are averaged).
+report.md has the tables in the paper's form (rows methods, columns mIoU all / base /
+novel, in %). Every output directory appears complete or not at all.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipeline.cam import cam_path, read_cam_file, upsample_cams
+from pipeline.config import load_params, section
+from pipeline.data.folds import load_fold
+from pipeline.data.voc import VOCDataset
+from pipeline.errors import PipelineError, run_stage
+from pipeline.io import atomic_dir, read_json, write_json, write_text
+from pipeline.layout import METHOD_TITLES, SEG_METHODS, eval_path, pseudo_dir
+from pipeline.metrics.label_png import read_label_png
+from pipeline.report import (
+    blend,
+    colorize_labels,
+    compose_figure,
+    fit_into_cell,
+    gray_to_rgb,
+    heat_colors,
+    mean_summaries,
+    miou_table,
+    per_class_table,
+    pick_largest,
+    summarize_eval,
+)
+from pipeline.runtime import progress, stage_run
+
+COMPARISON_METHOD = "retab"  # its report compares every row of the table and has the figure
+KINDS = ("val", "pseudo")
+MISSING_TEXT = "none"
+CAM_ALPHA = 0.5  # share of the heatmap where the CAM panel is laid over the image
+FIGURE_COLUMNS = ("Image", "Ground truth", "CAM", "Boundary", METHOD_TITLES["cam_rw"], METHOD_TITLES["retab"])
+
+
+# --------------------------------------------------------------------------- paths
+
+def under_work(layout_path: str, dataset: str, work: str | os.PathLike) -> Path:
+    """A :mod:`pipeline.layout` path (``work/<dataset>/...``) re-rooted at ``work``."""
+    return Path(work) / Path(layout_path).relative_to(f"work/{dataset}")
+
+
+def report_methods(method: str) -> list[str]:
+    """Rows of a fold report: every method for the comparison method, else the method alone."""
+    if method not in SEG_METHODS:
+        raise PipelineError("--method", f"'{method}' is not one of {', '.join(SEG_METHODS)}")
+    return list(SEG_METHODS) if method == COMPARISON_METHOD else [method]
+
+
+def metric_file(dataset: str, fold: int, method: str, kind: str, work: str | os.PathLike) -> Path | None:
+    """Where the ``kind`` scores of ``method`` lie; None for pseudo scores of a method without any."""
+    if kind == "pseudo" and SEG_METHODS[method][0] is None:
+        return None
+    return under_work(eval_path(dataset, fold, method, kind), dataset, work)
+
+
+# --------------------------------------------------------------------------- reading
+
+def read_eval(path: Path, fold: int) -> dict:
+    """An evaluate metrics file, checked: it has scores and belongs to ``fold``."""
+    if not path.is_file():
+        raise PipelineError(path, "metrics file not found (run stage evaluate)")
+    document = read_json(path)
+    if not isinstance(document, dict) or "miou" not in document:
+        raise PipelineError(path, "not a metrics file of stage evaluate (no 'miou')")
+    if document.get("fold") is not None and document["fold"] != fold:
+        raise PipelineError(path, f"holds scores of fold {document['fold']}, not fold {fold}")
+    return document
+
+
+def fold_metrics(dataset: str, fold: int, methods: list[str], work: str | os.PathLike) -> dict:
+    """``{"methods": {m: {"title", "val", "pseudo"}}}`` plus the class lists of the fold."""
+    out: dict = {"methods": {}}
+    for method in methods:
+        entry = {"title": METHOD_TITLES[method]}
+        for kind in KINDS:
+            path = metric_file(dataset, fold, method, kind, work)
+            if path is None:
+                entry[kind] = None
+                continue
+            document = read_eval(path, fold)
+            entry[kind] = summarize_eval(document)
+            out.setdefault("base_classes", document.get("base_classes"))
+            out.setdefault("novel_classes", document.get("novel_classes"))
+        out["methods"][method] = entry
+    return out
+
+
+def read_fold_report(directory: Path) -> dict:
+    """metrics.json of a one-fold comparison report (for ``--aggregate``)."""
+    path = directory / "metrics.json"
+    if not path.is_file():
+        raise PipelineError(path, "fold report not found (build results/<dataset>/retab_fold<k> first)")
+    document = read_json(path)
+    if not isinstance(document, dict) or not isinstance(document.get("methods"), dict) or "fold" not in document:
+        raise PipelineError(path, "not a fold report of stage report_retab (no 'fold' / 'methods')")
+    return document
+
+
+# --------------------------------------------------------------------------- report text
+
+def val_rows(methods: dict) -> list[tuple[str, dict | None]]:
+    return [(entry["title"], entry["val"]) for entry in methods.values()]
+
+
+def pseudo_rows(methods: dict) -> list[tuple[str, dict | None]]:
+    return [(entry["title"], entry["pseudo"]) for m, entry in methods.items() if SEG_METHODS[m][0] is not None]
+
+
+def fold_report_text(dataset: str, fold: int, method: str, metrics: dict, class_names: list[str],
+                     figure: bool) -> str:
+    """report.md of one fold: the paper's two tables, per-class IoU, the figure if any."""
+    methods = metrics["methods"]
+    parts = [f"# {METHOD_TITLES[method]}: {dataset}, fold {fold}\n",
+             f"Novel classes: {', '.join(metrics.get('novel_classes') or []) or MISSING_TEXT}.\n",
+             "## Segmentation on val (mIoU, %)\n", miou_table(val_rows(methods))]
+    rows = pseudo_rows(methods)
+    if rows:
+        parts += ["## Pseudo labels on the fold's train novel samples (mIoU, %)\n", miou_table(rows)]
+    parts += ["## Per-class IoU on val (%, * = novel)\n",
+              per_class_table([(e["title"], e["val"]) for e in methods.values()], class_names,
+                              metrics.get("novel_classes") or [])]
+    if figure:
+        parts += ["## Pseudo labels of novel samples\n",
+                  "![image | ground truth | CAM | boundary | CAM+RW | CAM+RETAB](figure.png)\n"]
+    return "\n".join(parts)
+
+
+
+def aggregate_metrics(reports: list[dict], sources: list[Path]) -> dict:
+    """Mean over folds of every method's summaries, plus the per-fold ones."""
+    datasets = {r.get("dataset") for r in reports}
+    if len(datasets) > 1:
+        raise PipelineError(sources[1], f"fold reports of different datasets: {sorted(map(str, datasets))}")
+    folds = [r["fold"] for r in reports]
+    for path, report in zip(sources, reports):
+        if folds.count(report["fold"]) > 1:
+            raise PipelineError(path / "metrics.json", f"fold {report['fold']} is given twice")
+    methods = [m for m in SEG_METHODS if all(m in r["methods"] for r in reports)]
+    if not methods:
+        raise PipelineError(sources[0] / "metrics.json", "no method is reported in every fold")
+    mean = {m: {"title": METHOD_TITLES[m],
+                **{kind: mean_summaries([r["methods"][m].get(kind) for r in reports]) for kind in KINDS}}
+            for m in methods}
+    return {"dataset": reports[0].get("dataset"), "folds": folds, "mean": {"methods": mean},
+            "per_fold": {f"fold{r['fold']}": {"methods": {m: r["methods"][m] for m in methods},
+                                              "novel_classes": r.get("novel_classes")} for r in reports}}
+
+
+def aggregate_report_text(metrics: dict) -> str:
+    """report.md of the mean over folds: mean tables (paper form) then each fold's."""
+    folds = ", ".join(str(k) for k in metrics["folds"])
+    mean = metrics["mean"]["methods"]
+    parts = [f"# Weak-shot segmentation (RETAB table): {metrics['dataset']}, mean over folds {folds}\n",
+             "## Segmentation on val, mean over folds (mIoU, %)\n", miou_table(val_rows(mean))]
+    rows = pseudo_rows(mean)
+    if rows:
+        parts += ["## Pseudo labels on train novel samples, mean over folds (mIoU, %)\n", miou_table(rows)]
+    for name, fold in metrics["per_fold"].items():
+        parts += [f"## {name}: segmentation on val (mIoU, %)\n", miou_table(val_rows(fold["methods"]))]
+        rows = pseudo_rows(fold["methods"])
+        if rows:
+            parts += [f"## {name}: pseudo labels on train novel samples (mIoU, %)\n", miou_table(rows)]
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- figure
+
+def novel_areas(dataset: VOCDataset, ids: list[str], novel_classes: list[int]) -> dict[str, int]:
+    """Novel-class pixels in each image's ground truth."""
+    return {i: int(np.isin(dataset.load_mask(i), novel_classes).sum())
+            for i in progress(ids, desc="novel areas")}
+
+
+def cam_max_map(path: Path, height: int, width: int, num_classes: int, background_index: int | None) -> np.ndarray:
+    """HxW max over an image's class CAMs (0 without any), at image size, clipped to [0, 1]."""
+    cam = read_cam_file(path, num_classes, background_index)
+    if cam["size"] != (height, width):
+        raise PipelineError(path, f"CAMs are for a {cam['size'][1]}x{cam['size'][0]} image, the image is "
+                            f"{width}x{height}")
+    if not cam["keys"]:
+        return np.zeros((height, width), np.float32)
+    full = upsample_cams(cam["cams"], (height, width), cam["stride"])
+    return np.clip(full.max(axis=0), 0.0, 1.0)
+
+
+def read_sized_png(path: Path, height: int, width: int, what: str) -> np.ndarray:
+    """A one-channel PNG (label map or boundary map) that must have the image's size."""
+    array = read_label_png(path)
+    if array.shape != (height, width):
+        raise PipelineError(path, f"{what} is {array.shape[1]}x{array.shape[0]}, its image is {width}x{height}")
+    return array
+
+
+def figure_row(image_id: str, dataset: VOCDataset, cams: Path, boundary: Path, rw: Path, retab: Path,
+               cell: int) -> list[Image.Image]:
+    """The six panels of one novel sample."""
+    image = dataset.load_image(image_id)
+    height, width = image.shape[:2]
+    cam = cam_max_map(cam_path(cams, image_id), height, width, dataset.num_classes, dataset.background_index)
+    boundary_map = read_sized_png(boundary / f"{image_id}.png", height, width, "boundary map")
+    rw_labels = read_sized_png(rw / f"{image_id}.png", height, width, "pseudo label")
+    retab_labels = read_sized_png(retab / f"{image_id}.png", height, width, "pseudo label")
+    return [fit_into_cell(image, cell),
+            fit_into_cell(colorize_labels(dataset.load_mask(image_id)), cell, nearest=True),
+            fit_into_cell(blend(image, heat_colors(cam), CAM_ALPHA), cell),
+            fit_into_cell(gray_to_rgb(boundary_map), cell),
+            fit_into_cell(colorize_labels(rw_labels), cell, nearest=True),
+            fit_into_cell(colorize_labels(retab_labels), cell, nearest=True)]
+
+
+def retab_figure(params: dict, dataset_name: str, fold: int, work: Path) -> Image.Image:
+    """Fig. 3 of the RETAB paper for the fold's novel samples with the largest novel area."""
+    fold_path = work / "folds" / f"fold{fold}.json"
+    fold_doc = load_fold(fold_path)
+    if not fold_doc["novel_samples"]:
+        raise PipelineError(fold_path, "'novel_samples' is empty: no sample to show in the figure")
+    dataset = VOCDataset(params["data"], "train")
+    known = set(dataset.ids)
+    outside = [i for i in fold_doc["novel_samples"] if i not in known]
+    if outside:
+        raise PipelineError(fold_path, f"novel sample {outside[0]!r} is not in the train split")
+    count = int(section(params, "report.figure_samples"))
+    cell = int(section(params, "report.figure_cell"))
+    areas = novel_areas(dataset, list(fold_doc["novel_samples"]), [int(c) for c in fold_doc["novel_classes"]])
+    chosen = pick_largest(areas, count)
+    cams = work / "shared" / "cam" / "cams"
+    boundary = work / f"fold{fold}" / "boundary" / "maps"
+    rw = under_work(pseudo_dir(dataset_name, "rw_cam", fold), dataset_name, work)
+    retab = under_work(pseudo_dir(dataset_name, "retab", fold), dataset_name, work)
+    for directory in (cams, boundary, rw, retab):
+        if not directory.is_dir():
+            raise PipelineError(directory, "directory not found (its stage has not run)")
+    rows = [figure_row(i, dataset, cams, boundary, rw, retab, cell) for i in chosen]
+    return compose_figure(rows, FIGURE_COLUMNS, cell)
+
+
+# --------------------------------------------------------------------------- stage
+
+def run_fold_report(params: dict, method: str, fold: int, work: Path, out: str) -> None:
+    dataset_name = params["dataset"]
+    methods = report_methods(method)
+    metrics = fold_metrics(dataset_name, fold, methods, work)
+    figure = retab_figure(params, dataset_name, fold, work) if method == COMPARISON_METHOD else None
+    document = {"dataset": dataset_name, "fold": fold, "method": method, **metrics}
+    text = fold_report_text(dataset_name, fold, method, metrics, list(params["data"]["classes"]), figure is not None)
+    with atomic_dir(out) as tmp:
+        write_json(tmp / "metrics.json", document)
+        write_text(tmp / "report.md", text)
+        if figure is not None:
+            figure.save(tmp / "figure.png", format="PNG")
+
+
+def run_aggregate(directories: list[str], out: str) -> dict:
+    sources = [Path(d) for d in directories]
+    metrics = aggregate_metrics([read_fold_report(d) for d in sources], sources)
+    with atomic_dir(out) as tmp:
+        write_json(tmp / "metrics.json", metrics)
+        write_text(tmp / "report.md", aggregate_report_text(metrics))
+    return metrics
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--dataset", default=None, help="dataset name (default: params' dataset)")
+    ap.add_argument("--method", default=None, help=f"table row ({', '.join(SEG_METHODS)}); "
+                    f"'{COMPARISON_METHOD}' reports every row and draws the figure")
+    ap.add_argument("--fold", type=int, default=None)
+    ap.add_argument("--work", default=None, help="the dataset's work directory (work/<dataset>)")
+    ap.add_argument("--aggregate", nargs="+", default=None, metavar="DIR",
+                    help="fold report directories to average (instead of --method/--fold/--work)")
+    ap.add_argument("--out", required=True, help="results directory to write")
+    args = ap.parse_args(argv)
+
+    params = load_params(args.params, args.dataset)
+    if args.aggregate:
+        with stage_run("report_retab", {"aggregate": args.aggregate}, params.get("report", {})) as log:
+            metrics = run_aggregate(args.aggregate, args.out)
+            log.info("mean over folds %s written to %s", metrics["folds"], args.out)
+        return
+    for name in ("method", "fold", "work"):
+        if getattr(args, name) is None:
+            raise PipelineError(f"--{name}", "required unless --aggregate is given")
+    work = Path(args.work)
+    inputs = {"method": args.method, "fold": args.fold, "work": str(work)}
+    with stage_run("report_retab", inputs, params.get("report", {})) as log:
+        run_fold_report(params, args.method, args.fold, work, args.out)
+        log.info("report of %s fold %d written to %s", args.method, args.fold, args.out)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,165 @@
+"""Stage train_cam: the CAM network (multi-label image classifier, PSA/IRN).
+
+    python -m pipeline.stages.train_cam --params params.yaml --dataset D \\
+        --labels work/D/image_labels.json --out work/D/shared/cam/model.pt \\
+        --history work/D/shared/cam/history.tsv --threads 2
+
+Trains :class:`pipeline.models.CAMNet` (backbone -> global average pooling -> 1x1
+classifier, one channel per foreground class, background excluded) on every train
+image with its image-level labels, with the multi-label soft-margin loss (IRN
+``step/train_cam.py``): random rescale/crop/flip (``cam.train``), SGD with poly decay
+(power 0.9), backbone at ``lr`` and the classifier at ``10 * lr``. The CAM network
+runs at ``cam.output_stride`` (IRN: 16) unless null (then ``backbone.output_stride``).
+
+A checkpoint (``<out>.ckpt``) is written after every epoch; a rerun with the same
+params resumes after the last finished epoch and gives bit-identical weights (CPU).
+It is removed once the model is written. Outputs: the model file (weights + metadata:
+backbone, output stride, number of classes, class names) and ``history.tsv`` (one row
+per epoch: epoch, loss, lr (backbone group, at the epoch's start), seconds).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.cam import multi_hot
+from pipeline.config import check_range, load_params, params_hash, section
+from pipeline.data.batches import batches_per_epoch, training_batches
+from pipeline.data.labels import read_image_labels_file
+from pipeline.data.voc import VOCDataset
+from pipeline.errors import PipelineError, run_stage
+from pipeline.io import write_text
+from pipeline.losses import multilabel_soft_margin
+from pipeline.runtime import choose_device, seed_everything, set_threads, stage_run
+
+HISTORY_COLUMNS = ("epoch", "loss", "lr", "seconds")
+
+
+def cam_backbone_cfg(params: dict) -> dict:
+    """``params['backbone']`` with the CAM network's output stride (``cam.output_stride``)."""
+    cfg = dict(params["backbone"])
+    output_stride = params["cam"].get("output_stride")
+    if output_stride is not None:
+        cfg["output_stride"] = output_stride
+    return cfg
+
+
+def cam_model_meta(model, class_names: list[str]) -> dict:
+    """What a CAM model file fits: the network's meta plus the foreground class names."""
+    return {**model.meta, "classes": list(class_names)}
+
+
+def check_train_params(train_cfg: dict) -> None:
+    """Range checks the schema cannot express; errors name the key."""
+    low, high = train_cfg["scale_range"]
+    if low > high:
+        raise PipelineError("cam.train.scale_range", f"[{low}, {high}]: the first value must be <= the second")
+    check_range(train_cfg["lr"], "cam.train.lr", 0, 10, low_open=True)
+    check_range(train_cfg["momentum"], "cam.train.momentum", 0, 1, high_open=True)
+
+
+def check_labels_document(document: dict, data_cfg: dict, path: str) -> None:
+    """The labels file was made for this dataset's class list (else it is stale)."""
+    if document["classes"] != list(data_cfg["classes"]):
+        raise PipelineError(path, f"its class list differs from datasets.{data_cfg['name']}.classes "
+                            "(made for another dataset? rerun stage image_labels)")
+
+
+def image_targets(ids: list[str], labels: dict[str, list[int]], foreground: list[int], path: str) -> dict:
+    """Multi-hot classification target of every id (errors name the labels file)."""
+    targets = {}
+    for image_id in ids:
+        if image_id not in labels:
+            raise PipelineError(path, f"no image-level labels for train image '{image_id}' (rerun stage image_labels)")
+        try:
+            targets[image_id] = multi_hot(labels[image_id], foreground)
+        except ValueError as err:
+            raise PipelineError(path, f"labels of '{image_id}': {err}") from None
+    return targets
+
+
+def history_tsv(history: list[dict]) -> str:
+    """One row per epoch: epoch, mean loss, backbone lr at the epoch's start, seconds."""
+    rows = ["\t".join(HISTORY_COLUMNS)]
+    for row in history:
+        lr = row["lr"][0] if isinstance(row["lr"], (list, tuple)) else row["lr"]
+        rows.append(f"{row['epoch']}\t{row['loss']:.6f}\t{lr:.6g}\t{row['seconds']:.3f}")
+    return "\n".join(rows) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--dataset", default=None, help="dataset name (default: params' dataset)")
+    ap.add_argument("--labels", required=True, help="image-labels JSON (stage image_labels)")
+    ap.add_argument("--out", required=True, help="model file to write")
+    ap.add_argument("--history", required=True, help="per-epoch history TSV to write")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = ap.parse_args(argv)
+
+    params = load_params(args.params, args.dataset)
+    train_cfg = section(params, "cam.train")
+    check_train_params(train_cfg)
+    set_threads(args.threads)
+    device = choose_device(params.get("device", "auto"))
+    seed_everything(params["seed"])
+
+    dataset = VOCDataset(params["data"], "train")
+    document = read_image_labels_file(args.labels)
+    check_labels_document(document, params["data"], args.labels)
+    targets = image_targets(dataset.ids, document["labels"], dataset.foreground_indices, args.labels)
+    fg_names = [dataset.class_names[c] for c in dataset.foreground_indices]
+
+    from pipeline.models import CAMNet, backbone_normalization
+    from pipeline.training import poly_scheduler, save_model, train
+
+    backbone_cfg = cam_backbone_cfg(params)
+    mean, std = backbone_normalization(backbone_cfg)
+    inputs = {"root": params["data"]["root"], "labels": args.labels, "images": len(dataset)}
+    used = {"cam": params["cam"], "backbone": backbone_cfg, "seed": params["seed"], "classes": fg_names}
+    with stage_run("train_cam", inputs, used, device) as log:
+        model = CAMNet(backbone_cfg, num_classes=len(fg_names))
+        meta = cam_model_meta(model, fg_names)
+        ids = list(dataset.ids)
+        batch_size = int(train_cfg["batch_size"])
+        steps_per_epoch = batches_per_epoch(len(ids), batch_size)
+        epochs = int(train_cfg["epochs"])
+        optimizer = torch.optim.SGD(model.param_groups(train_cfg["lr"]), lr=train_cfg["lr"],
+                                    momentum=train_cfg["momentum"], weight_decay=train_cfg["weight_decay"])
+        scheduler = poly_scheduler(optimizer, steps_per_epoch * epochs)
+        log.info("%d train images, %d classes, %d steps/epoch x %d epochs", len(ids), len(fg_names),
+                 steps_per_epoch, epochs)
+
+        def load(image_id: str):
+            return dataset.load_image(image_id), []
+
+        def make_batches(epoch: int, rng: np.random.Generator):
+            for batch in training_batches(ids, load, batch_size=batch_size, crop=int(train_cfg["crop"]),
+                                          scale_range=tuple(train_cfg["scale_range"]), rng=rng,
+                                          mean=mean, std=std, ignore_index=dataset.ignore_index):
+                batch["labels"] = torch.from_numpy(np.stack([targets[i] for i in batch["ids"]]))
+                yield batch
+
+        def step(net, batch):
+            return multilabel_soft_margin(net(batch["image"]), batch["labels"]), {}
+
+        checkpoint = Path(str(args.out) + ".ckpt")
+        run_meta = {**meta, "params": params_hash(used), "labels": params_hash(document["labels"])}
+        try:
+            history = train(model, make_batches, step, optimizer, scheduler, epochs, checkpoint, log,
+                            seed=params["seed"], meta=run_meta, device=device)
+        except FloatingPointError as err:
+            # A diverging loss is a params problem (too high a learning rate), not a crash.
+            checkpoint.unlink(missing_ok=True)
+            raise PipelineError("cam.train.lr", f"training diverged ({err}); lower the learning rate") from None
+        save_model(args.out, model.cpu(), meta)
+        write_text(args.history, history_tsv(history))
+        checkpoint.unlink(missing_ok=True)
+        log.info("wrote %s (final loss %.4f) and %s", args.out, history[-1]["loss"], args.history)
+
+
+if __name__ == "__main__":
+    run_stage(main)

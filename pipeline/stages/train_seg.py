@@ -1,0 +1,326 @@
+"""Stage train_seg: the DeepLab-style segmentation network of every table row.
+
+    python -m pipeline.stages.train_seg --params params.yaml --dataset D \\
+        --supervision {gt,pseudo,mixed} [--pseudo DIR] [--fold-file F] \\
+        --labels work/D/image_labels.json --out model.pt --history history.tsv --threads 2
+
+What supervises each train image (``--supervision``):
+
+* ``gt``     ground-truth mask of every train image (the Fully Oracle row);
+* ``pseudo`` the pseudo-label PNG ``DIR/<id>.png`` of every train image (pure WSSS rows);
+* ``mixed``  ground truth for the fold's ``base_samples``, pseudo labels for its
+  ``novel_samples`` (weak-shot rows; the L-Net branch's strong/weak split likewise).
+  A base sample's novel-class pixels become ignore (:func:`mask_novel_pixels`): a no-op
+  under the PASCAL-5i rule (base samples hold none), needed with ``novel_min_pixels`` > 1.
+
+Pseudo labels are checked before training (every listed image has one, of the image's
+size, holding class ids or the ignore index 255); each problem is a one-line error naming
+the file. ``--labels`` (image-level labels) must cover every train image: it ties the run
+to the dataset the pseudo labels were made for.
+
+Network and optimisation: :class:`pipeline.models.DeepLabASPP` (``segmentation.head``:
+v3 = DeepLab-v3 ASPP + 3x3 conv + classifier, v2 = DeepLab-v2's summed atrous
+classifiers; ASPP rates ``segmentation.aspp_rates``, null = the DeepLab default for the
+output stride) on the backbone of ``params['backbone']`` (output stride
+``segmentation.output_stride``, null = the backbone's; ``segmentation.frozen_blocks``,
+null = the backbone's), pixel cross-entropy with ignore 255, SGD with momentum (or AdamW:
+``segmentation.train.optimizer``), backbone at ``lr`` and the new layers at 10x, poly
+decay (power ``poly_power``) per step. Batches come from
+:func:`pipeline.data.batches.training_batches` (random rescale, crop, flip). A checkpoint
+is written after every epoch next to ``--out`` (``<out stem>.checkpoint.pt``); a rerun
+with the same inputs and params resumes after the last finished epoch, and the checkpoint
+is removed once the model and history are written. ``history.tsv``: epoch, loss, lr
+(backbone; the head's is 10x), seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.config import check_range, load_params, params_hash, section
+from pipeline.data.batches import training_batches
+from pipeline.data.folds import load_fold, mask_novel_pixels
+from pipeline.data.labels import load_image_labels
+from pipeline.data.voc import VOCDataset, image_size
+from pipeline.errors import PipelineError, run_stage
+from pipeline.io import write_text
+from pipeline.losses import segmentation_ce
+from pipeline.metrics.label_png import read_label_png
+from pipeline.models import DeepLabASPP, backbone_normalization
+from pipeline.runtime import choose_device, progress, seed_everything, set_threads, stage_run
+from pipeline.training import count_steps, poly_scheduler, save_model, train
+
+SUPERVISIONS = ("gt", "pseudo", "mixed")
+GT, PSEUDO = "gt", "pseudo"
+PSEUDO_SUFFIX = ".png"
+TRAIN_KEYS = ("crop", "scale_range", "batch_size", "epochs", "optimizer", "lr", "momentum", "weight_decay",
+              "poly_power")
+OPTIMIZERS = ("sgd", "adamw")
+
+
+# --------------------------------------------------------------------------- params
+
+def train_config(params: dict) -> dict:
+    """``segmentation.train`` with every key present and in range (one line naming the key)."""
+    cfg = {k: section(params, f"segmentation.train.{k}") for k in TRAIN_KEYS}
+    low, high = cfg["scale_range"]
+    if not 0 < low <= high:
+        raise PipelineError("params.yaml", f"segmentation.train.scale_range = {cfg['scale_range']} must be "
+                            "[low, high] with 0 < low <= high")
+    check_range(cfg["crop"], "segmentation.train.crop", 1)
+    check_range(cfg["lr"], "segmentation.train.lr", 0, low_open=True)
+    return cfg
+
+
+def seg_backbone_cfg(params: dict) -> dict:
+    """``params['backbone']`` with the segmentation net's own output stride and frozen
+    block groups, where ``segmentation`` sets them (null: the backbone's)."""
+    cfg = dict(params["backbone"])
+    seg = section(params, "segmentation")
+    for key in ("output_stride", "frozen_blocks"):
+        if seg.get(key) is not None:
+            cfg[key] = seg[key]
+    return cfg
+
+
+def aspp_rates(params: dict) -> tuple[int, ...] | None:
+    """``segmentation.aspp_rates`` as a tuple, or None for DeepLab-v3's rates at the stride."""
+    rates = section(params, "segmentation").get("aspp_rates")
+    return None if rates is None else tuple(int(r) for r in rates)
+
+
+def build_seg_model(params: dict, num_classes: int) -> DeepLabASPP:
+    """The segmentation network the params describe (shared with stage predict_seg)."""
+    head = section(params, "segmentation").get("head", "v3")
+    return DeepLabASPP(seg_backbone_cfg(params), num_classes, aspp_rates(params), head=head)
+
+
+def model_meta(model: DeepLabASPP, dataset: VOCDataset) -> dict:
+    """What the weights fit: architecture, head, rates, and the classes they predict."""
+    return {**model.meta, "head": model.head_type, "aspp_rates": list(model.rates),
+            "class_names": list(dataset.class_names)}
+
+
+def make_optimizer(groups: list[dict], cfg: dict) -> torch.optim.Optimizer:
+    """SGD with momentum (DeepLab/PSA/IRN) or AdamW, over the backbone/head param groups."""
+    if cfg["optimizer"] == "sgd":
+        return torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+    if cfg["optimizer"] == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    raise PipelineError("params.yaml", f"segmentation.train.optimizer = {cfg['optimizer']!r} is not one of "
+                        f"{', '.join(OPTIMIZERS)}")
+
+
+# --------------------------------------------------------------------------- targets
+
+def target_sources(train_ids: list[str], supervision: str, fold: dict | None = None,
+                   fold_path: str | os.PathLike = "--fold-file") -> dict[str, str]:
+    """``{image_id: 'gt' | 'pseudo'}``: which label map supervises each train image.
+
+    ``gt``/``pseudo``: the same source for every image. ``mixed``: GT for the fold's
+    ``base_samples``, pseudo labels for its ``novel_samples``; the two lists must be
+    disjoint, lie in the train split and cover it (errors name ``fold_path``).
+    """
+    if supervision in (GT, PSEUDO):
+        return dict.fromkeys(train_ids, supervision)
+    if supervision != "mixed":
+        raise PipelineError("--supervision", f"'{supervision}' is not one of {', '.join(SUPERVISIONS)}")
+    if fold is None:
+        raise PipelineError("--fold-file", "supervision 'mixed' needs a fold file (base/novel samples)")
+    base, novel = fold["base_samples"], fold["novel_samples"]
+    both = set(base) & set(novel)
+    if both:
+        raise PipelineError(fold_path, f"'{sorted(both)[0]}' is listed as both a base and a novel sample")
+    known = set(train_ids)
+    outside = [i for i in [*base, *novel] if i not in known]
+    if outside:
+        raise PipelineError(fold_path, f"lists {len(outside)} id(s) not in the train split "
+                            f"(first: {outside[0]!r}); was it made for another dataset?")
+    sources = {**dict.fromkeys(base, GT), **dict.fromkeys(novel, PSEUDO)}
+    missing = [i for i in train_ids if i not in sources]
+    if missing:
+        raise PipelineError(fold_path, f"{len(missing)} train image(s) are neither base nor novel samples "
+                            f"(first: {missing[0]!r})")
+    return {i: sources[i] for i in train_ids}
+
+
+def read_pseudo_label(path: Path, height: int, width: int, num_classes: int, ignore_index: int) -> np.ndarray:
+    """A pseudo-label PNG, checked: the image's size, values class ids or ``ignore_index``."""
+    label = read_label_png(path)
+    if label.shape != (height, width):
+        raise PipelineError(path, f"pseudo label is {label.shape[1]}x{label.shape[0]} but its image is "
+                            f"{width}x{height}")
+    present = np.flatnonzero(np.bincount(label.ravel(), minlength=256))
+    bad = [int(v) for v in present if v >= num_classes and v != ignore_index]
+    if bad:
+        raise PipelineError(path, f"pseudo label holds values {bad}: not class ids 0..{num_classes - 1} "
+                            f"or the ignore index {ignore_index}")
+    return label
+
+
+def pseudo_path(pseudo_dir: Path, image_id: str) -> Path:
+    return pseudo_dir / f"{image_id}{PSEUDO_SUFFIX}"
+
+
+def check_pseudo_dir(pseudo_dir: Path, ids: list[str]) -> None:
+    """Fail before any work if the directory or one listed pseudo label is missing."""
+    if not pseudo_dir.is_dir():
+        raise PipelineError(pseudo_dir, "pseudo-label directory not found")
+    with os.scandir(pseudo_dir) as entries:
+        names = {entry.name for entry in entries}
+    missing = [i for i in ids if i + PSEUDO_SUFFIX not in names]
+    if missing:
+        raise PipelineError(pseudo_path(pseudo_dir, missing[0]),
+                            f"pseudo label missing ({len(missing)} of {len(ids)} images that need one)")
+
+
+def load_target(image_id: str, source: str, dataset: VOCDataset, image_shape: tuple[int, int],
+                pseudo_dir: Path | None, novel_classes: list[int]) -> np.ndarray:
+    """The HxW class map that supervises ``image_id``: its GT (novel pixels -> ignore) or pseudo label."""
+    if source == GT:
+        return mask_novel_pixels(dataset.load_mask(image_id), novel_classes, dataset.ignore_index)
+    return read_pseudo_label(pseudo_path(pseudo_dir, image_id), *image_shape, dataset.num_classes,
+                             dataset.ignore_index)
+
+
+def check_pseudo_labels(dataset: VOCDataset, sources: dict[str, str], pseudo_dir: Path) -> None:
+    """Every pseudo label the run needs exists and is valid (one decode each, before training)."""
+    ids = [i for i, s in sources.items() if s == PSEUDO]
+    check_pseudo_dir(pseudo_dir, ids)
+    for image_id in progress(ids, desc="check pseudo labels"):
+        width, height = image_size(dataset.image_path(image_id))
+        read_pseudo_label(pseudo_path(pseudo_dir, image_id), height, width, dataset.num_classes,
+                          dataset.ignore_index)
+
+
+def directory_fingerprint(directory: Path | None) -> str | None:
+    """Hash of the file names, sizes and mtimes in ``directory``: a rewritten pseudo-label
+    directory makes an old checkpoint stale."""
+    if directory is None:
+        return None
+    with os.scandir(directory) as entries:
+        stats = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries)
+    return params_hash(stats)
+
+
+def history_tsv(history: list[dict], lr_factor: float = 1.0) -> str:
+    """history.tsv text: epoch, mean loss, backbone lr at the epoch start, seconds.
+
+    ``lr_factor`` turns the first param group's lr into the backbone's (1/10 when the
+    backbone is frozen and the head's group comes first).
+    """
+    rows = ["epoch\tloss\tlr\tseconds"]
+    rows += [f"{row['epoch']}\t{row['loss']:.6g}\t{row['lr'][0] * lr_factor:.6g}\t{row['seconds']:.3f}"
+             for row in history]
+    return "\n".join(rows) + "\n"
+
+
+def checkpoint_path_for(out: str | os.PathLike) -> Path:
+    out = Path(out)
+    return out.with_name(out.stem + ".checkpoint.pt")
+
+
+def skip_nan_fill() -> None:
+    """Keep deterministic algorithms but stop filling every new tensor with NaN.
+
+    ``seed_everything`` enables ``torch.use_deterministic_algorithms``, which also turns on
+    ``fill_uninitialized_memory`` (a debugging aid that makes reads of uninitialised
+    memory visible). Measured on a CPU training step of this network: ~40% of the time in
+    ``aten::fill_``. Results stay bit-identical: the kernels never read that memory.
+    """
+    torch.utils.deterministic.fill_uninitialized_memory = False
+
+
+def check_image_labels(labels: dict[str, list[int]], train_ids: list[str], path: str) -> None:
+    """The labels file must cover the train split (else it belongs to another dataset)."""
+    missing = [i for i in train_ids if i not in labels]
+    if missing:
+        raise PipelineError(path, f"no image-level labels for {len(missing)} train image(s) (first: "
+                            f"{missing[0]!r}); was it made for another dataset? (rerun stage image_labels)")
+
+
+# --------------------------------------------------------------------------- stage
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--dataset", default=None, help="dataset name (default: params' dataset)")
+    ap.add_argument("--supervision", required=True, choices=SUPERVISIONS)
+    ap.add_argument("--pseudo", default=None, help="directory of <id>.png pseudo labels (pseudo, mixed)")
+    ap.add_argument("--fold-file", default=None, help="fold JSON with base/novel samples (mixed)")
+    ap.add_argument("--labels", required=True, help="image-level labels JSON (stage image_labels)")
+    ap.add_argument("--out", required=True, help="model file to write")
+    ap.add_argument("--history", required=True, help="per-epoch history TSV to write")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = ap.parse_args(argv)
+
+    if args.supervision != GT and args.pseudo is None:
+        raise PipelineError("--pseudo", f"supervision '{args.supervision}' needs a pseudo-label directory")
+    if args.supervision == "mixed" and args.fold_file is None:
+        raise PipelineError("--fold-file", "supervision 'mixed' needs a fold file (base/novel samples)")
+    params = load_params(args.params, args.dataset)
+    cfg = train_config(params)
+    dataset = VOCDataset(params["data"], "train")
+    check_image_labels(load_image_labels(args.labels), dataset.ids, args.labels)
+    fold = load_fold(args.fold_file) if args.supervision == "mixed" else None
+    sources = target_sources(dataset.ids, args.supervision, fold, args.fold_file or "--fold-file")
+    novel_classes = [int(c) for c in fold["novel_classes"]] if fold is not None else []
+    pseudo_dir = Path(args.pseudo) if args.supervision != GT else None
+    if pseudo_dir is not None:
+        check_pseudo_labels(dataset, sources, pseudo_dir)
+
+    set_threads(args.threads)
+    device = choose_device(params.get("device", "auto"))
+    seed = int(params["seed"])
+    seed_everything(seed)
+    skip_nan_fill()
+    ids = list(sources)
+    used = {"segmentation": params["segmentation"], "backbone": params["backbone"], "data": params["data"],
+            "seed": seed}
+    inputs = {"supervision": args.supervision, "pseudo": args.pseudo, "fold_file": args.fold_file,
+              "images": len(ids), "pseudo_images": sum(s == PSEUDO for s in sources.values())}
+    with stage_run("train_seg", inputs, used, device) as log:
+        mean, std = backbone_normalization(params["backbone"])
+
+        def load(image_id: str) -> tuple[np.ndarray, list[np.ndarray]]:
+            image = dataset.load_image(image_id)
+            return image, [load_target(image_id, sources[image_id], dataset, image.shape[:2], pseudo_dir,
+                                       novel_classes)]
+
+        def make_batches(epoch: int, rng: np.random.Generator):
+            return training_batches(ids, load, batch_size=cfg["batch_size"], crop=cfg["crop"],
+                                    scale_range=tuple(cfg["scale_range"]), rng=rng, mean=mean, std=std,
+                                    ignore_index=dataset.ignore_index)
+
+        model = build_seg_model(params, dataset.num_classes)
+        # NHWC on CPU: depthwise convolutions (EfficientNet) run several times faster there.
+        memory_format = torch.channels_last if device == "cpu" else torch.contiguous_format
+        model = model.to(memory_format=memory_format)
+
+        def step(net: torch.nn.Module, batch: dict):
+            logits = net(batch["image"].contiguous(memory_format=memory_format))
+            return segmentation_ce(logits, batch["targets"][0], dataset.ignore_index), {}
+
+        groups = model.param_groups(cfg["lr"])
+        lr_factor = cfg["lr"] / groups[0]["lr"]
+        optimizer = make_optimizer(groups, cfg)
+        steps = count_steps(len(ids), cfg["batch_size"]) or 1  # fewer ids than a batch: one step
+        scheduler = poly_scheduler(optimizer, steps * cfg["epochs"], cfg["poly_power"])
+        meta = {**model_meta(model, dataset), "dataset": params["dataset"], "supervision": args.supervision,
+                "fold": fold.get("fold") if fold else None, "sources_hash": params_hash(sources),
+                "pseudo_hash": directory_fingerprint(pseudo_dir), "params_hash": params_hash(used)}
+        checkpoint = checkpoint_path_for(args.out)
+        history = train(model, make_batches, step, optimizer, scheduler, cfg["epochs"], checkpoint, log,
+                        seed, meta=meta, device=device)
+        save_model(args.out, model.cpu().to(memory_format=torch.contiguous_format), meta)
+        write_text(args.history, history_tsv(history, lr_factor))
+        checkpoint.unlink(missing_ok=True)
+        log.info("wrote %s and %s (final loss %.4f)", args.out, args.history, history[-1]["loss"])
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,282 @@
+"""Stages train_affinity, propagate and pseudo_labels on tiny VOC-layout data made here.
+
+Six 32x32 train images with one square object each (classes 1-3; class 3 is the fold's
+novel class), an untrained backbone (``pretrained: false``) and one epoch keep every run
+to a few seconds. Upstream artifacts (image labels, fold file, confident labels, CAMs,
+boundary maps) are written here in their documented formats.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from pipeline.boundary import prob_to_uint8
+from pipeline.cam import write_cam_file
+from pipeline.data.labels import write_image_labels
+from pipeline.errors import run_stage
+from pipeline.io import load_npz, write_json
+from pipeline.metrics.label_png import read_label_png, write_label_png
+from pipeline.stages import propagate, pseudo_labels, train_affinity
+from pipeline.stages.train_affinity import history_tsv, reduce_to_grid, sample_sources
+
+REPO = Path(__file__).resolve().parent.parent
+SIZE = 32
+CLASSES = ["background", "red", "green", "blue"]
+# image id -> (class, top, left) of its 12x12 square object
+OBJECTS = {"i0": (1, 4, 4), "i1": (2, 16, 10), "i2": (3, 8, 16), "i3": (1, 18, 2), "i4": (3, 2, 2),
+           "i5": (2, 10, 12)}
+COLOURS = {0: (40, 40, 40), 1: (220, 30, 30), 2: (30, 200, 40), 3: (30, 40, 220)}
+NOVEL = [3]
+
+
+def object_mask(image_id: str) -> np.ndarray:
+    cls, top, left = OBJECTS[image_id]
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[top:top + 12, left:left + 12] = cls
+    return mask
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict:
+    """Dataset, params file and every upstream artifact, shared by the tests of this module."""
+    root = tmp_path_factory.mktemp("tiny")
+    data = root / "VOC"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (data / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for image_id in OBJECTS:
+        mask = object_mask(image_id)
+        image = np.zeros((SIZE, SIZE, 3), np.uint8)
+        for cls, colour in COLOURS.items():
+            image[mask == cls] = colour
+        image = np.clip(image + rng.integers(-10, 10, image.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(image).save(data / "JPEGImages" / f"{image_id}.jpg", quality=95)
+        Image.fromarray(mask).save(data / "SegmentationClass" / f"{image_id}.png")
+    (data / "ImageSets/Segmentation/train.txt").write_text("\n".join(OBJECTS) + "\n")
+    (data / "ImageSets/Segmentation/val.txt").write_text("i0\n")
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["dataset"] = "tiny"
+    params["datasets"] = {"tiny": {
+        "root": str(data), "image_dir": "JPEGImages", "mask_dir": "SegmentationClass",
+        "splits": {"train": "ImageSets/Segmentation/train.txt", "val": "ImageSets/Segmentation/val.txt"},
+        "classes": CLASSES, "background": "background", "ignore_index": 255, "boundary_source": "outline",
+        "novel_classes": [["blue"]]}}
+    params["overrides"] = {}
+    params["backbone"].update({"pretrained": False, "output_stride": 16, "frozen_blocks": 0})
+    params["affinity"].update({"radius": 3, "feat_dim": 28,
+                               "train": {"crop": 32, "scale_range": [0.9, 1.1], "batch_size": 2, "epochs": 1,
+                                         "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0005}})
+    params["propagation"].update({"logt": 3})
+    params["boundary"].update({"tau": 0.5, "erosion": 0})
+    params_path = root / "params.yaml"
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+    labels = {i: [OBJECTS[i][0]] for i in OBJECTS}
+    labels_path = root / "image_labels.json"
+    write_image_labels(labels_path, dataset_name="tiny", class_names=CLASSES, background="background",
+                       min_pixels=1, splits={"train": list(OBJECTS), "val": ["i0"]}, labels=labels)
+    novel_samples = [i for i in OBJECTS if OBJECTS[i][0] in NOVEL]
+    fold_path = root / "fold0.json"
+    write_json(fold_path, {"fold": 0, "novel_classes": NOVEL, "base_classes": [0, 1, 2],
+                           "novel_samples": novel_samples,
+                           "base_samples": [i for i in OBJECTS if i not in novel_samples], "counts": {}})
+
+    cams, confident, boundary = root / "cams", root / "confident", root / "boundary"
+    for d in (cams, confident, boundary):
+        d.mkdir()
+    for image_id in OBJECTS:
+        mask = object_mask(image_id)
+        cls = OBJECTS[image_id][0]
+        # CAM at stride 4: 1 on the object's cells, 0.2 around them (the classic blurry CAM)
+        grid = (mask[::4, ::4] == cls).astype(np.float32)
+        grid = np.maximum(grid, 0.2 * (np.pad(grid, 1, mode="edge")[:-2, 1:-1] > 0))
+        write_cam_file(cams / f"{image_id}.npz", grid[None], [cls], (SIZE, SIZE), 4)
+        conf = mask.copy()
+        edge = np.zeros_like(mask, bool)
+        edge[1:] |= mask[1:] != mask[:-1]
+        edge[:-1] |= mask[1:] != mask[:-1]
+        edge[:, 1:] |= mask[:, 1:] != mask[:, :-1]
+        edge[:, :-1] |= mask[:, 1:] != mask[:, :-1]
+        conf[edge] = 255  # uncertain band around each object, as confident labels have
+        write_label_png(confident / f"{image_id}.png", conf)
+        Image.fromarray(prob_to_uint8(edge.astype(np.float32))).save(boundary / f"{image_id}.png")
+    return {"root": root, "params": str(params_path), "labels": str(labels_path), "fold": str(fold_path),
+            "cams": str(cams), "confident": str(confident), "boundary": str(boundary), "raw_params": params}
+
+
+def run(module, argv: list[str], capsys) -> tuple[int, str]:
+    """Run a stage in-process the way ``python -m`` does: (exit code, stderr)."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage(module.main, argv)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def train_args(tiny, variant: str, out: Path) -> list[str]:
+    args = ["--params", tiny["params"], "--variant", variant, "--confident", tiny["confident"],
+            "--labels", tiny["labels"], "--out", str(out / "model.pt"), "--history", str(out / "history.tsv"),
+            "--threads", "1"]
+    if variant != "cam":
+        args += ["--fold-file", tiny["fold"]]
+    if variant == "retab":
+        args += ["--boundary", tiny["boundary"]]
+    return args
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, tmp_path_factory) -> dict:
+    """One model per variant (trained once for the module)."""
+    out = {}
+    for variant in ("cam", "gt", "retab"):
+        directory = tmp_path_factory.mktemp(f"aff_{variant}")
+        with pytest.raises(SystemExit) as exit_info:
+            run_stage(train_affinity.main, train_args(tiny, variant, directory))
+        assert exit_info.value.code == 0
+        out[variant] = directory
+    return out
+
+
+# --------------------------------------------------------------------------- train_affinity
+
+def test_train_affinity_writes_model_history_and_no_checkpoint(trained):
+    for variant, directory in trained.items():
+        model = torch.load(directory / "model.pt", weights_only=True)
+        assert model["meta"]["variant"] == variant and model["meta"]["model"] == "AffinityNet"
+        rows = (directory / "history.tsv").read_text().splitlines()
+        assert rows[0].split("\t")[:5] == ["epoch", "loss", "bg_loss", "fg_loss", "neg_loss"]
+        assert len(rows) == 2 and np.isfinite(float(rows[1].split("\t")[1]))
+        assert not (directory / "model.checkpoint.pt").exists()
+
+
+def test_sample_sources_by_variant():
+    fold = {"base_samples": ["a", "b"], "novel_samples": ["c"]}
+    assert sample_sources("cam", ["a", "b", "c"], None) == {"a": "cam", "b": "cam", "c": "cam"}
+    assert sample_sources("gt", ["a", "b", "c"], fold) == {"a": "gt", "b": "gt", "c": "cam"}
+
+
+def test_reduce_to_grid_takes_cell_centre_pixels():
+    maps = torch.arange(64).reshape(1, 8, 8)
+    # 8 -> 2: cell centres at 2 and 6 (pixel-centre nearest: (i + .5) * 4 = 2, 6)
+    assert reduce_to_grid(maps, (2, 2)).tolist() == [[[18, 22], [50, 54]]]
+
+
+def test_history_tsv_rows():
+    text = history_tsv([{"epoch": 1, "loss": 0.5, "bg_loss": 0.1, "lr": [0.01, 0.1], "batches": 3,
+                         "seconds": 1.25}])
+    header, row = text.splitlines()
+    values = dict(zip(header.split("\t"), row.split("\t")))
+    assert values["loss"] == "0.5" and values["lr"] == "0.01" and values["fg_loss"] == ""
+
+
+def test_retab_variant_needs_boundary_maps(tiny, tmp_path, capsys):
+    args = train_args(tiny, "retab", tmp_path / "out")
+    args[args.index("--boundary") + 1] = str(tmp_path / "nowhere")
+    code, err = run(train_affinity, args, capsys)
+    assert code == 2 and err.startswith("error:") and "nowhere" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- propagate
+
+def propagate_args(tiny, trained, walk: str, out: Path, params: str | None = None) -> list[str]:
+    variant = "retab" if walk == "two_stage" else "cam"
+    args = ["--params", params or tiny["params"], "--walk", walk, "--cams", tiny["cams"], "--labels",
+            tiny["labels"], "--affinity", str(trained[variant] / "model.pt"), "--out", str(out), "--threads", "1"]
+    if walk == "two_stage":
+        args += ["--boundary", tiny["boundary"]]
+    return args
+
+
+@pytest.mark.parametrize("walk", ["single", "two_stage"])
+def test_propagate_writes_revised_scores_and_pseudo_labels(tiny, trained, tmp_path, capsys, walk):
+    out = tmp_path / "revised"
+    code, err = run(propagate, propagate_args(tiny, trained, walk, out), capsys)
+    assert code == 0, err
+    assert sorted(p.stem for p in out.iterdir()) == sorted(OBJECTS)
+    record = load_npz(out / "i2.npz")
+    assert record["scores"].dtype == np.float16 and record["scores"].shape == (2, 4, 4)
+    assert record["keys"].tolist() == [0, 3] and record["size"].tolist() == [SIZE, SIZE]
+    assert int(record["stride"]) == 8
+    assert np.isfinite(record["scores"].astype(np.float32)).all()
+
+    labels_out = tmp_path / "pseudo"
+    code, err = run(pseudo_labels, ["--params", tiny["params"], "--scores", str(out), "--labels", tiny["labels"],
+                                    "--out", str(labels_out)], capsys)
+    assert code == 0, err
+    for image_id, (cls, _, _) in OBJECTS.items():
+        label = read_label_png(labels_out / f"{image_id}.png")
+        assert label.shape == (SIZE, SIZE)
+        assert set(np.unique(label).tolist()) <= {0, cls}  # only background and the image's class
+
+
+def test_pseudo_labels_from_raw_cams_use_the_eval_threshold(tiny, tmp_path, capsys):
+    eval_path = tmp_path / "eval.json"
+    write_json(eval_path, {"best_threshold": 0.5, "miou": 0.5})
+    out = tmp_path / "pseudo"
+    code, err = run(pseudo_labels, ["--params", tiny["params"], "--scores", tiny["cams"], "--labels",
+                                    tiny["labels"], "--cam-eval", str(eval_path), "--out", str(out)], capsys)
+    assert code == 0, err
+    label = read_label_png(out / "i0.png")
+    # The CAM is 1 on the object (rows/cols 4..15 at stride 4 -> cells 1..3) and 0.2 around:
+    # above 0.5 only well inside the object, background elsewhere.
+    assert label[9, 9] == 1 and label[0, 0] == 0 and label[30, 30] == 0
+    assert set(np.unique(label).tolist()) == {0, 1}
+
+
+# --------------------------------------------------------------------------- bad input
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2
+    assert err.startswith("error:") and len(err.strip().splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+
+
+def test_missing_cam_file_is_named_and_nothing_is_written(tiny, trained, tmp_path, capsys):
+    cams = tmp_path / "cams"
+    cams.mkdir()
+    for image_id in OBJECTS:
+        if image_id != "i3":
+            (cams / f"{image_id}.npz").write_bytes((Path(tiny["cams"]) / f"{image_id}.npz").read_bytes())
+    out = tmp_path / "revised"
+    args = propagate_args(tiny, trained, "single", out)
+    args[args.index("--cams") + 1] = str(cams)
+    code, err = run(propagate, args, capsys)
+    assert_one_line_error(code, err, str(cams / "i3.npz"))
+    assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("section,key,value", [
+    ("propagation", "logt", -1), ("affinity", "radius", -2), ("propagation", "beta", 0),
+    ("propagation", "beta", -1.5)])
+def test_bad_walk_params_are_named(tiny, trained, tmp_path, capsys, section, key, value):
+    params = copy.deepcopy(tiny["raw_params"])
+    params[section][key] = value
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    out = tmp_path / "revised"
+    code, err = run(propagate, propagate_args(tiny, trained, "single", out, params=str(path)), capsys)
+    assert_one_line_error(code, err, f"{section}.{key}")
+    assert not out.exists()
+
+
+def test_missing_score_file_for_pseudo_labels(tiny, tmp_path, capsys):
+    out = tmp_path / "pseudo"
+    code, err = run(pseudo_labels, ["--params", tiny["params"], "--scores", str(tmp_path / "none"),
+                                    "--labels", tiny["labels"], "--out", str(out)], capsys)
+    assert_one_line_error(code, err, str(tmp_path / "none"))
+    assert not out.exists()
+
+
+def test_raw_cams_without_cam_eval_are_refused(tiny, tmp_path, capsys):
+    out = tmp_path / "pseudo"
+    code, err = run(pseudo_labels, ["--params", tiny["params"], "--scores", tiny["cams"], "--labels",
+                                    tiny["labels"], "--out", str(out)], capsys)
+    assert_one_line_error(code, err, "--cam-eval")
+    assert not out.exists()

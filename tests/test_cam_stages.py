@@ -1,0 +1,351 @@
+"""CAM stages (train_cam, infer_cam, eval_cam, confident_labels) on tiny VOC-layout data.
+
+Dataset "tiny": classes [background, cat, dog], six 32x32 train images (a red 'cat' square,
+a blue 'dog' square, both, or nothing) and one val image. Dataset "tinynb" has the same
+files but no background class (classes [sky, cat, dog], 'sky' where tiny has background).
+The network is trained for one short epoch on random weights (fast); eval_cam and
+confident_labels also run on hand-written CAM files so their numbers can be checked by hand.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from pipeline.cam import cam_path, read_cam_file, write_cam_file
+from pipeline.config import REPO_ROOT
+from pipeline.errors import run_stage
+from pipeline.metrics.label_png import read_label_png, write_label_png
+from pipeline.stages import confident_labels, eval_cam, image_labels, infer_cam, train_cam
+
+SIZE = 32
+# id -> list of (class, row0, row1, col0, col1) squares
+SCENES = {
+    "t0": [(1, 4, 14, 4, 14)],
+    "t1": [(2, 16, 28, 10, 22)],
+    "t2": [(1, 2, 12, 18, 30), (2, 18, 30, 2, 14)],
+    "t3": [],
+    "t4": [(1, 10, 22, 10, 22)],
+    "t5": [(2, 3, 13, 3, 13)],
+    "v0": [(1, 8, 16, 8, 16)],
+}
+COLOURS = {1: (220, 30, 30), 2: (30, 30, 220)}
+
+
+def _write_dataset(root):
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "SegmentationClass").mkdir()
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    for image_id, squares in SCENES.items():
+        image = np.full((SIZE, SIZE, 3), 128, np.uint8)
+        mask = np.zeros((SIZE, SIZE), np.uint8)
+        for cls, r0, r1, c0, c1 in squares:
+            image[r0:r1, c0:c1] = COLOURS[cls]
+            mask[r0:r1, c0:c1] = cls
+        Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.jpg", quality=95)
+        write_label_png(root / "SegmentationClass" / f"{image_id}.png", mask)
+    (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(k for k in SCENES if k[0] == "t") + "\n")
+    (root / "ImageSets/Segmentation/val.txt").write_text("v0\n")
+
+
+def _dataset_entry(root, classes, background):
+    return {"root": str(root), "image_dir": "JPEGImages", "mask_dir": "SegmentationClass",
+            "splits": {"train": "ImageSets/Segmentation/train.txt", "val": "ImageSets/Segmentation/val.txt"},
+            "classes": classes, "background": background, "ignore_index": 255,
+            "boundary_source": "outline", "novel_classes": [[classes[2]]]}
+
+
+def _write_params(path, root, **changes):
+    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    raw["datasets"]["tiny"] = _dataset_entry(root, ["background", "cat", "dog"], "background")
+    raw["datasets"]["tinynb"] = _dataset_entry(root, ["sky", "cat", "dog"], None)
+    raw["dataset"] = "tiny"
+    raw["device"] = "cpu"
+    raw["backbone"].update({"pretrained": False, "output_stride": 16})
+    raw["cam"]["output_stride"] = None
+    raw["cam"]["train"].update({"crop": 32, "scale_range": [0.9, 1.1], "batch_size": 3, "epochs": 2,
+                                "lr": 0.01, "momentum": 0.9})
+    raw["cam"]["infer"]["scales"] = [1.0, 0.5]
+    raw["cam"]["store_stride"] = 4
+    raw["cam"]["eval"]["thresholds"] = [0.5, 0.8]
+    for dotted, value in changes.items():
+        node = raw
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Dataset, params, labels files, one trained model and its CAMs (shared by the tests)."""
+    tmp = tmp_path_factory.mktemp("cam")
+    root = tmp / "tiny"
+    _write_dataset(root)
+    params = _write_params(tmp / "params.yaml", root)
+    labels = {}
+    for name in ("tiny", "tinynb"):
+        labels[name] = str(tmp / f"labels_{name}.json")
+        image_labels.main(["--params", params, "--dataset", name, "--out", labels[name]])
+    model, history = tmp / "cam" / "model.pt", tmp / "cam" / "history.tsv"
+    train_cam.main(["--params", params, "--labels", labels["tiny"], "--out", str(model),
+                    "--history", str(history), "--threads", "2"])
+    cams = tmp / "cam" / "cams"
+    infer_cam.main(["--params", params, "--model", str(model), "--labels", labels["tiny"], "--split", "train",
+                    "--out", str(cams), "--threads", "2"])
+    return {"tmp": tmp, "root": root, "params": params, "labels": labels, "model": model,
+            "history": history, "cams": cams}
+
+
+def _run_failing(main, argv, capsys) -> str:
+    """Run a stage the way ``python -m`` does; assert exit 2 and one 'error:' line."""
+    with pytest.raises(SystemExit) as exc:
+        run_stage(main, argv)
+    assert exc.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1
+    return lines[0]
+
+
+def test_train_writes_model_with_metadata_and_history(trained):
+    data = torch.load(trained["model"], map_location="cpu", weights_only=True)
+    assert data["meta"] == {"model": "CAMNet", "backbone": "efficientnet_lite0", "output_stride": 16,
+                            "num_classes": 2, "classes": ["cat", "dog"]}
+    rows = trained["history"].read_text().splitlines()
+    assert rows[0] == "epoch\tloss\tlr\tseconds"
+    assert [r.split("\t")[0] for r in rows[1:]] == ["1", "2"]
+    first_lr = float(rows[1].split("\t")[2])
+    assert first_lr == pytest.approx(0.01) and float(rows[2].split("\t")[2]) < first_lr   # poly decay
+    assert not (trained["model"].parent / "model.pt.ckpt").exists()                      # removed when done
+
+
+def test_infer_writes_normalised_cams_per_labelled_class(trained):
+    labels = json.loads(open(trained["labels"]["tiny"]).read())["labels"]
+    files = sorted(p.name for p in trained["cams"].iterdir())
+    assert files == [f"t{i}.npz" for i in range(6)]
+    for image_id in (f"t{i}" for i in range(6)):
+        record = read_cam_file(cam_path(trained["cams"], image_id), num_classes=3, background_index=0)
+        assert record["keys"] == labels[image_id]
+        assert record["size"] == (SIZE, SIZE) and record["stride"] == 4
+        assert record["cams"].shape == (len(labels[image_id]), 8, 8)        # ceil(32 / 4)
+        if record["keys"]:
+            peaks = record["cams"].max(axis=(1, 2))
+            assert ((peaks > 0.99) | (peaks == 0)).all() and record["cams"].min() >= 0
+    with np.load(cam_path(trained["cams"], "t0")) as raw:
+        assert raw["cams"].dtype == np.float16
+    assert read_cam_file(cam_path(trained["cams"], "t3"))["cams"].shape == (0, 8, 8)   # no foreground label
+
+
+def test_eval_and_confident_labels_run_on_inferred_cams(trained):
+    out = trained["tmp"] / "eval_real.json"
+    eval_cam.main(["--params", trained["params"], "--cams", str(trained["cams"]), "--labels",
+                   trained["labels"]["tiny"], "--out", str(out)])
+    doc = json.loads(out.read_text())
+    assert doc["thresholds"] == [0.5, 0.8] and len(doc["miou_per_threshold"]) == 2
+    assert doc["best_threshold"] in (0.5, 0.8) and 0 <= doc["miou"] <= 1
+    conf = trained["tmp"] / "conf_real"
+    confident_labels.main(["--params", trained["params"], "--cams", str(trained["cams"]), "--labels",
+                           trained["labels"]["tiny"], "--out", str(conf)])
+    for i in range(6):
+        label = read_label_png(conf / f"t{i}.png")
+        assert label.shape == (SIZE, SIZE) and set(np.unique(label)) <= {0, 1, 2, 255}
+    assert set(np.unique(read_label_png(conf / "t3.png"))) == {0}     # no labelled class: background
+
+
+def _hand_cams(cam_dir, value=0.8, ring=None, keys_of=None):
+    """CAM files at stride 1 equal to ``value`` on each labelled object's square, 0 elsewhere;
+    ``ring`` (a value) is put on a 1-px frame around each square."""
+    cam_dir.mkdir(parents=True, exist_ok=True)
+    for image_id, squares in SCENES.items():
+        if not image_id.startswith("t"):
+            continue
+        keys = sorted({cls for cls, *_ in squares}) if keys_of is None else keys_of(squares)
+        cams = np.zeros((len(keys), SIZE, SIZE), np.float32)
+        for cls, r0, r1, c0, c1 in squares:
+            if cls not in keys:
+                continue
+            k = keys.index(cls)
+            if ring is not None:
+                cams[k, max(r0 - 1, 0):r1 + 1, max(c0 - 1, 0):c1 + 1] = ring
+            cams[k, r0:r1, c0:c1] = value
+        write_cam_file(cam_path(cam_dir, image_id), cams, keys, (SIZE, SIZE), 1)
+
+
+def _pixels_of_class(cls):
+    return sum((r1 - r0) * (c1 - c0) for k, sq in SCENES.items() if k[0] == "t" for c, r0, r1, c0, c1 in sq
+               if c == cls)
+
+
+def test_eval_cam_threshold_sweep_by_hand(trained):
+    cams = trained["tmp"] / "hand_cams"
+    _hand_cams(cams, value=0.8)
+    out = trained["tmp"] / "eval_hand.json"
+    eval_cam.main(["--params", trained["params"], "--cams", str(cams), "--labels", trained["labels"]["tiny"],
+                   "--out", str(out)])
+    doc = json.loads(out.read_text())
+    # t = 0.5: CAMs (0.8) equal the masks -> every IoU 1. t = 0.8: no CAM is above the
+    # threshold -> all background: IoU bg = bg pixels / all pixels, cat = dog = 0.
+    total = 6 * SIZE * SIZE
+    background = total - _pixels_of_class(1) - _pixels_of_class(2)
+    assert doc["miou_per_threshold"] == pytest.approx([1.0, (background / total) / 3])
+    assert doc["best_threshold"] == 0.5 and doc["miou"] == 1.0
+    assert doc["per_class_iou"] == {"background": 1.0, "cat": 1.0, "dog": 1.0}
+    assert doc["has_background"] is True and doc["num_images"] == 6
+
+
+def test_eval_cam_without_background_class(trained):
+    cams = trained["tmp"] / "hand_cams_nb"
+    # 'sky' (id 0) is a class here: label every image with its squares' classes only, so
+    # the argmax over the labelled classes paints the whole image with them.
+    _hand_cams(cams, value=0.8)
+    labels_nb = json.loads(open(trained["labels"]["tinynb"]).read())
+    # tinynb's labels include 'sky' (class 0) where present: rewrite them as the CAM keys.
+    labels_nb["labels"] = {k: sorted({c for c, *_ in sq}) for k, sq in SCENES.items()}
+    labels_path = trained["tmp"] / "labels_nb_objects.json"
+    labels_path.write_text(json.dumps(labels_nb))
+    out = trained["tmp"] / "eval_nb.json"
+    eval_cam.main(["--params", trained["params"], "--dataset", "tinynb", "--cams", str(cams),
+                   "--labels", str(labels_path), "--out", str(out)])
+    doc = json.loads(out.read_text())
+    assert doc["best_threshold"] is None and doc["thresholds"] == [] and doc["has_background"] is False
+    # Single-class images (t0, t1, t4, t5) become that class everywhere; t2 (cat and dog)
+    # takes the argmax, first class (cat) where both are 0; t3 (no label) is void.
+    cat_pred = (3 * SIZE * SIZE) - (12 * 12)     # t0, t4 whole + t2 minus its dog square
+    dog_pred = 2 * SIZE * SIZE + 12 * 12          # t1, t5 whole + t2's dog square
+    cat_tp, dog_tp = _pixels_of_class(1), _pixels_of_class(2)
+    assert doc["per_class_iou"]["cat"] == pytest.approx(cat_tp / cat_pred)
+    assert doc["per_class_iou"]["dog"] == pytest.approx(dog_tp / dog_pred)
+    assert doc["per_class_iou"]["sky"] == 0.0
+    assert doc["coverage"] == pytest.approx(5 / 6)
+
+
+def test_confident_labels_threshold_rule_by_hand(trained):
+    cams = trained["tmp"] / "hand_cams_ring"
+    _hand_cams(cams, value=0.5, ring=0.2)         # 0.2 lies between conf_bg 0.05 and conf_fg 0.30
+    out = trained["tmp"] / "confident_hand"
+    confident_labels.main(["--params", trained["params"], "--cams", str(cams), "--labels",
+                           trained["labels"]["tiny"], "--out", str(out)])
+    label = read_label_png(out / "t0.png")
+    expected = np.zeros((SIZE, SIZE), np.uint8)
+    expected[3:15, 3:15] = 255
+    expected[4:14, 4:14] = 1
+    assert (label == expected).all()
+
+
+def test_confident_labels_without_background_class(trained):
+    cams = trained["tmp"] / "hand_cams_nb2"
+    _hand_cams(cams, value=0.5, ring=0.2)
+    labels_nb = json.loads(open(trained["labels"]["tinynb"]).read())
+    labels_nb["labels"] = {k: sorted({c for c, *_ in sq}) for k, sq in SCENES.items()}
+    labels_path = trained["tmp"] / "labels_nb_objects2.json"
+    labels_path.write_text(json.dumps(labels_nb))
+    out = trained["tmp"] / "confident_nb"
+    confident_labels.main(["--params", trained["params"], "--dataset", "tinynb", "--cams", str(cams),
+                           "--labels", str(labels_path), "--out", str(out)])
+    label = read_label_png(out / "t0.png")
+    expected = np.full((SIZE, SIZE), 255, np.uint8)   # no background: ignore unless CAM >= conf_fg
+    expected[4:14, 4:14] = 1
+    assert (label == expected).all()
+
+
+# --------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("stage", [eval_cam, confident_labels])
+def test_missing_cam_file_is_named(trained, capsys, stage):
+    cams = trained["tmp"] / f"partial_{stage.__name__.rsplit('.', 1)[1]}"
+    _hand_cams(cams)
+    (cams / "t4.npz").unlink()
+    out = trained["tmp"] / f"out_{stage.__name__.rsplit('.', 1)[1]}"
+    line = _run_failing(stage.main, ["--params", trained["params"], "--cams", str(cams), "--labels",
+                                     trained["labels"]["tiny"], "--out", str(out)], capsys)
+    assert "t4.npz" in line and "CAM file missing" in line
+    assert not out.exists()
+
+
+def test_stale_cam_file_is_named(trained, capsys):
+    cams = trained["tmp"] / "stale"
+    _hand_cams(cams, keys_of=lambda squares: [1] if squares else [])   # t1 labelled dog, CAM says cat
+    out = trained["tmp"] / "eval_stale.json"
+    line = _run_failing(eval_cam.main, ["--params", trained["params"], "--cams", str(cams), "--labels",
+                                        trained["labels"]["tiny"], "--out", str(out)], capsys)
+    assert "t1.npz" in line and "stale" in line
+    assert not out.exists()
+
+
+def test_model_for_other_classes_is_named(trained, capsys):
+    from pipeline.models import CAMNet
+    from pipeline.training import save_model
+
+    other = CAMNet({"name": "efficientnet_lite0", "pretrained": False, "output_stride": 16}, 5)
+    path = trained["tmp"] / "other.pt"
+    save_model(path, other, {**other.meta, "classes": list("abcde")})
+    out = trained["tmp"] / "cams_other"
+    line = _run_failing(infer_cam.main, ["--params", trained["params"], "--model", str(path), "--labels",
+                                         trained["labels"]["tiny"], "--out", str(out)], capsys)
+    assert "other.pt" in line and "num_classes" in line
+    assert not out.exists()
+
+
+def test_model_for_other_stride_is_named(trained, capsys):
+    params = _write_params(trained["tmp"] / "params_os8.yaml", trained["root"], **{"cam.output_stride": 8})
+    out = trained["tmp"] / "cams_os8"
+    line = _run_failing(infer_cam.main, ["--params", params, "--model", str(trained["model"]), "--labels",
+                                         trained["labels"]["tiny"], "--out", str(out)], capsys)
+    assert "model.pt" in line and "output_stride" in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("changes, key", [
+    ({"confident_labels.conf_bg": 0.4, "confident_labels.conf_fg": 0.3}, "confident_labels.conf_bg"),
+    ({"confident_labels.method": "crf", "confident_labels.crf_alpha_fg": 40}, "confident_labels.crf_alpha_fg"),
+    ({"confident_labels.conf_fg": 1.5}, "confident_labels.conf_fg"),
+])
+def test_out_of_range_confident_params_are_named(trained, capsys, changes, key):
+    params = _write_params(trained["tmp"] / "params_bad.yaml", trained["root"], **changes)
+    out = trained["tmp"] / "confident_bad"
+    line = _run_failing(confident_labels.main, ["--params", params, "--cams", str(trained["cams"]),
+                                                "--labels", trained["labels"]["tiny"], "--out", str(out)], capsys)
+    assert key in line
+    assert not out.exists()
+
+
+def test_out_of_range_cam_params_are_named(trained, capsys):
+    params = _write_params(trained["tmp"] / "params_bad2.yaml", trained["root"],
+                           **{"cam.train.scale_range": [1.5, 0.5]})
+    out = trained["tmp"] / "bad" / "model.pt"
+    line = _run_failing(train_cam.main, ["--params", params, "--labels", trained["labels"]["tiny"], "--out",
+                                         str(out), "--history", str(out.parent / "h.tsv")], capsys)
+    assert "cam.train.scale_range" in line
+    assert not out.parent.exists()
+    params = _write_params(trained["tmp"] / "params_bad3.yaml", trained["root"],
+                           **{"cam.eval.thresholds": [0.3, 0.3]})
+    line = _run_failing(eval_cam.main, ["--params", params, "--cams", str(trained["cams"]), "--labels",
+                                        trained["labels"]["tiny"], "--out", str(trained["tmp"] / "e.json")], capsys)
+    assert "cam.eval.thresholds" in line
+
+
+def test_crf_method_without_the_package_is_named(trained):
+    try:
+        import pydensecrf.densecrf  # noqa: F401
+        pytest.skip("pydensecrf is installed here")
+    except ImportError:
+        pass
+    params = _write_params(trained["tmp"] / "params_crf.yaml", trained["root"],
+                           **{"confident_labels.method": "crf"})
+    out = trained["tmp"] / "confident_crf"
+    # Through `python -m`, as snakemake runs it: exit 2, one line, no output directory.
+    proc = subprocess.run([sys.executable, "-m", "pipeline.stages.confident_labels", "--params", params,
+                           "--cams", str(trained["cams"]), "--labels", trained["labels"]["tiny"],
+                           "--out", str(out)], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: confident_labels.method")
+    assert "pydensecrf2" in proc.stderr
+    assert not out.exists()

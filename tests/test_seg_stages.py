@@ -1,0 +1,257 @@
+"""Stages train_seg and predict_seg on a tiny VOC-layout dataset built in tmp_path.
+
+Dataset "tiny": classes [background, cat, dog, bus], 32x32 images, one fold whose novel
+class is bus (3). Train: t0, t1, t2 hold cat/dog squares (base samples), t3, t4 a bus
+square (novel samples); val: v0 (cat), v1 (bus). The backbone is built without ImageNet
+weights and trained for one epoch, so the tests check plumbing, not accuracy.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from pipeline.config import REPO_ROOT, load_params
+from pipeline.data.voc import VOCDataset
+from pipeline.errors import PipelineError, run_stage
+from pipeline.metrics.label_png import read_label_png, write_label_png
+from pipeline.stages import predict_seg, train_seg
+
+CLASSES = ["background", "cat", "dog", "bus"]
+SIZE = 32
+TRAIN = {"t0": 1, "t1": 2, "t2": 1, "t3": 3, "t4": 3}
+VAL = {"v0": 1, "v1": 3}
+BASE, NOVEL = ["t0", "t1", "t2"], ["t3", "t4"]
+
+
+def square_mask(value: int, offset: int) -> np.ndarray:
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[4 + offset:20 + offset, 6:22] = value
+    return mask
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(params path, dataset root, work dir) of the tiny dataset."""
+    base = tmp_path_factory.mktemp("seg")
+    root = base / "tiny"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    colours = {0: (40, 40, 40), 1: (220, 30, 30), 2: (30, 30, 220), 3: (30, 200, 30)}
+    for i, (image_id, value) in enumerate({**TRAIN, **VAL}.items()):
+        mask = square_mask(value, i % 4)
+        image = np.array([colours[int(v)] for v in mask.ravel()], np.uint8).reshape(SIZE, SIZE, 3)
+        image = np.clip(image.astype(int) + rng.integers(-10, 10, image.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.jpg", quality=95)
+        write_label_png(root / "SegmentationClass" / f"{image_id}.png", mask)
+    (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(TRAIN) + "\n")
+    (root / "ImageSets/Segmentation/val.txt").write_text("\n".join(VAL) + "\n")
+
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["dataset"] = "tiny"
+    params["datasets"]["tiny"] = {
+        "root": str(root), "image_dir": "JPEGImages", "mask_dir": "SegmentationClass",
+        "splits": {"train": "ImageSets/Segmentation/train.txt", "val": "ImageSets/Segmentation/val.txt"},
+        "classes": CLASSES, "background": "background", "ignore_index": 255, "boundary_source": "outline",
+        "novel_classes": [["bus"]]}
+    params["overrides"]["tiny"] = {
+        "backbone": {"pretrained": False, "output_stride": 16},
+        "segmentation": {"train": {"crop": SIZE, "scale_range": [1.0, 1.0], "batch_size": 2, "epochs": 1,
+                                   "lr": 0.001},
+                         "predict": {"scales": [1.0, 0.75], "flip": True}}}
+    params_path = base / "params.yaml"
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+    work = base / "work"
+    work.mkdir()
+    labels = {i: [v] for i, v in {**TRAIN, **VAL}.items()}
+    (work / "image_labels.json").write_text(json.dumps({
+        "dataset": "tiny", "classes": CLASSES, "labels": labels,
+        "splits": {"train": list(TRAIN), "val": list(VAL)}}))
+    (work / "fold0.json").write_text(json.dumps({
+        "fold": 0, "dataset": "tiny", "novel_classes": [3], "base_classes": [0, 1, 2],
+        "novel_samples": NOVEL, "base_samples": BASE, "counts": {}}))
+    pseudo = work / "pseudo"
+    pseudo.mkdir()
+    for image_id in TRAIN:  # pseudo labels: every object pixel called "dog" (2), one void row
+        label = np.where(square_mask(TRAIN[image_id], 0) > 0, 2, 0).astype(np.uint8)
+        label[0] = 255
+        write_label_png(pseudo / f"{image_id}.png", label)
+    return params_path, root, work
+
+
+def train_args(tiny, out_dir: Path, supervision: str, pseudo: Path | None = None, fold: Path | None = None):
+    params_path, _, work = tiny
+    args = ["--params", str(params_path), "--supervision", supervision, "--labels", str(work / "image_labels.json"),
+            "--out", str(out_dir / "model.pt"), "--history", str(out_dir / "history.tsv"), "--threads", "1"]
+    if pseudo is not None:
+        args += ["--pseudo", str(pseudo)]
+    if fold is not None:
+        args += ["--fold-file", str(fold)]
+    return args
+
+
+def run_expect_error(main, argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage(main, argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    return err[0]
+
+
+# --------------------------------------------------------------------------- pure parts
+
+def test_target_sources_per_supervision():
+    ids = ["t0", "t1", "t3"]
+    assert train_seg.target_sources(ids, "gt") == {"t0": "gt", "t1": "gt", "t3": "gt"}
+    assert train_seg.target_sources(ids, "pseudo") == {"t0": "pseudo", "t1": "pseudo", "t3": "pseudo"}
+    fold = {"base_samples": ["t0", "t1"], "novel_samples": ["t3"]}
+    assert train_seg.target_sources(ids, "mixed", fold) == {"t0": "gt", "t1": "gt", "t3": "pseudo"}
+
+
+@pytest.mark.parametrize("fold, problem", [
+    ({"base_samples": ["t0", "t1"], "novel_samples": ["t1", "t3"]}, "both a base and a novel"),
+    ({"base_samples": ["t0", "t1"], "novel_samples": ["x9"]}, "not in the train split"),
+    ({"base_samples": ["t0"], "novel_samples": ["t3"]}, "neither base nor novel"),
+])
+def test_target_sources_rejects_bad_folds(fold, problem):
+    with pytest.raises(PipelineError, match=problem):
+        train_seg.target_sources(["t0", "t1", "t3"], "mixed", fold, "fold.json")
+
+
+def test_mixed_targets_are_gt_for_base_and_pseudo_for_novel(tiny):
+    params_path, root, work = tiny
+    params = load_params(params_path)
+    dataset = VOCDataset(params["data"], "train")
+    sources = train_seg.target_sources(dataset.ids, "mixed", json.loads((work / "fold0.json").read_text()))
+    for image_id, source in sources.items():
+        target = train_seg.load_target(image_id, source, dataset, (SIZE, SIZE), work / "pseudo", [3])
+        expected = dataset.load_mask(image_id) if image_id in BASE else read_label_png(work / "pseudo" / f"{image_id}.png")
+        np.testing.assert_array_equal(target, expected)
+    assert [sources[i] for i in BASE] == ["gt"] * 3 and [sources[i] for i in NOVEL] == ["pseudo"] * 2
+
+
+def test_mixed_base_sample_novel_pixels_become_ignore(tiny):
+    params_path, _, work = tiny
+    dataset = VOCDataset(load_params(params_path)["data"], "train")
+    target = train_seg.load_target("t0", "gt", dataset, (SIZE, SIZE), None, [1])  # pretend cat is novel
+    assert set(np.unique(target)) == {0, 255}
+
+
+def test_history_tsv_columns():
+    text = train_seg.history_tsv([{"epoch": 1, "loss": 0.5, "lr": [0.01, 0.1], "seconds": 2.0, "batches": 3}])
+    assert text == "epoch\tloss\tlr\tseconds\n1\t0.5\t0.01\t2.000\n"
+
+
+# --------------------------------------------------------------------------- stages
+
+@pytest.mark.parametrize("supervision", ["gt", "pseudo", "mixed"])
+def test_train_and_predict_each_supervision(tiny, tmp_path, supervision):
+    params_path, _, work = tiny
+    pseudo = work / "pseudo" if supervision != "gt" else None
+    fold = work / "fold0.json" if supervision == "mixed" else None
+    train_seg.main(train_args(tiny, tmp_path, supervision, pseudo, fold))
+    assert (tmp_path / "model.pt").is_file()
+    assert not (tmp_path / "model.checkpoint.pt").exists()
+    history = (tmp_path / "history.tsv").read_text().splitlines()
+    assert history[0].split("\t") == ["epoch", "loss", "lr", "seconds"]
+    assert len(history) == 2 and history[1].split("\t")[0] == "1"
+    assert float(history[1].split("\t")[2]) == pytest.approx(0.001)
+
+    if supervision != "gt":
+        return  # prediction does not depend on the supervision: checked once
+    out = tmp_path / "pred"
+    predict_seg.main(["--params", str(params_path), "--model", str(tmp_path / "model.pt"), "--split", "val",
+                      "--out", str(out), "--threads", "1"])
+    assert sorted(p.name for p in out.iterdir()) == ["v0.png", "v1.png"]
+    for path in out.iterdir():
+        labels = read_label_png(path)
+        assert labels.shape == (SIZE, SIZE) and labels.max() < len(CLASSES)
+
+
+def test_predict_rejects_a_model_of_other_classes(tiny, tmp_path, capsys):
+    from pipeline.training import save_model
+
+    params_path, _, _ = tiny
+    params = load_params(params_path)
+    model = train_seg.build_seg_model(params, 5)
+    save_model(tmp_path / "model.pt", model, {**model.meta, "aspp_rates": list(model.rates)})
+    err = run_expect_error(predict_seg.main, ["--params", str(params_path), "--model", str(tmp_path / "model.pt"),
+                                              "--out", str(tmp_path / "pred")], capsys)
+    assert "model.pt" in err and "num_classes" in err
+    assert not (tmp_path / "pred").exists()
+
+
+def test_class_probabilities_average_to_one(tiny):
+    params = load_params(tiny[0])
+    model = train_seg.build_seg_model(params, len(CLASSES)).eval()
+    image = np.random.default_rng(1).integers(0, 255, (20, 28, 3), dtype=np.uint8)
+    probs = predict_seg.class_probabilities(model, image, [1.0, 0.5], True, (0.5,) * 3, (0.5,) * 3, "cpu")
+    assert probs.shape == (len(CLASSES), 20, 28)
+    np.testing.assert_allclose(probs.sum(0).numpy(), 1.0, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- failures
+
+def corrupt_pseudo_dir(tiny, tmp_path: Path, image_id: str, label: np.ndarray | None) -> Path:
+    """Copy of the pseudo-label directory with ``image_id`` replaced (None: removed)."""
+    _, _, work = tiny
+    pseudo = tmp_path / "pseudo"
+    pseudo.mkdir()
+    for path in (work / "pseudo").iterdir():
+        (pseudo / path.name).write_bytes(path.read_bytes())
+    (pseudo / f"{image_id}.png").unlink()
+    if label is not None:
+        write_label_png(pseudo / f"{image_id}.png", label)
+    return pseudo
+
+
+@pytest.mark.parametrize("label, problem", [
+    (None, "pseudo label missing"),
+    (np.zeros((SIZE, SIZE + 2), np.uint8), "34x32 but its image is 32x32"),
+    (np.full((SIZE, SIZE), 7, np.uint8), "values [7]"),
+])
+def test_bad_pseudo_label_is_one_line_naming_the_file(tiny, tmp_path, capsys, label, problem):
+    pseudo = corrupt_pseudo_dir(tiny, tmp_path, "t3", label)
+    out = tmp_path / "out"
+    err = run_expect_error(train_seg.main, train_args(tiny, out, "pseudo", pseudo), capsys)
+    assert str(pseudo / "t3.png") in err and problem in err
+    assert not (out / "model.pt").exists() and not (out / "history.tsv").exists()
+
+
+def test_mixed_only_needs_pseudo_labels_of_novel_samples(tiny, tmp_path):
+    pseudo = corrupt_pseudo_dir(tiny, tmp_path, "t0", None)  # t0 is a base sample
+    train_seg.main(train_args(tiny, tmp_path / "out", "mixed", pseudo, tiny[2] / "fold0.json"))
+    assert (tmp_path / "out" / "model.pt").is_file()
+
+
+def test_mixed_without_fold_file_fails(tiny, tmp_path, capsys):
+    err = run_expect_error(train_seg.main, train_args(tiny, tmp_path, "mixed", tiny[2] / "pseudo"), capsys)
+    assert "--fold-file" in err
+
+
+def test_mixed_with_missing_fold_file_names_it(tiny, tmp_path, capsys):
+    missing = tmp_path / "nope.json"
+    err = run_expect_error(train_seg.main, train_args(tiny, tmp_path, "mixed", tiny[2] / "pseudo", missing), capsys)
+    assert str(missing) in err and "not found" in err
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_pseudo_without_directory_fails(tiny, tmp_path, capsys):
+    err = run_expect_error(train_seg.main, train_args(tiny, tmp_path, "pseudo"), capsys)
+    assert "--pseudo" in err
+
+
+def test_labels_of_another_dataset_fail(tiny, tmp_path, capsys):
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"dataset": "x", "classes": CLASSES, "labels": {"t0": [1]}}))
+    argv = train_args(tiny, tmp_path, "gt")
+    argv[argv.index("--labels") + 1] = str(labels)
+    err = run_expect_error(train_seg.main, argv, capsys)
+    assert str(labels) in err and "no image-level labels" in err
