@@ -19,6 +19,7 @@ def scratch_workflow(tmp_path: Path, overrides: dict | None = None) -> Path:
     from pipeline.config import deep_merge
 
     shutil.copy(ROOT / "Snakefile", tmp_path / "Snakefile")
+    shutil.copy(ROOT / "environment.yml", tmp_path / "environment.yml")  # rules name it (conda:)
     shutil.copytree(ROOT / "workflow", tmp_path / "workflow")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     camvid = params["datasets"]["camvid"]

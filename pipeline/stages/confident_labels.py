@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
+
 from pipeline.cam import (check_cam_files_exist, confident_no_background, confident_threshold_labels,
                           crf_available, crf_confident_labels, upsample_cams)
 from pipeline.config import check_range, load_params, section
@@ -58,6 +60,14 @@ def check_confident_params(cfg: dict) -> None:
         if low >= high:
             raise PipelineError("confident_labels.crf_alpha_fg", f"{low} must be < confident_labels.crf_alpha_bg "
                                 f"({high}): the low alpha gives confident foreground")
+
+
+def label_counts(label: np.ndarray, background_index: int | None, ignore_index: int) -> dict[str, int]:
+    """Pixels labelled foreground, background and ignore (for the log)."""
+    n_ignore = int((label == ignore_index).sum())
+    n_background = int((label == background_index).sum()) if background_index is not None else 0
+    return {"foreground": int(label.size) - n_ignore - n_background, "background": n_background,
+            "ignore": n_ignore}
 
 
 def main(argv=None):
@@ -106,10 +116,8 @@ def main(argv=None):
             else:
                 label = confident_threshold_labels(cams, keys, cfg["conf_fg"], cfg["conf_bg"], bg, ignore)
             write_label_png(tmp / f"{image_id}.png", label)
-            counts["ignore"] += int((label == ignore).sum())
-            counts["background"] += int((label == bg).sum()) if bg is not None else 0
-            counts["foreground"] += int(label.size) - int((label == ignore).sum()) - \
-                (int((label == bg).sum()) if bg is not None else 0)
+            for kind, n in label_counts(label, bg, ignore).items():
+                counts[kind] += n
         total = max(1, sum(counts.values()))
         log.info("wrote %d label maps to %s (method %s): %s", len(dataset), args.out,
                  "crf" if use_crf else "threshold",
