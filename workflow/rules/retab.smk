@@ -373,7 +373,7 @@ rule evaluate_pseudo:
         CONDA_ENV
     shell:
         "{params.py} -m pipeline.stages.evaluate --params {params.params_file} --dataset {wildcards.dataset}"
-        " --split train --ids-from novel_samples --pred {input.pred} --fold-file {input.fold} --out {output} 2> {log}"
+        " --split train --ids-from novel_samples --void-pred --pred {input.pred} --fold-file {input.fold} --out {output} 2> {log}"
 
 
 rule result_method:
