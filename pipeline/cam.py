@@ -47,6 +47,7 @@ from pipeline.data.augment import resize_image
 from pipeline.data.batches import normalize_batch
 from pipeline.errors import PipelineError
 from pipeline.io import load_npz, save_npz
+from pipeline.metrics import confusion_matrix
 
 # IRN/PSA: divide by max + eps, so an all-zero CAM stays zero instead of dividing by 0.
 NORM_EPS = 1e-5
@@ -260,8 +261,6 @@ def sweep_confusions(cams: np.ndarray, keys: Sequence[int], gt: np.ndarray, thre
     Same labels as :func:`background_threshold_labels` for each threshold (a pixel is
     foreground iff its highest CAM is strictly above it), computed from one max/argmax.
     """
-    from pipeline.metrics import confusion_matrix
-
     top, top_label = max_and_argmax(cams, keys, background_index)
     out = np.empty((len(thresholds), num_classes, num_classes), dtype=np.int64)
     for t, threshold in enumerate(thresholds):

@@ -57,6 +57,23 @@ def mean_summaries(summaries: Sequence[dict | None]) -> dict | None:
     return out
 
 
+def per_class_csv(methods: dict, kind: str = "val", novel: Sequence[str] = ()) -> str:
+    """Wide CSV of per-class IoU: ``class,novel,<method>...`` (one row per class, fractions).
+
+    ``methods`` maps a method to its report entry (``{kind: summarize_eval result or
+    None}``); a method without that kind is left out, an undefined IoU is an empty cell.
+    dvc.yaml plots one method's column as bars over the classes.
+    """
+    names = [m for m, entry in methods.items() if entry and entry.get(kind)]
+    classes = list(dict.fromkeys(c for m in names for c in methods[m][kind].get("per_class_iou", {})))
+    lines = [",".join(["class", "novel", *names])]
+    for name in classes:
+        cells = [methods[m][kind]["per_class_iou"].get(name) for m in names]
+        lines.append(",".join([name, "1" if name in novel else "0",
+                               *("" if v is None else f"{v:.6f}" for v in cells)]))
+    return "\n".join(lines) + "\n"
+
+
 def format_percent(value: float | None) -> str:
     """0.4567 -> '45.7'; None -> an en dash."""
     return MISSING if value is None else f"{100.0 * value:.1f}"
@@ -73,11 +90,31 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: 
     return "\n".join(lines) + "\n"
 
 
-def miou_table(rows: Sequence[tuple[str, dict | None]], first_column: str = "Method") -> str:
-    """The paper's table: one row per (title, summary), columns mIoU all / base / novel (%)."""
-    header = [first_column] + [name for name, _ in MIOU_COLUMNS]
-    body = [[title] + [format_percent(None if summary is None else summary.get(key)) for _, key in MIOU_COLUMNS]
+def miou_table(rows: Sequence[tuple[str, dict | None]], first_column: str = "Method",
+               columns: Sequence[tuple[str, str]] = MIOU_COLUMNS) -> str:
+    """The paper's table: one row per (title, summary), columns mIoU all / base / novel (%).
+
+    ``columns``: (header, summary key) pairs, e.g. all / strong / weak for the L-Net paper.
+    """
+    header = [first_column] + [name for name, _ in columns]
+    body = [[title] + [format_percent(None if summary is None else summary.get(key)) for _, key in columns]
             for title, summary in rows]
+    return markdown_table(header, body)
+
+
+def fold_table(rows: Sequence[tuple[str, Sequence[dict | None]]], folds: Sequence[int | str], key: str,
+               first_column: str = "Method") -> str:
+    """One score across folds (%): a row per (title, one summary per fold), columns ``fold<k>``...
+    and ``mean``. The mean is :func:`mean_or_none` of the row's values (the folds in which the
+    score is defined), as :func:`mean_summaries` computes it; a missing summary is None.
+    """
+    header = [first_column, *(f"fold{k}" for k in folds), "mean"]
+    body = []
+    for title, summaries in rows:
+        if len(summaries) != len(folds):
+            raise ValueError(f"row {title!r} has {len(summaries)} summaries for {len(folds)} folds")
+        values = [None if summary is None else summary.get(key) for summary in summaries]
+        body.append([title, *map(format_percent, values), format_percent(mean_or_none(values))])
     return markdown_table(header, body)
 
 

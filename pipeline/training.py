@@ -27,7 +27,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -224,7 +224,7 @@ def _run_epoch(model, make_batches, step_fn, optimizer, scheduler, epoch, epochs
     total = len(batches) if hasattr(batches, "__len__") else None
     sums: dict[str, float] = {}
     n_batches = 0
-    lrs = [group["lr"] for group in optimizer.param_groups]
+    lrs = {group.get("name") or f"group{i}": group["lr"] for i, group in enumerate(optimizer.param_groups)}
     for batch in progress(batches, desc=f"epoch {epoch + 1}/{epochs}", total=total):
         loss, parts = step_fn(model, batch_to_device(batch, device))
         if not torch.isfinite(loss.detach()).all():
@@ -243,8 +243,45 @@ def _run_epoch(model, make_batches, step_fn, optimizer, scheduler, epoch, epochs
     means = {k: v / n_batches for k, v in sums.items()}
     seconds = time.perf_counter() - started
     log.info("epoch %d/%d %s lr=%s batches=%d time=%.1fs", epoch + 1, epochs, _format_parts(means),
-             "/".join(f"{lr:.3g}" for lr in lrs), n_batches, seconds)
+             "/".join(f"{lr:.3g}" for lr in lrs.values()), n_batches, seconds)
     return {"epoch": epoch + 1, **means, "lr": lrs, "batches": n_batches, "seconds": round(seconds, 3)}
+
+
+HISTORY_FIXED = ("phase", "epoch", "lr", "batches", "seconds")
+
+
+def history_tsv(history: Sequence[Mapping]) -> str:
+    """``history.tsv`` text of every training stage: one row per epoch of :func:`train`.
+
+    Columns: ``phase`` (only when rows carry one, e.g. P-Net pre-training / fine-tuning),
+    ``epoch``, every loss term seen in the order first seen (blank where a row lacks it),
+    ``lr_<group>`` per optimiser param group (its lr at the epoch's start; groups are
+    named by their ``name`` key), ``batches`` and ``seconds``. ``epoch`` and ``loss`` are
+    the columns dvc.yaml plots.
+    """
+    def named_lrs(row: Mapping) -> dict:
+        lrs = row.get("lr") or {}
+        # checkpoints written before the groups were named store a plain list
+        return dict(lrs) if isinstance(lrs, Mapping) else {f"group{i}": lr for i, lr in enumerate(lrs)}
+
+    with_phase = any("phase" in row for row in history)
+    keys = list(dict.fromkeys(k for row in history for k in row if k not in HISTORY_FIXED))
+    groups = list(dict.fromkeys(name for row in history for name in named_lrs(row)))
+    header = (["phase"] if with_phase else []) + ["epoch", *keys, *[f"lr_{g}" for g in groups], "batches", "seconds"]
+
+    def cell(value) -> str:
+        if value is None:
+            return ""
+        return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+    lines = ["\t".join(header)]
+    for row in history:
+        lrs = named_lrs(row)
+        values = ([row.get("phase")] if with_phase else []) + [row.get("epoch"), *[row.get(k) for k in keys],
+                                                                *[lrs.get(g) for g in groups], row.get("batches"),
+                                                                row.get("seconds")]
+        lines.append("\t".join(cell(v) for v in values))
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- model files

@@ -31,7 +31,7 @@ from pipeline.errors import PipelineError, run_stage
 from pipeline.metrics.label_png import write_label_png
 from pipeline.models import BoundaryNet
 from pipeline.stages import infer_boundary, train_boundary
-from pipeline.stages.train_boundary import base_sample_loss_target, checkpoint_path_for, history_tsv
+from pipeline.stages.train_boundary import base_sample_loss_target, checkpoint_path_for
 from pipeline.training import MODEL_FORMAT
 
 # --------------------------------------------------------------------------- pure functions
@@ -136,12 +136,6 @@ def test_base_sample_loss_target_hand_computed():
     # no background class: every non-boundary pixel is foreground (1)
     all_fg = base_sample_loss_target(masked, novel, background_index=None, **args)
     assert (all_fg == np.where(expected == 0, 1, expected)).all()
-
-
-def test_history_tsv():
-    history = [{"epoch": 1, "loss": 0.5, "boundary": 0.25, "lr": [0.01, 0.1], "batches": 3, "seconds": 1.5}]
-    assert history_tsv(history, ["backbone", "head"]) == (
-        "epoch\tloss\tboundary\tlr_backbone\tlr_head\tbatches\tseconds\n1\t0.5\t0.25\t0.01\t0.1\t3\t1.500\n")
 
 
 def test_boundary_probability_has_image_size():

@@ -120,7 +120,7 @@ def test_train_writes_model_with_metadata_and_history(trained):
     assert data["meta"] == {"model": "CAMNet", "backbone": "efficientnet_lite0", "output_stride": 16,
                             "num_classes": 2, "classes": ["cat", "dog"]}
     rows = trained["history"].read_text().splitlines()
-    assert rows[0] == "epoch\tloss\tlr\tseconds"
+    assert rows[0] == "epoch\tloss\tlr_backbone\tlr_head\tbatches\tseconds"
     assert [r.split("\t")[0] for r in rows[1:]] == ["1", "2"]
     first_lr = float(rows[1].split("\t")[2])
     assert first_lr == pytest.approx(0.01) and float(rows[2].split("\t")[2]) < first_lr   # poly decay
@@ -238,6 +238,20 @@ def test_confident_labels_threshold_rule_by_hand(trained):
     expected[3:15, 3:15] = 255
     expected[4:14, 4:14] = 1
     assert (label == expected).all()
+
+
+def test_confident_labels_crf_method(trained):
+    pytest.importorskip("pydensecrf.densecrf")     # optional package pydensecrf2
+    cams = trained["tmp"] / "hand_cams_crf"
+    _hand_cams(cams, value=0.9)
+    params = _write_params(trained["tmp"] / "params_crf_ok.yaml", trained["root"],
+                           **{"confident_labels.method": "crf"})
+    out = trained["tmp"] / "confident_crf_ok"
+    confident_labels.main(["--params", params, "--cams", str(cams), "--labels", trained["labels"]["tiny"],
+                           "--out", str(out)])
+    label = read_label_png(out / "t0.png")       # cat square rows/cols 4:14
+    assert (label[6:12, 6:12] == 1).all() and (label[20:, 20:] == 0).all()
+    assert set(np.unique(read_label_png(out / "t3.png"))) == {0}
 
 
 def test_confident_labels_without_background_class(trained):

@@ -177,16 +177,6 @@ def test_optimizer_choice():
         train_pnet.make_optimizer(groups, {**cfg, "optimizer": "rmsprop"})
 
 
-def test_phase_history_tsv_has_both_phases():
-    text = train_pnet.phase_history_tsv({
-        "pretrain": [{"epoch": 1, "loss": 1.2, "d": 1.2, "pairs": 4.0, "lr": [0.001], "batches": 2, "seconds": 0.5}],
-        "finetune": [{"epoch": 1, "loss": 2.0, "ce": 0.5, "adv": 0.7, "d": 1.4, "lr": [1e-5, 1e-4, 1e-3],
-                      "batches": 3, "seconds": 1.0}]})
-    lines = [ln.split("\t") for ln in text.splitlines()]
-    assert lines[0] == ["phase", "epoch", "loss", "d", "pairs", "ce", "adv", "lr", "batches", "seconds"]
-    assert lines[1][0] == "pretrain" and lines[1][5] == "" and lines[2][-3] == "1e-05/0.0001/0.001"
-
-
 # --- the stage ------------------------------------------------------------------------------
 
 def tiny_seg_model(tiny, num_classes=4):

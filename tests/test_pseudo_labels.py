@@ -12,7 +12,13 @@ from pipeline.pseudo_labels import (
     upsample_scores,
     with_threshold_background,
 )
-from pipeline.stages.propagate import boundary_on_grid, cams_on_grid, pool_to_grid, select_label_cams
+from pipeline.stages.propagate import (
+    boundary_on_grid,
+    cams_on_grid,
+    equal_size_runs,
+    pool_to_grid,
+    select_label_cams,
+)
 
 
 # --------------------------------------------------------------------------- upsampling
@@ -139,3 +145,9 @@ def test_select_label_cams_follows_the_labels_and_names_a_missing_channel(tmp_pa
 
     with pytest.raises(PipelineError, match="x.npz"):
         select_label_cams(cams, [4, 7, 9], [5], tmp_path / "x.npz")
+
+
+def test_equal_size_runs_split_on_size_change_and_batch_size():
+    a, b = np.zeros((4, 4, 3)), np.zeros((4, 5, 3))
+    assert equal_size_runs([a, a, a, b, b, a], 2) == [[0, 1], [2], [3, 4], [5]]
+    assert equal_size_runs([a, a, a], 1) == [[0], [1], [2]]

@@ -173,7 +173,7 @@ def test_single_method_report(fake_work, tmp_path):
     params_path, work = fake_work
     out = tmp_path / "results" / "cam_fold0"
     run_report(params_path, work, out, "cam")
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "per_class_iou.csv", "report.md"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["method"] == "cam" and metrics["fold"] == 0 and list(metrics["methods"]) == ["cam"]
     cam = metrics["methods"]["cam"]
@@ -268,3 +268,13 @@ def test_aggregate_rejects_a_fold_given_twice(fake_work, tmp_path, capsys):
                                       str(tmp_path / "a"), "--out", str(tmp_path / "all")])
     assert "fold 0 is given twice" in capsys.readouterr().err
     assert not (tmp_path / "all").exists()
+
+
+def test_per_class_csv_is_wide_with_novel_flag():
+    from pipeline.report import per_class_csv
+
+    methods = {"cam": {"val": {"per_class_iou": {"background": 0.5, "cat": None}}},
+               "oracle": {"val": {"per_class_iou": {"background": 0.75, "cat": 0.25}}},
+               "none": {"val": None}}
+    assert per_class_csv(methods, "val", novel=["cat"]).splitlines() == [
+        "class,novel,cam,oracle", "background,0,0.500000,0.750000", "cat,1,,0.250000"]

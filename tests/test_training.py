@@ -157,3 +157,18 @@ def test_load_model_bad_files(tmp_path: Path):
     save_model(wrong, torch.nn.Linear(2, 2), {})
     with pytest.raises(PipelineError, match="do not fit"):
         load_model(wrong, model)
+
+
+def test_history_tsv_one_format_for_every_training_stage():
+    from pipeline.training import history_tsv
+
+    rows = [{"phase": "pretrain", "epoch": 1, "d_loss": 0.25, "lr": {"pnet": 0.001}, "batches": 3, "seconds": 1.5},
+            {"phase": "finetune", "epoch": 1, "loss": 0.5, "d_loss": 0.125, "lr": {"backbone": 1e-5, "pnet": 0.001},
+             "batches": 4, "seconds": 2.0}]
+    assert history_tsv(rows).splitlines() == [
+        "phase\tepoch\td_loss\tloss\tlr_pnet\tlr_backbone\tbatches\tseconds",
+        "pretrain\t1\t0.25\t\t0.001\t\t3\t1.5",
+        "finetune\t1\t0.125\t0.5\t0.001\t1e-05\t4\t2"]
+    # no phase column without phases; a checkpoint's old list of lrs gets numbered groups
+    assert history_tsv([{"epoch": 2, "loss": 0.5, "lr": [0.01, 0.1], "batches": 3, "seconds": 1.0}]) == (
+        "epoch\tloss\tlr_group0\tlr_group1\tbatches\tseconds\n2\t0.5\t0.01\t0.1\t3\t1\n")

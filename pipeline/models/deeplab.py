@@ -91,10 +91,15 @@ class DeepLabASPP(BackboneModel):
     """DeepLab-v3: logits ``B x num_classes x H x W`` at the input size."""
 
     def __init__(self, backbone_cfg: dict | None, num_classes: int, rates: tuple[int, ...] | None = None,
-                 head: str = "v3"):
+                 head: str = "v3", input_scale: float = 1.0):
         super().__init__(backbone_cfg, num_classes)
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if not input_scale > 0:
+            raise ValueError(f"input_scale must be > 0, got {input_scale}")
+        # The network sees the image resized by input_scale (small objects: more feature
+        # cells per object) and answers at the image's own size.
+        self.input_scale = float(input_scale)
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         self.head_type = head
@@ -111,7 +116,17 @@ class DeepLabASPP(BackboneModel):
             self.classifier = nn.Conv2d(ASPP_CHANNELS, num_classes, 1)
         self.out_stride = 1
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.backbone(x)[-1]
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's input: the backbone's last level on the image resized by ``input_scale``."""
+        if self.input_scale != 1.0:
+            x = F.interpolate(x, scale_factor=self.input_scale, mode="bilinear", align_corners=False,
+                              recompute_scale_factor=False)
+        return self.backbone(x)[-1]
+
+    def logits_from_features(self, features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Class logits at ``size`` (the image's) from :meth:`features` (cached or fresh)."""
         logits = self.classifier(self.head(self.aspp(features)))
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits_from_features(self.features(x), x.shape[-2:])

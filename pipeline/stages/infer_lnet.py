@@ -30,11 +30,10 @@ from pipeline.data.folds import load_fold
 from pipeline.data.voc import VOCDataset, image_size
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir
-from pipeline.models import backbone_normalization
+from pipeline.models import DeepLabASPP, backbone_normalization
 from pipeline.runtime import choose_device, progress, seed_everything, set_threads, stage_run
 from pipeline.stages.infer_boundary import write_map
 from pipeline.stages.train_lnet import fold_samples, lnet_meta
-from pipeline.stages.train_seg import build_seg_model
 from pipeline.training import load_model
 
 MAP_SUFFIX = ".png"
@@ -105,7 +104,7 @@ def main(argv=None):
     seed_everything(int(params["seed"]))
 
     # The trained weights replace everything: never load (or download) ImageNet weights here.
-    model = build_seg_model({**params, "backbone": {**params["backbone"], "pretrained": False}}, num_classes=1)
+    model = DeepLabASPP({**params["backbone"], "pretrained": False}, num_classes=1)
     meta = load_model(args.model, model, expected_meta=lnet_meta(model))
     if meta.get("task") != "lnet":
         raise PipelineError(args.model, f"is not an L-Net model (task {meta.get('task')!r})")

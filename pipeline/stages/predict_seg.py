@@ -32,6 +32,7 @@ from pipeline.io import atomic_dir
 from pipeline.metrics.label_png import label_image
 from pipeline.models import backbone_normalization
 from pipeline.runtime import choose_device, progress, set_threads, stage_run
+from pipeline.stages.seg_features import feature_cache_enabled, load_feature_cache
 from pipeline.stages.train_seg import build_seg_model, model_meta
 from pipeline.training import load_model
 
@@ -88,6 +89,8 @@ def main(argv=None):
     ap.add_argument("--model", required=True, help="model file written by stage train_seg")
     ap.add_argument("--split", default="val", help="split to predict (default: val)")
     ap.add_argument("--out", required=True, help="output directory of <id>.png predictions")
+    ap.add_argument("--features", default=None, help="the split's feature cache (stage seg_features; "
+                    "with segmentation.feature_cache: true)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args(argv)
 
@@ -106,11 +109,28 @@ def main(argv=None):
 
     used = {"segmentation": params["segmentation"], "backbone": params["backbone"]}
     inputs = {"model": args.model, "split": args.split, "images": len(dataset), **cfg}
+    cache = None
+    if feature_cache_enabled(params):
+        if args.features is None:
+            raise PipelineError("--features", "segmentation.feature_cache is true: give the split's feature cache "
+                                "(stage seg_features)")
+        if cfg["scales"] != [1.0] or cfg["flip"]:
+            raise PipelineError("params.yaml", "segmentation.predict scales/flip need the images: with "
+                                "segmentation.feature_cache: true keep scales [1.0] and flip false")
+        cache = load_feature_cache(args.features, model, dataset.ids)
     with stage_run("predict_seg", inputs, used, device) as log, atomic_dir(args.out) as tmp:
-        for image_id in progress(dataset.ids, desc="predict_seg"):
-            image = dataset.load_image(image_id)
-            labels = predict_label_map(model, image, cfg["scales"], cfg["flip"], mean, std, device, memory_format)
-            label_image(labels).save(tmp / f"{image_id}.png", format="PNG")
+        if cache is not None:
+            size = tuple(cache["image_size"])
+            for k, image_id in enumerate(progress(dataset.ids, desc="predict_seg (cached features)")):
+                with torch.no_grad():
+                    logits = model.logits_from_features(cache["features"][k:k + 1].float().to(device), size)
+                labels = logits[0].argmax(dim=0).to(torch.uint8).cpu().numpy()
+                label_image(labels).save(tmp / f"{image_id}.png", format="PNG")
+        else:
+            for image_id in progress(dataset.ids, desc="predict_seg"):
+                image = dataset.load_image(image_id)
+                labels = predict_label_map(model, image, cfg["scales"], cfg["flip"], mean, std, device, memory_format)
+                label_image(labels).save(tmp / f"{image_id}.png", format="PNG")
         log.info("%d predictions written to %s", len(dataset), args.out)
 
 

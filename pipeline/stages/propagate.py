@@ -16,7 +16,8 @@ Per train image (PSA ``infer_aff.py``):
    ``ceil(H / 8)`` of them): PSA pools the zero-padded full-resolution CAM; we average
    over the in-image pixels of each cell only, so border cells are not diluted by padding;
 4. pair affinities come from the trained AffinityNet (single scale; with
-   ``propagation.flip`` also the mirrored image, affinities averaged);
+   ``propagation.flip`` also the mirrored image, affinities averaged), run on up to
+   ``propagation.batch_size`` images of equal size at once;
 5. ``single``: PSA's walk ``T = A ** beta`` column-normalised, ``2 ** logt`` steps;
    ``two_stage``: RETAB's boundary-aware walk (stage 1 among non-boundary cells, stage 2
    into boundary cells; both beta/logt). Boundary cells: the boundary map's boundary
@@ -61,6 +62,8 @@ def propagation_config(params: dict, walk: str) -> dict:
     cfg = validate_propagation_params(params)
     prop = section(params, "propagation")
     cfg["flip"] = bool(prop.get("flip", False))
+    cfg["batch_size"] = int(prop.get("batch_size", 1))
+    check_range(cfg["batch_size"], "propagation.batch_size", low=1)
     cfg["boundary_cell_fraction"] = float(prop.get("boundary_cell_fraction", 0.25))
     check_range(cfg["boundary_cell_fraction"], "propagation.boundary_cell_fraction", low=0, high=1, low_open=True)
     if walk == "two_stage":
@@ -146,17 +149,32 @@ def read_boundary_cells(directory: Path, image_id: str, size: tuple[int, int], g
 
 # --------------------------------------------------------------------------- affinities
 
-def predict_affinities(model, image: torch.Tensor, radius: int, flip: bool) -> tuple[np.ndarray, tuple[int, int]]:
-    """Pair affinities ``(M,)`` of one normalised ``1 x 3 x H x W`` image, and the grid size."""
+def predict_affinities(model, images: torch.Tensor, radius: int, flip: bool) -> tuple[np.ndarray, tuple[int, int]]:
+    """Pair affinities ``B x M`` of normalised ``B x 3 x H x W`` images (one size), and the grid size."""
     from pipeline.propagation.affinity import pairwise_affinity
 
     with torch.no_grad():
-        features = model(image)
-        aff = pairwise_affinity(features, radius)[0]
+        features = model(images)
+        aff = pairwise_affinity(features, radius)
         if flip:
-            mirrored = model(image.flip(-1)).flip(-1)
-            aff = (aff + pairwise_affinity(mirrored, radius)[0]) / 2
+            mirrored = model(images.flip(-1)).flip(-1)
+            aff = (aff + pairwise_affinity(mirrored, radius)) / 2
     return aff.cpu().numpy().astype(np.float32), tuple(features.shape[-2:])
+
+
+def equal_size_runs(images: list[np.ndarray], batch_size: int) -> list[list[int]]:
+    """Indices of ``images`` in consecutive runs of equal size, at most ``batch_size`` long.
+
+    One forward pass per run: the network sees a batch only of images it would also see
+    alone at that size (no padding), so batching changes the speed, not the inputs.
+    """
+    runs: list[list[int]] = []
+    for index, image in enumerate(images):
+        if runs and len(runs[-1]) < batch_size and images[runs[-1][0]].shape == image.shape:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    return runs
 
 
 def revise(scores: np.ndarray, aff: np.ndarray, cfg: dict, walk: str, boundary_cells: np.ndarray | None) -> np.ndarray:
@@ -199,6 +217,30 @@ def load_affinity_model(path: str, params: dict, device: str):
     return model.to(device).eval(), meta
 
 
+def revise_one(image_id: str, size: tuple[int, int], aff: np.ndarray, grid: tuple[int, int], cell: int, cfg: dict,
+               walk: str, cam_dir: Path, boundary_dir: Path | None, labels: list[int], dataset: VOCDataset,
+               out_dir: Path) -> float | None:
+    """Walk one image's CAMs over its affinities and write ``<out_dir>/<id>.npz``.
+
+    Returns the share of boundary cells (two-stage walk) for the log, else None.
+    """
+    cam_path = cam_dir / f"{image_id}.npz"
+    cam = read_cam_file(cam_path, dataset.num_classes, dataset.background_index)
+    if tuple(cam["size"]) != tuple(size):
+        raise PipelineError(cam_path, f"CAM size {cam['size']} differs from the image's {tuple(size)}")
+    fg, fg_keys = select_label_cams(cam["cams"], cam["keys"], labels, cam_path)
+    with_background = dataset.background_index is not None
+    scores = cams_on_grid(fg, cam["stride"], size, grid, cell, cfg["alpha"], with_background)
+    boundary_cells = None
+    if walk == "two_stage":
+        boundary_cells = read_boundary_cells(boundary_dir, image_id, size, grid, cell, cfg)
+    revised = revise(scores, aff, cfg, walk, boundary_cells)
+    keys = ([dataset.background_index] if with_background else []) + fg_keys
+    save_npz(out_dir / f"{image_id}.npz", scores=revised.astype(np.float16), keys=np.asarray(keys, dtype=np.int64),
+             size=np.asarray(size, dtype=np.int64), stride=np.asarray(cell, dtype=np.int64))
+    return None if boundary_cells is None else float(boundary_cells.mean())
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
@@ -238,7 +280,6 @@ def main(argv=None):
     from pipeline.data.batches import normalize_batch
 
     device = choose_device(params.get("device", "auto"))
-    with_background = dataset.background_index is not None
     inputs = {"walk": args.walk, "cams": args.cams, "affinity": args.affinity, "boundary": args.boundary,
               "images": len(ids)}
     stage_params = {"propagation": params["propagation"], "affinity": params["affinity"],
@@ -248,26 +289,19 @@ def main(argv=None):
         cell = int(model.out_stride)
         mean, std = backbone_normalization(params["backbone"])
         boundary_share = []
-        for image_id in progress(ids, desc=f"propagate {args.walk}"):
-            cam_path = cam_dir / f"{image_id}.npz"
-            cam = read_cam_file(cam_path, dataset.num_classes, dataset.background_index)
-            image = dataset.load_image(image_id)
-            size = image.shape[:2]
-            if tuple(cam["size"]) != size:
-                raise PipelineError(cam_path, f"CAM size {cam['size']} differs from the image's {size}")
-            fg, fg_keys = select_label_cams(cam["cams"], cam["keys"], image_labels[image_id], cam_path)
-            aff, grid = predict_affinities(model, normalize_batch(image[None], mean, std).to(device),
-                                           cfg["radius"], cfg["flip"])
-            scores = cams_on_grid(fg, cam["stride"], size, grid, cell, cfg["alpha"], with_background)
-            boundary_cells = None
-            if args.walk == "two_stage":
-                boundary_cells = read_boundary_cells(boundary_dir, image_id, size, grid, cell, cfg)
-                boundary_share.append(float(boundary_cells.mean()))
-            revised = revise(scores, aff, cfg, args.walk, boundary_cells)
-            keys = ([dataset.background_index] if with_background else []) + fg_keys
-            save_npz(tmp / f"{image_id}.npz", scores=revised.astype(np.float16),
-                     keys=np.asarray(keys, dtype=np.int64), size=np.asarray(size, dtype=np.int64),
-                     stride=np.asarray(cell, dtype=np.int64))
+        batch_size = cfg["batch_size"]
+        for start in progress(range(0, len(ids), batch_size), desc=f"propagate {args.walk}",
+                              total=-(-len(ids) // batch_size)):
+            chunk = ids[start:start + batch_size]
+            images = [dataset.load_image(image_id) for image_id in chunk]
+            for run in equal_size_runs(images, batch_size):
+                batch = normalize_batch(np.stack([images[k] for k in run]), mean, std).to(device)
+                affs, grid = predict_affinities(model, batch, cfg["radius"], cfg["flip"])
+                for aff, k in zip(affs, run):
+                    share = revise_one(chunk[k], images[k].shape[:2], aff, grid, cell, cfg, args.walk, cam_dir,
+                                       boundary_dir, image_labels[chunk[k]], dataset, tmp)
+                    if share is not None:
+                        boundary_share.append(share)
         if boundary_share:
             log.info("boundary cells: %.1f%% of grid cells on average", 100 * float(np.mean(boundary_share)))
         log.info("%d images revised (%s walk, grid stride %d, affinity net variant %s)",

@@ -57,6 +57,7 @@ from pipeline.report import (
     heat_colors,
     mean_summaries,
     miou_table,
+    per_class_csv,
     per_class_table,
     pick_largest,
     summarize_eval,
@@ -274,6 +275,12 @@ def retab_figure(params: dict, dataset_name: str, fold: int, work: Path) -> Imag
 
 # --------------------------------------------------------------------------- stage
 
+def class_names(params: dict, ids) -> list[str]:
+    """Names of class ids (as the evaluate stage stores novel_classes); names pass through."""
+    names = list(params["data"]["classes"])
+    return [names[int(c)] if isinstance(c, int) or str(c).isdigit() else str(c) for c in (ids or [])]
+
+
 def run_fold_report(params: dict, method: str, fold: int, work: Path, out: str) -> None:
     dataset_name = params["dataset"]
     methods = report_methods(method)
@@ -284,6 +291,8 @@ def run_fold_report(params: dict, method: str, fold: int, work: Path, out: str) 
     with atomic_dir(out) as tmp:
         write_json(tmp / "metrics.json", document)
         write_text(tmp / "report.md", text)
+        write_text(tmp / "per_class_iou.csv", per_class_csv(metrics["methods"], "val", class_names(
+            params, metrics.get("novel_classes"))))
         if figure is not None:
             figure.save(tmp / "figure.png", format="PNG")
 
@@ -294,6 +303,7 @@ def run_aggregate(directories: list[str], out: str) -> dict:
     with atomic_dir(out) as tmp:
         write_json(tmp / "metrics.json", metrics)
         write_text(tmp / "report.md", aggregate_report_text(metrics))
+        write_text(tmp / "per_class_iou.csv", per_class_csv(metrics["mean"]["methods"], "val"))
     return metrics
 
 

@@ -51,8 +51,6 @@ from pipeline.runtime import choose_device, seed_everything, set_threads, stage_
 
 VARIANTS = ("cam", "gt", "retab")
 TRAIN_KEYS = ("crop", "scale_range", "batch_size", "epochs", "lr", "momentum", "weight_decay")
-HISTORY_COLUMNS = ("epoch", "loss", "bg_loss", "fg_loss", "neg_loss", "bg_count", "fg_count", "neg_count",
-                   "lr", "batches", "seconds")
 # Value of the non-boundary target map: 1 = pair may be supervised; 0 = boundary pixel;
 # the crop's padding gets the ignore index (the label there is ignore anyway).
 NON_BOUNDARY = 1
@@ -197,17 +195,6 @@ def affinity_step(radius: int, ignore_index: int, background_index: int | None):
     return step
 
 
-def history_tsv(history: list[dict]) -> str:
-    """history.tsv text: one row per epoch (lr = backbone learning rate at the epoch's start)."""
-    rows = ["\t".join(HISTORY_COLUMNS)]
-    for entry in history:
-        values = {**entry, "lr": entry["lr"][0] if entry.get("lr") else ""}
-        rows.append("\t".join(_fmt(values.get(c, "")) for c in HISTORY_COLUMNS))
-    return "\n".join(rows) + "\n"
-
-
-def _fmt(value) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 # --------------------------------------------------------------------------- main
@@ -262,7 +249,7 @@ def main(argv=None):
         check_files(boundary_dir, cam_ids, "boundary map")
 
     from pipeline.models import AffinityNet, backbone_normalization
-    from pipeline.training import poly_scheduler, save_model, train
+    from pipeline.training import history_tsv, poly_scheduler, save_model, train
 
     device = choose_device(params.get("device", "auto"))
     stage_params = {"affinity": params["affinity"], "backbone": params["backbone"], "seed": seed,

@@ -53,7 +53,7 @@ from pipeline.io import write_text
 from pipeline.losses import BL_IGNORE, boundary_loss_parts, boundary_loss_target, boundary_target_at_stride
 from pipeline.models import BoundaryNet, backbone_normalization
 from pipeline.runtime import choose_device, seed_everything, set_threads, stage_run
-from pipeline.training import count_steps, poly_scheduler, save_model, train
+from pipeline.training import count_steps, history_tsv, poly_scheduler, save_model, train
 
 
 def base_sample_loss_target(mask: np.ndarray, novel_region: np.ndarray, *, source: str, width: int,
@@ -113,17 +113,6 @@ def train_config(params: dict) -> dict:
     check_range(cfg["lr"], "boundary.train.lr", 0, low_open=True)
     return cfg
 
-
-def history_tsv(history: list[dict], group_names: list[str]) -> str:
-    """history.tsv text: epoch, loss terms, one lr column per param group, batches, seconds."""
-    value_keys = [k for k in history[0] if k not in ("epoch", "lr", "batches", "seconds")]
-    header = ["epoch", *value_keys, *[f"lr_{n}" for n in group_names], "batches", "seconds"]
-    rows = ["\t".join(header)]
-    for row in history:
-        values = [str(row["epoch"]), *[f"{row[k]:.6g}" for k in value_keys],
-                  *[f"{lr:.6g}" for lr in row["lr"]], str(row["batches"]), f"{row['seconds']:.3f}"]
-        rows.append("\t".join(values))
-    return "\n".join(rows) + "\n"
 
 
 def checkpoint_path_for(out: str | os.PathLike) -> Path:
@@ -192,7 +181,7 @@ def main(argv=None):
         history = train(model, make_batches, step, optimizer, scheduler, cfg["epochs"], checkpoint, log,
                         seed, meta=meta, device=device)
         save_model(args.out, model.cpu(), meta)
-        write_text(args.history, history_tsv(history, [g.get("name", str(i)) for i, g in enumerate(groups)]))
+        write_text(args.history, history_tsv(history))
         checkpoint.unlink(missing_ok=True)
         log.info("wrote %s and %s (final loss %.4f)", args.out, args.history, history[-1]["loss"])
 

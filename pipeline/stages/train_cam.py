@@ -35,7 +35,6 @@ from pipeline.io import write_text
 from pipeline.losses import multilabel_soft_margin
 from pipeline.runtime import choose_device, seed_everything, set_threads, stage_run
 
-HISTORY_COLUMNS = ("epoch", "loss", "lr", "seconds")
 
 
 def cam_backbone_cfg(params: dict) -> dict:
@@ -81,14 +80,6 @@ def image_targets(ids: list[str], labels: dict[str, list[int]], foreground: list
     return targets
 
 
-def history_tsv(history: list[dict]) -> str:
-    """One row per epoch: epoch, mean loss, backbone lr at the epoch's start, seconds."""
-    rows = ["\t".join(HISTORY_COLUMNS)]
-    for row in history:
-        lr = row["lr"][0] if isinstance(row["lr"], (list, tuple)) else row["lr"]
-        rows.append(f"{row['epoch']}\t{row['loss']:.6f}\t{lr:.6g}\t{row['seconds']:.3f}")
-    return "\n".join(rows) + "\n"
-
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -114,12 +105,12 @@ def main(argv=None):
     fg_names = [dataset.class_names[c] for c in dataset.foreground_indices]
 
     from pipeline.models import CAMNet, backbone_normalization
-    from pipeline.training import poly_scheduler, save_model, train
+    from pipeline.training import history_tsv, poly_scheduler, save_model, train
 
     backbone_cfg = cam_backbone_cfg(params)
     mean, std = backbone_normalization(backbone_cfg)
     inputs = {"root": params["data"]["root"], "labels": args.labels, "images": len(dataset)}
-    used = {"cam": params["cam"], "backbone": backbone_cfg, "seed": params["seed"], "classes": fg_names}
+    used = {"cam.train": train_cfg, "backbone": backbone_cfg, "seed": params["seed"], "classes": fg_names}
     with stage_run("train_cam", inputs, used, device) as log:
         model = CAMNet(backbone_cfg, num_classes=len(fg_names))
         meta = cam_model_meta(model, fg_names)

@@ -12,7 +12,8 @@ labels L_w (the "L-Net" row); the P-Net D (:class:`pipeline.models.pnet.PNet`) f
 random weights.
 
 1. Pre-training (``pnet.pretrain: true``; ``false`` skips it, the paper's ablation): D
-   alone on strong-category (base) samples, ``pnet.pretrain_epochs`` epochs; real = image
+   alone on strong-category (base) samples, ``pnet.pretrain_epochs`` epochs (of at most
+   ``pnet.train.samples_per_epoch`` images, like the fine-tuning's); real = image
    * ground-truth mask of each category in the crop, fake = image * S's softmax
    probability of it (S fixed, eval mode). Loss Eq. 3.
 2. Fine-tuning on every train image (strong: GT with weak-class pixels ignored; weak:
@@ -60,7 +61,7 @@ from pipeline.runtime import choose_device, seed_everything, set_threads, stage_
 from pipeline.stages.train_lnet import fold_novel_classes
 from pipeline.stages.train_seg import (GT, build_seg_model, check_image_labels, check_pseudo_labels,
                                        checkpoint_path_for, load_target, model_meta, target_sources)
-from pipeline.training import count_steps, load_model, poly_scheduler, save_model, train
+from pipeline.training import count_steps, history_tsv, load_model, poly_scheduler, save_model, train
 
 TRAIN_KEYS = ("crop", "scale_range", "batch_size", "epochs", "optimizer", "lr_seg", "lr_pnet", "momentum",
               "weight_decay", "samples_per_epoch")
@@ -168,19 +169,6 @@ def finetune_step(system: AdversarialPair, batch: dict, num_classes: int, backgr
     return seg_loss + d_loss, parts
 
 
-def phase_history_tsv(phases: dict[str, list[dict]]) -> str:
-    """history.tsv over phases: phase, epoch, every loss term seen (blank where a phase has
-    none), learning rates (slash-separated per param group), batches, seconds."""
-    rows = [(name, row) for name, history in phases.items() for row in history]
-    fixed = ("epoch", "lr", "batches", "seconds")
-    keys = list(dict.fromkeys(k for _, row in rows for k in row if k not in fixed))
-    lines = ["\t".join(["phase", "epoch", *keys, "lr", "batches", "seconds"])]
-    for name, row in rows:
-        values = [f"{row[k]:.6g}" if k in row else "" for k in keys]
-        lines.append("\t".join([name, str(row["epoch"]), *values, "/".join(f"{lr:.6g}" for lr in row["lr"]),
-                                str(row["batches"]), f"{row['seconds']:.3f}"]))
-    return "\n".join(lines) + "\n"
-
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -243,7 +231,8 @@ def main(argv=None):
 
     used = {"pnet": params["pnet"], "backbone": params["backbone"], "data": params["data"], "seed": seed,
             "seg_model": file_digest(args.seg_model), "sources": params_hash(sources),
-            "architecture": {k: params["segmentation"].get(k) for k in ("output_stride", "aspp_rates")}}
+            "architecture": {k: params["segmentation"].get(k)
+                             for k in ("head", "output_stride", "frozen_blocks", "aspp_rates")}}
     inputs = {"seg_model": args.seg_model, "pseudo": args.pseudo, "fold_file": args.fold_file,
               "strong_samples": len(strong_ids), "weak_samples": len(weak_ids), "pretrain": cfg["pretrain"]}
     with stage_run("train_pnet", inputs, used, device) as log:
@@ -252,10 +241,11 @@ def main(argv=None):
         if cfg["pretrain"]:
             optimizer = make_optimizer([{"name": "pnet", "params": list(disc.parameters()),
                                          "lr": train_cfg["lr_pnet"]}], train_cfg)
-            steps = count_steps(len(strong_ids), train_cfg["batch_size"]) or 1
+            per_epoch = min(len(strong_ids), train_cfg["samples_per_epoch"] or len(strong_ids))
+            steps = count_steps(per_epoch, train_cfg["batch_size"]) or 1
             scheduler = poly_scheduler(optimizer, steps * cfg["pretrain_epochs"])
             phases["pretrain"] = train(
-                system, batches(strong_ids, None),
+                system, batches(strong_ids, train_cfg["samples_per_epoch"]),
                 lambda net, batch: pretrain_step(net, batch, num_classes, background),
                 optimizer, scheduler, cfg["pretrain_epochs"], pretrain_checkpoint, log, seed,
                 meta={"phase": "pretrain", "params_hash": params_hash(used)}, device=device)
@@ -275,9 +265,10 @@ def main(argv=None):
             meta={"phase": "finetune", "params_hash": params_hash(used)}, device=device)
 
         pnet_meta = {"lambda_adv": cfg["lambda_adv"], "pretrain": cfg["pretrain"], "params_hash": params_hash(used)}
-        save_model(args.out, seg.cpu().to(memory_format=torch.contiguous_format), {**seg_meta, "refined_by": "pnet", "pnet": pnet_meta})
+        save_model(args.out, seg.cpu().to(memory_format=torch.contiguous_format),
+                   {**seg_meta, "refined_by": "pnet", "pnet": pnet_meta})
         save_model(args.out_discriminator, disc.cpu(), {**disc.meta, **pnet_meta})
-        write_text(args.history, phase_history_tsv(phases))
+        write_text(args.history, history_tsv([{"phase": name, **row} for name, rows in phases.items() for row in rows]))
         checkpoint.unlink(missing_ok=True)
         pretrain_checkpoint.unlink(missing_ok=True)
         last = phases["finetune"][-1]

@@ -52,7 +52,8 @@ from pipeline.losses import segmentation_ce
 from pipeline.metrics.label_png import read_label_png
 from pipeline.models import DeepLabASPP, backbone_normalization
 from pipeline.runtime import choose_device, progress, seed_everything, set_threads, stage_run
-from pipeline.training import count_steps, poly_scheduler, save_model, train
+from pipeline.stages.seg_features import check_frozen_backbone, feature_cache_enabled, load_feature_cache
+from pipeline.training import count_steps, history_tsv, poly_scheduler, save_model, train
 
 SUPERVISIONS = ("gt", "pseudo", "mixed")
 GT, PSEUDO = "gt", "pseudo"
@@ -93,16 +94,24 @@ def aspp_rates(params: dict) -> tuple[int, ...] | None:
     return None if rates is None else tuple(int(r) for r in rates)
 
 
+def input_scale(params: dict) -> float:
+    """``segmentation.input_scale`` (> 0): the factor images are resized by for the network."""
+    scale = float(section(params, "segmentation").get("input_scale", 1.0))
+    check_range(scale, "segmentation.input_scale", 0, low_open=True)
+    return scale
+
+
 def build_seg_model(params: dict, num_classes: int) -> DeepLabASPP:
     """The segmentation network the params describe (shared with stage predict_seg)."""
     head = section(params, "segmentation").get("head", "v3")
-    return DeepLabASPP(seg_backbone_cfg(params), num_classes, aspp_rates(params), head=head)
+    return DeepLabASPP(seg_backbone_cfg(params), num_classes, aspp_rates(params), head=head,
+                       input_scale=input_scale(params))
 
 
 def model_meta(model: DeepLabASPP, dataset: VOCDataset) -> dict:
-    """What the weights fit: architecture, head, rates, and the classes they predict."""
+    """What the weights fit: architecture, head, rates, input scale and the classes they predict."""
     return {**model.meta, "head": model.head_type, "aspp_rates": list(model.rates),
-            "class_names": list(dataset.class_names)}
+            "input_scale": model.input_scale, "class_names": list(dataset.class_names)}
 
 
 def make_optimizer(groups: list[dict], cfg: dict) -> torch.optim.Optimizer:
@@ -207,17 +216,6 @@ def directory_fingerprint(directory: Path | None) -> str | None:
     return params_hash(stats)
 
 
-def history_tsv(history: list[dict], lr_factor: float = 1.0) -> str:
-    """history.tsv text: epoch, mean loss, backbone lr at the epoch start, seconds.
-
-    ``lr_factor`` turns the first param group's lr into the backbone's (1/10 when the
-    backbone is frozen and the head's group comes first).
-    """
-    rows = ["epoch\tloss\tlr\tseconds"]
-    rows += [f"{row['epoch']}\t{row['loss']:.6g}\t{row['lr'][0] * lr_factor:.6g}\t{row['seconds']:.3f}"
-             for row in history]
-    return "\n".join(rows) + "\n"
-
 
 def checkpoint_path_for(out: str | os.PathLike) -> Path:
     out = Path(out)
@@ -233,6 +231,55 @@ def skip_nan_fill() -> None:
     ``aten::fill_``. Results stay bit-identical: the kernels never read that memory.
     """
     torch.utils.deterministic.fill_uninitialized_memory = False
+
+
+def image_training(model, ids, sources, dataset, pseudo_dir, novel_classes, cfg, params, device):
+    """(make_batches, step, model) of the usual training: random rescale, crop and flip of images."""
+    mean, std = backbone_normalization(params["backbone"])
+
+    def load(image_id: str) -> tuple[np.ndarray, list[np.ndarray]]:
+        image = dataset.load_image(image_id)
+        return image, [load_target(image_id, sources[image_id], dataset, image.shape[:2], pseudo_dir,
+                                   novel_classes)]
+
+    def make_batches(epoch: int, rng: np.random.Generator):
+        return training_batches(ids, load, batch_size=cfg["batch_size"], crop=cfg["crop"],
+                                scale_range=tuple(cfg["scale_range"]), rng=rng, mean=mean, std=std,
+                                ignore_index=dataset.ignore_index)
+
+    # NHWC on CPU: depthwise convolutions (EfficientNet) run several times faster there.
+    memory_format = torch.channels_last if device == "cpu" else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+
+    def step(net: torch.nn.Module, batch: dict):
+        logits = net(batch["image"].contiguous(memory_format=memory_format))
+        return segmentation_ce(logits, batch["targets"][0], dataset.ignore_index), {}
+
+    return make_batches, step, model
+
+
+def cached_feature_training(cache: dict, ids: list[str], sources: dict[str, str], dataset: VOCDataset,
+                            pseudo_dir: Path | None, novel_classes: list[int], batch_size: int):
+    """(make_batches, step) that train only the head, on cached features of each image and of
+    its mirror image (the flip augmentation; no rescale/crop: the features are fixed)."""
+    position = {image_id: k for k, image_id in enumerate(cache["ids"])}
+    rows = torch.as_tensor([position[i] for i in ids])
+    height, width = cache["image_size"]
+    targets = torch.from_numpy(np.stack([load_target(i, sources[i], dataset, (height, width), pseudo_dir,
+                                                     novel_classes) for i in ids]).astype(np.int64))
+    features = torch.cat([cache["features"][rows], cache["mirrored"][rows]])
+    targets = torch.cat([targets, targets.flip(-1)])
+
+    def make_batches(epoch: int, rng: np.random.Generator):
+        order = torch.from_numpy(rng.permutation(len(features)))
+        return [{"features": features[order[k:k + batch_size]].float(), "targets": targets[order[k:k + batch_size]]}
+                for k in range(0, len(order), batch_size)]
+
+    def step(net: torch.nn.Module, batch: dict):
+        logits = net.logits_from_features(batch["features"], (height, width))
+        return segmentation_ce(logits, batch["targets"], dataset.ignore_index), {}
+
+    return make_batches, step
 
 
 def check_image_labels(labels: dict[str, list[int]], train_ids: list[str], path: str) -> None:
@@ -255,6 +302,8 @@ def main(argv=None):
     ap.add_argument("--labels", required=True, help="image-level labels JSON (stage image_labels)")
     ap.add_argument("--out", required=True, help="model file to write")
     ap.add_argument("--history", required=True, help="per-epoch history TSV to write")
+    ap.add_argument("--features", default=None, help="train split's feature cache (stage seg_features; "
+                    "with segmentation.feature_cache: true)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args(argv)
 
@@ -284,31 +333,27 @@ def main(argv=None):
     inputs = {"supervision": args.supervision, "pseudo": args.pseudo, "fold_file": args.fold_file,
               "images": len(ids), "pseudo_images": sum(s == PSEUDO for s in sources.values())}
     with stage_run("train_seg", inputs, used, device) as log:
-        mean, std = backbone_normalization(params["backbone"])
-
-        def load(image_id: str) -> tuple[np.ndarray, list[np.ndarray]]:
-            image = dataset.load_image(image_id)
-            return image, [load_target(image_id, sources[image_id], dataset, image.shape[:2], pseudo_dir,
-                                       novel_classes)]
-
-        def make_batches(epoch: int, rng: np.random.Generator):
-            return training_batches(ids, load, batch_size=cfg["batch_size"], crop=cfg["crop"],
-                                    scale_range=tuple(cfg["scale_range"]), rng=rng, mean=mean, std=std,
-                                    ignore_index=dataset.ignore_index)
-
         model = build_seg_model(params, dataset.num_classes)
-        # NHWC on CPU: depthwise convolutions (EfficientNet) run several times faster there.
-        memory_format = torch.channels_last if device == "cpu" else torch.contiguous_format
-        model = model.to(memory_format=memory_format)
-
-        def step(net: torch.nn.Module, batch: dict):
-            logits = net(batch["image"].contiguous(memory_format=memory_format))
-            return segmentation_ce(logits, batch["targets"][0], dataset.ignore_index), {}
+        if feature_cache_enabled(params):
+            if args.features is None:
+                raise PipelineError("--features", "segmentation.feature_cache is true: give the train split's "
+                                    "feature cache (stage seg_features)")
+            check_frozen_backbone(model)
+            cache = load_feature_cache(args.features, model, dataset.ids)
+            make_batches, step = cached_feature_training(cache, ids, sources, dataset, pseudo_dir, novel_classes,
+                                                         cfg["batch_size"])
+            log.info("training the head on cached features %s (%s)", tuple(cache["features"].shape[1:]),
+                     args.features)
+        else:
+            make_batches, step, model = image_training(model, ids, sources, dataset, pseudo_dir, novel_classes, cfg,
+                                                       params, device)
 
         groups = model.param_groups(cfg["lr"])
-        lr_factor = cfg["lr"] / groups[0]["lr"]
         optimizer = make_optimizer(groups, cfg)
-        steps = count_steps(len(ids), cfg["batch_size"]) or 1  # fewer ids than a batch: one step
+        cached = feature_cache_enabled(params)
+        # cached: every image and its mirror, last batch kept; else training_batches drops it
+        steps = count_steps(2 * len(ids) if cached else len(ids), cfg["batch_size"], drop_last=not cached)
+        steps = steps or 1  # fewer ids than a batch: one step
         scheduler = poly_scheduler(optimizer, steps * cfg["epochs"], cfg["poly_power"])
         meta = {**model_meta(model, dataset), "dataset": params["dataset"], "supervision": args.supervision,
                 "fold": fold.get("fold") if fold else None, "sources_hash": params_hash(sources),
@@ -317,7 +362,7 @@ def main(argv=None):
         history = train(model, make_batches, step, optimizer, scheduler, cfg["epochs"], checkpoint, log,
                         seed, meta=meta, device=device)
         save_model(args.out, model.cpu().to(memory_format=torch.contiguous_format), meta)
-        write_text(args.history, history_tsv(history, lr_factor))
+        write_text(args.history, history_tsv(history))
         checkpoint.unlink(missing_ok=True)
         log.info("wrote %s and %s (final loss %.4f)", args.out, args.history, history[-1]["loss"])
 

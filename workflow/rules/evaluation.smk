@@ -91,3 +91,28 @@ rule publish_default_dataset:
         CONDA_ENV
     shell:
         "{params.py} -m pipeline.stages.publish --src {input} --out {output} 2> {log}"
+
+
+rule report_all:
+    # results/report: one Markdown report (report.md + figures/) across the datasets, folds and
+    # methods of params.yaml report.datasets / folds / methods, from their per-fold reports.
+    input:
+        unpack(report_all_inputs),
+    output:
+        directory("results/report"),
+    params:
+        **STAGE_PARAMS,
+        reports=report_all_args,
+    log:
+        "logs/report_all.log",
+    benchmark:
+        "benchmarks/out/report_all.tsv"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=10,
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.py} -m pipeline.stages.report_all {params.reports} --out {output} 2> {log}"

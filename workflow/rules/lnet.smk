@@ -150,6 +150,7 @@ rule lnet_train_seg:
         row="cam_seggt|lnet",
     params:
         **STAGE_PARAMS,
+        features=seg_features_arg,
         segmentation=lambda w: section(w.dataset, "segmentation"),
         backbone=lambda w: section(w.dataset, "backbone"),
     log:
@@ -166,7 +167,7 @@ rule lnet_train_seg:
     shell:
         "{params.py} -m pipeline.stages.train_seg --params {params.params_file} --dataset {wildcards.dataset}"
         " --supervision mixed --pseudo {input.pseudo} --fold-file {input.fold} --labels {input.labels}"
-        " --out {output.model} --history {output.history} --threads {threads} 2> {log}"
+        " {params.features} --out {output.model} --history {output.history} --threads {threads} 2> {log}"
 
 
 rule train_pnet:
@@ -209,6 +210,7 @@ rule train_pnet:
 
 rule lnet_predict_seg:
     input:
+        unpack(seg_feature_inputs("val")),
         model=f"{LNET}/seg/{{row}}/model.pt",
         root=dataset_root,
     output:
@@ -218,6 +220,7 @@ rule lnet_predict_seg:
         row="cam_seggt|lnet|pnet",
     params:
         **STAGE_PARAMS,
+        features=seg_features_arg,
         segmentation=lambda w: section(w.dataset, "segmentation"),
     log:
         "logs/{dataset}/fold{fold}/lnet/{split}/predict_seg_{row}.log",
@@ -232,7 +235,7 @@ rule lnet_predict_seg:
         CONDA_ENV
     shell:
         "{params.py} -m pipeline.stages.predict_seg --params {params.params_file} --dataset {wildcards.dataset}"
-        " --model {input.model} --split val --out {output} --threads {threads} 2> {log}"
+        " --model {input.model} --split val {params.features} --out {output} --threads {threads} 2> {log}"
 
 
 rule lnet_evaluate_val:
@@ -305,7 +308,7 @@ rule lnet_result:
         split=lambda w: lnet_split(w.dataset),
         lnet=lambda w: section(w.dataset, "lnet"),
         diffusion=lambda w: section(w.dataset, "self_diffusion"),
-        report=lambda w: section(w.dataset, "report"),
+        report=lambda w: fold_report_params(w.dataset),
     log:
         "logs/{dataset}/fold{fold}/result_{method}.log",
     benchmark:

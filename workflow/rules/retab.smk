@@ -278,6 +278,7 @@ rule train_seg:
     params:
         **STAGE_PARAMS,
         args=seg_args,
+        features=seg_features_arg,
         segmentation=lambda w: section(w.dataset, "segmentation"),
         backbone=lambda w: section(w.dataset, "backbone"),
     log:
@@ -293,12 +294,42 @@ rule train_seg:
         CONDA_ENV
     shell:
         "{params.py} -m pipeline.stages.train_seg --params {params.params_file} --dataset {wildcards.dataset}"
-        " {params.args} --labels {input.labels} --out {output.model} --history {output.history}"
-        " --threads {threads} 2> {log}"
+        " {params.args} {params.features} --labels {input.labels} --out {output.model}"
+        " --history {output.history} --threads {threads} 2> {log}"
+
+
+rule seg_features:
+    # segmentation.feature_cache: the frozen backbone's features of a split, computed once for
+    # every segmentation net of the dataset (train_seg / predict_seg run only heads on them).
+    input:
+        root=dataset_root,
+    output:
+        "work/{dataset}/shared/seg/features/{split}.pt",
+    wildcard_constraints:
+        split="train|val",
+    params:
+        **STAGE_PARAMS,
+        segmentation=lambda w: section(w.dataset, "segmentation"),
+        backbone=lambda w: section(w.dataset, "backbone"),
+    log:
+        "logs/{dataset}/shared/seg_features_{split}.log",
+    benchmark:
+        "benchmarks/out/{dataset}/shared/seg_features_{split}.tsv"
+    threads: TRAIN_THREADS
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.py} -m pipeline.stages.seg_features --params {params.params_file} --dataset {wildcards.dataset}"
+        " --split {wildcards.split} --out {output} --threads {threads} 2> {log}"
 
 
 rule predict_seg:
     input:
+        unpack(seg_feature_inputs("val")),
         model="work/{dataset}/{scope}/seg/{method}/model.pt",
         root=dataset_root,
     output:
@@ -308,6 +339,7 @@ rule predict_seg:
         method="|".join(SEG_METHODS),
     params:
         **STAGE_PARAMS,
+        features=seg_features_arg,
         segmentation=lambda w: section(w.dataset, "segmentation"),
     log:
         "logs/{dataset}/{scope}/predict_seg_{method}.log",
@@ -322,7 +354,7 @@ rule predict_seg:
         CONDA_ENV
     shell:
         "{params.py} -m pipeline.stages.predict_seg --params {params.params_file} --dataset {wildcards.dataset}"
-        " --model {input.model} --split val --out {output} --threads {threads} 2> {log}"
+        " --model {input.model} --split val {params.features} --out {output} --threads {threads} 2> {log}"
 
 
 rule evaluate_seg:
@@ -391,7 +423,7 @@ rule result_method:
         method="|".join(SEG_METHODS),
     params:
         **STAGE_PARAMS,
-        report=lambda w: section(w.dataset, "report"),
+        report=lambda w: fold_report_params(w.dataset),
     log:
         "logs/{dataset}/fold{fold}/result_{method}.log",
     benchmark:

@@ -1,0 +1,149 @@
+"""Stage seg_features: the segmentation net's backbone features, computed once per split.
+
+    python -m pipeline.stages.seg_features --params params.yaml --dataset D --split train \\
+        --out work/D/shared/seg/features/train.pt --threads 2
+
+Used only with ``segmentation.feature_cache: true``, which needs a backbone that does not
+train inside the segmentation net (``segmentation.frozen_blocks`` covers every block
+group). Then every segmentation net of the DAG (the six RETAB rows, the L-Net branch's)
+shares the same backbone output for a given image; only the heads differ. This stage
+computes it once (float16, on the image resized by ``segmentation.input_scale``) and
+stages train_seg / predict_seg train and run only the head on it. On the embedded default
+that turns six backbone passes per epoch per net into one pass per image for the DAG.
+
+What the cache gives up: random rescale/crop augmentation (the features are of the whole
+image at one scale). The train split's file also holds the features of the mirrored
+images, so flip augmentation stays. Every image of a split must have the same size (the
+features are one tensor; an image of another size is a one-line error naming it).
+
+File (``torch.save``; written atomically): ``format``, ``ids``, ``image_size`` (H, W),
+``features`` (N x C x h x w float16), ``mirrored`` (the mirrored images' features, train
+split; None otherwise) and ``meta`` (:func:`cache_meta`: backbone, stride, input scale,
+weights) which train_seg / predict_seg compare with their own network's.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.config import load_params, section
+from pipeline.data.batches import normalize_batch
+from pipeline.data.voc import VOCDataset
+from pipeline.errors import PipelineError, run_stage
+from pipeline.io import atomic_path
+from pipeline.models import DeepLabASPP, backbone_normalization
+from pipeline.runtime import choose_device, progress, seed_everything, set_threads, stage_run
+
+CACHE_FORMAT = "seg-features-v1"
+BATCH = 16  # images per backbone pass (memory only: the features do not depend on it)
+
+
+def feature_cache_enabled(params: dict) -> bool:
+    return bool(section(params, "segmentation").get("feature_cache", False))
+
+
+def cache_meta(model: DeepLabASPP) -> dict:
+    """What cached features depend on: the backbone (name, stride, weights file) and the input scale.
+
+    Not ``pretrained``: predict_seg builds its net without ImageNet weights (the model file
+    brings them), the cache was made with them; with a frozen backbone they are the same.
+    """
+    cfg = model.backbone_cfg
+    return {"backbone": cfg["name"], "output_stride": cfg["output_stride"], "weights": cfg.get("weights"),
+            "input_scale": model.input_scale}
+
+
+def check_frozen_backbone(model: DeepLabASPP, where: str = "params.yaml") -> None:
+    """Cached features are only exact when no backbone weight trains."""
+    if any(p.requires_grad for p in model.backbone.parameters()):
+        raise PipelineError(where, "segmentation.feature_cache: true needs a backbone that does not train "
+                            "(set segmentation.frozen_blocks to every block group, e.g. 7 for efficientnet_lite0)")
+
+
+@torch.no_grad()
+def split_features(model: DeepLabASPP, dataset: VOCDataset, mirrored: bool, mean, std, device) -> torch.Tensor:
+    """``N x C x h x w`` float16 features of every image of ``dataset`` (optionally mirrored)."""
+    size = None
+    chunks = []
+    for start in progress(range(0, len(dataset.ids), BATCH), desc="seg features" + (" (mirrored)" if mirrored else ""),
+                          total=-(-len(dataset.ids) // BATCH)):
+        ids = dataset.ids[start:start + BATCH]
+        images = []
+        for image_id in ids:
+            image = dataset.load_image(image_id)
+            size = size or image.shape[:2]
+            if image.shape[:2] != size:
+                raise PipelineError(dataset.image_path(image_id), f"is {image.shape[1]}x{image.shape[0]}, the "
+                                    f"split's other images {size[1]}x{size[0]}: segmentation.feature_cache needs "
+                                    "one image size (set it to false for this dataset)")
+            images.append(image[:, ::-1] if mirrored else image)
+        x = normalize_batch(np.stack(images), mean, std).to(device)
+        chunks.append(model.features(x).to(torch.float16).cpu())
+    return torch.cat(chunks)
+
+
+def load_feature_cache(path: str | Path, model: DeepLabASPP, ids: list[str]) -> dict:
+    """A cache file checked against ``model`` (same backbone / scale) and the split's ids."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(path, "feature cache not found (stage seg_features)")
+    try:
+        cache = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a damaged file
+        raise PipelineError(path, f"unreadable feature cache ({type(err).__name__}: {err})") from None
+    if not isinstance(cache, dict) or cache.get("format") != CACHE_FORMAT:
+        raise PipelineError(path, "not a feature cache of stage seg_features")
+    expected = cache_meta(model)
+    if cache["meta"] != expected:
+        diff = [f"{k}: file has {cache['meta'].get(k)!r}, the network {v!r}" for k, v in expected.items()
+                if cache["meta"].get(k) != v]
+        raise PipelineError(path, "features of another network (" + "; ".join(diff) + "); rerun seg_features")
+    if list(cache["ids"]) != list(ids):
+        raise PipelineError(path, f"holds {len(cache['ids'])} images, the split {len(ids)} (another split "
+                            "or dataset?); rerun seg_features")
+    return cache
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--dataset", default=None, help="dataset name (default: params' dataset)")
+    ap.add_argument("--split", required=True, help="split (train also stores the mirrored images)")
+    ap.add_argument("--out", required=True, help="cache file to write")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = ap.parse_args(argv)
+
+    from pipeline.stages.train_seg import build_seg_model
+
+    params = load_params(args.params, args.dataset)
+    if not feature_cache_enabled(params):
+        raise PipelineError("params.yaml", "segmentation.feature_cache is false: nothing uses this stage's output")
+    dataset = VOCDataset(params["data"], args.split)
+    set_threads(args.threads)
+    device = choose_device(params.get("device", "auto"))
+    seed_everything(int(params["seed"]))
+    model = build_seg_model(params, dataset.num_classes)
+    check_frozen_backbone(model)
+    model = model.to(device).eval()
+    mean, std = backbone_normalization(params["backbone"])
+    mirrored = args.split == "train"
+    inputs = {"split": args.split, "images": len(dataset), "mirrored": mirrored}
+    with stage_run("seg_features", inputs, {"segmentation": params["segmentation"], "backbone": params["backbone"]},
+                   device) as log:
+        features = split_features(model, dataset, False, mean, std, device)
+        flipped = split_features(model, dataset, True, mean, std, device) if mirrored else None
+        height, width = dataset.load_image(dataset.ids[0]).shape[:2]
+        document = {"format": CACHE_FORMAT, "ids": list(dataset.ids), "image_size": [height, width],
+                    "features": features, "mirrored": flipped, "meta": cache_meta(model)}
+        with atomic_path(args.out) as tmp:
+            torch.save(document, tmp)
+        log.info("%d images: features %s float16 (%.1f MB%s) -> %s", len(dataset), tuple(features.shape[1:]),
+                 features.numel() * 2 * (2 if mirrored else 1) / 2 ** 20, ", with mirrored" if mirrored else "",
+                 args.out)
+
+
+if __name__ == "__main__":
+    run_stage(main)
