@@ -26,7 +26,8 @@ TINY = {
 }
 TARGET = "results/retab_fold0"
 # Jobs that must not rerun when only the random walk's parameters change.
-UPSTREAM_OF_PROPAGATION = ("train_cam", "infer_cam", "train_boundary", "infer_boundary", "train_affinity")
+UPSTREAM_OF_PROPAGATION = ("train_cam", "infer_cam", "train_boundary", "infer_boundary", "train_affinity",
+                           "seg_features")
 
 
 def digests(directory: Path) -> dict[str, str]:
@@ -92,8 +93,9 @@ def test_a_propagation_param_edit_reruns_only_the_walk_and_what_follows(tiny_run
         params_path.write_text(original)
     assert planned["propagate"] == 3 and planned["pseudo_labels"] == 3
     assert not set(UPSTREAM_OF_PROPAGATION) & set(planned), planned
-    # the oracle and the CAM-threshold rows do not read the walk: their nets stay
-    assert planned["train_seg"] == 3  # cam_rw (shared), seggt, affgt+seggt; retab... see below
+    # the four rows trained on random-walk pseudo labels retrain; the CAM-threshold row and
+    # the oracle do not read the walk: their nets stay
+    assert planned["train_seg"] == 4 and planned["predict_seg"] == 4
     assert planned_rules(tiny_run) == {}, "restoring params.yaml must leave nothing to do"
 
 

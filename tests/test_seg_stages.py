@@ -283,3 +283,89 @@ def test_labels_of_another_dataset_fail(tiny, tmp_path, capsys):
     argv[argv.index("--labels") + 1] = str(labels)
     err = run_expect_error(train_seg.main, argv, capsys)
     assert str(labels) in err and "no image-level labels" in err
+
+
+# --------------------------------------------------------------------------- feature cache
+
+@pytest.fixture(scope="module")
+def cached(tiny, tmp_path_factory):
+    """Params with segmentation.feature_cache on (frozen backbone, input scale 2) and the
+    train/val caches of stage seg_features."""
+    from pipeline.stages import seg_features
+
+    params_path, _, _ = tiny
+    base = tmp_path_factory.mktemp("cache")
+    params = yaml.safe_load(params_path.read_text())
+    params["overrides"]["tiny"]["segmentation"].update(
+        {"feature_cache": True, "input_scale": 2.0, "frozen_blocks": 7, "head": "v2", "aspp_rates": [1, 2],
+         "predict": {"scales": [1.0], "flip": False}})
+    path = base / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    caches = {}
+    for split in ("train", "val"):
+        caches[split] = base / f"{split}.pt"
+        seg_features.main(["--params", str(path), "--split", split, "--out", str(caches[split]), "--threads", "1"])
+    return path, caches, base
+
+
+def test_seg_features_cache_holds_every_image(cached):
+    import torch
+
+    from pipeline.stages.seg_features import CACHE_FORMAT
+
+    _, caches, _ = cached
+    train = torch.load(caches["train"], weights_only=True)
+    assert train["format"] == CACHE_FORMAT and train["ids"] == list(TRAIN) and train["image_size"] == [SIZE, SIZE]
+    # input scale 2 at output stride 16: 64 px -> a 4x4 grid
+    assert train["features"].dtype == torch.float16 and tuple(train["features"].shape[::2]) == (len(TRAIN), 4)
+    assert torch.load(caches["val"], weights_only=True)["ids"] == list(VAL)
+
+
+def test_training_on_cached_features_equals_the_model_run_on_images(cached, tiny):
+    """The head trained on the cache is a full model: predict_seg from the cache and from
+    the images (same network, backbone frozen) write the same labels."""
+    import torch
+
+    path, caches, base = cached
+    _, _, work = tiny
+    argv = train_args(tiny, base, "mixed", work / "pseudo", work / "fold0.json")
+    argv[argv.index("--params") + 1] = str(path)
+    train_seg.main(argv + ["--features", str(caches["train"])])
+    header, row = (base / "history.tsv").read_text().splitlines()
+    assert dict(zip(header.split("\t"), row.split("\t")))["batches"] == "5"  # 5 images + 5 mirrors, batches of 2
+    meta = torch.load(base / "model.pt", weights_only=True)["meta"]
+    assert meta["input_scale"] == 2.0
+    predict_seg.main(["--params", str(path), "--model", str(base / "model.pt"), "--features", str(caches["val"]),
+                      "--out", str(base / "from_cache"), "--threads", "1"])
+    # the same params without the cache run the backbone on the images
+    params = yaml.safe_load(path.read_text())
+    params["overrides"]["tiny"]["segmentation"]["feature_cache"] = False
+    plain = base / "plain.yaml"
+    plain.write_text(yaml.safe_dump(params, sort_keys=False))
+    predict_seg.main(["--params", str(plain), "--model", str(base / "model.pt"), "--out", str(base / "from_images"),
+                      "--threads", "1"])
+    for image_id in VAL:
+        cached_pred = read_label_png(base / "from_cache" / f"{image_id}.png")
+        image_pred = read_label_png(base / "from_images" / f"{image_id}.png")
+        assert (cached_pred == image_pred).mean() > 0.98  # float16 cache: rare argmax ties may flip
+
+
+def test_feature_cache_failure_paths(cached, tiny, capsys):
+    path, caches, base = cached
+    _, _, work = tiny
+    argv = train_args(tiny, base / "bad", "gt")
+    argv[argv.index("--params") + 1] = str(path)
+    assert "--features" in run_expect_error(train_seg.main, argv, capsys)          # cache on, none given
+    line = run_expect_error(train_seg.main, argv + ["--features", str(caches["val"])], capsys)
+    assert "val.pt" in line and "split" in line                                      # another split's cache
+    params = yaml.safe_load(path.read_text())
+    params["overrides"]["tiny"]["segmentation"]["input_scale"] = 1.0
+    other = base / "scale1.yaml"
+    other.write_text(yaml.safe_dump(params, sort_keys=False))
+    argv[argv.index("--params") + 1] = str(other)
+    line = run_expect_error(train_seg.main, argv + ["--features", str(caches["train"])], capsys)
+    assert "input_scale" in line and "train.pt" in line                              # another network's features
+    params["overrides"]["tiny"]["segmentation"].update({"input_scale": 2.0, "frozen_blocks": 0})
+    other.write_text(yaml.safe_dump(params, sort_keys=False))
+    assert "frozen_blocks" in run_expect_error(train_seg.main, argv + ["--features", str(caches["train"])], capsys)
+    assert not (base / "bad" / "model.pt").exists()

@@ -12,13 +12,13 @@ stages train_seg / predict_seg train and run only the head on it. On the embedde
 that turns six backbone passes per epoch per net into one pass per image for the DAG.
 
 What the cache gives up: random rescale/crop augmentation (the features are of the whole
-image at one scale). The train split's file also holds the features of the mirrored
-images, so flip augmentation stays. Every image of a split must have the same size (the
+image at one scale). Flip augmentation stays: train_seg also trains on the mirrored
+feature maps (not the features of mirrored images: a stride-2 network is only
+approximately flip-equivariant, which is fine for an augmentation and halves the cost). Every image of a split must have the same size (the
 features are one tensor; an image of another size is a one-line error naming it).
 
 File (``torch.save``; written atomically): ``format``, ``ids``, ``image_size`` (H, W),
-``features`` (N x C x h x w float16), ``mirrored`` (the mirrored images' features, train
-split; None otherwise) and ``meta`` (:func:`cache_meta`: backbone, stride, input scale,
+``features`` (N x C x h x w float16) and ``meta`` (:func:`cache_meta`: backbone, stride, input scale,
 weights) which train_seg / predict_seg compare with their own network's.
 """
 from __future__ import annotations
@@ -64,11 +64,11 @@ def check_frozen_backbone(model: DeepLabASPP, where: str = "params.yaml") -> Non
 
 
 @torch.no_grad()
-def split_features(model: DeepLabASPP, dataset: VOCDataset, mirrored: bool, mean, std, device) -> torch.Tensor:
-    """``N x C x h x w`` float16 features of every image of ``dataset`` (optionally mirrored)."""
+def split_features(model: DeepLabASPP, dataset: VOCDataset, mean, std, device) -> torch.Tensor:
+    """``N x C x h x w`` float16 features of every image of ``dataset``."""
     size = None
     chunks = []
-    for start in progress(range(0, len(dataset.ids), BATCH), desc="seg features" + (" (mirrored)" if mirrored else ""),
+    for start in progress(range(0, len(dataset.ids), BATCH), desc="seg features",
                           total=-(-len(dataset.ids) // BATCH)):
         ids = dataset.ids[start:start + BATCH]
         images = []
@@ -79,7 +79,7 @@ def split_features(model: DeepLabASPP, dataset: VOCDataset, mirrored: bool, mean
                 raise PipelineError(dataset.image_path(image_id), f"is {image.shape[1]}x{image.shape[0]}, the "
                                     f"split's other images {size[1]}x{size[0]}: segmentation.feature_cache needs "
                                     "one image size (set it to false for this dataset)")
-            images.append(image[:, ::-1] if mirrored else image)
+            images.append(image)
         x = normalize_batch(np.stack(images), mean, std).to(device)
         chunks.append(model.features(x).to(torch.float16).cpu())
     return torch.cat(chunks)
@@ -111,7 +111,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--dataset", default=None, help="dataset name (default: params' dataset)")
-    ap.add_argument("--split", required=True, help="split (train also stores the mirrored images)")
+    ap.add_argument("--split", required=True, help="split to compute (train, val)")
     ap.add_argument("--out", required=True, help="cache file to write")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args(argv)
@@ -129,20 +129,17 @@ def main(argv=None):
     check_frozen_backbone(model)
     model = model.to(device).eval()
     mean, std = backbone_normalization(params["backbone"])
-    mirrored = args.split == "train"
-    inputs = {"split": args.split, "images": len(dataset), "mirrored": mirrored}
+    inputs = {"split": args.split, "images": len(dataset)}
     with stage_run("seg_features", inputs, {"segmentation": params["segmentation"], "backbone": params["backbone"]},
                    device) as log:
-        features = split_features(model, dataset, False, mean, std, device)
-        flipped = split_features(model, dataset, True, mean, std, device) if mirrored else None
+        features = split_features(model, dataset, mean, std, device)
         height, width = dataset.load_image(dataset.ids[0]).shape[:2]
         document = {"format": CACHE_FORMAT, "ids": list(dataset.ids), "image_size": [height, width],
-                    "features": features, "mirrored": flipped, "meta": cache_meta(model)}
+                    "features": features, "meta": cache_meta(model)}
         with atomic_path(args.out) as tmp:
             torch.save(document, tmp)
-        log.info("%d images: features %s float16 (%.1f MB%s) -> %s", len(dataset), tuple(features.shape[1:]),
-                 features.numel() * 2 * (2 if mirrored else 1) / 2 ** 20, ", with mirrored" if mirrored else "",
-                 args.out)
+        log.info("%d images: features %s float16 (%.1f MB) -> %s", len(dataset), tuple(features.shape[1:]),
+                 features.numel() * 2 / 2 ** 20, args.out)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ from pipeline.training import count_steps, history_tsv, poly_scheduler, save_mod
 SUPERVISIONS = ("gt", "pseudo", "mixed")
 GT, PSEUDO = "gt", "pseudo"
 PSEUDO_SUFFIX = ".png"
-TRAIN_KEYS = ("crop", "scale_range", "batch_size", "epochs", "optimizer", "lr", "momentum", "weight_decay",
+TRAIN_KEYS = ("crop", "scale_range", "batch_size", "epochs", "optimizer", "lr", "momentum", "weight_decay", "loss_stride",
               "poly_power")
 OPTIMIZERS = ("sgd", "adamw")
 
@@ -259,16 +259,23 @@ def image_training(model, ids, sources, dataset, pseudo_dir, novel_classes, cfg,
 
 
 def cached_feature_training(cache: dict, ids: list[str], sources: dict[str, str], dataset: VOCDataset,
-                            pseudo_dir: Path | None, novel_classes: list[int], batch_size: int):
-    """(make_batches, step) that train only the head, on cached features of each image and of
-    its mirror image (the flip augmentation; no rescale/crop: the features are fixed)."""
+                            pseudo_dir: Path | None, novel_classes: list[int], batch_size: int, loss_stride: int = 1):
+    """(make_batches, step) that train only the head, on the cached features of each image and
+    their mirrored maps (flip augmentation; no rescale/crop: the features are fixed).
+
+    ``loss_stride`` k > 1: the loss compares logits upsampled to 1/k of the image size with
+    every k-th label pixel (rows and columns); the upsampling's backward pass dominates a
+    head-only step on CPU, so k = 2 about halves it.
+    """
     position = {image_id: k for k, image_id in enumerate(cache["ids"])}
     rows = torch.as_tensor([position[i] for i in ids])
     height, width = cache["image_size"]
     targets = torch.from_numpy(np.stack([load_target(i, sources[i], dataset, (height, width), pseudo_dir,
                                                      novel_classes) for i in ids]).astype(np.int64))
-    features = torch.cat([cache["features"][rows], cache["mirrored"][rows]])
-    targets = torch.cat([targets, targets.flip(-1)])
+    features = cache["features"][rows]
+    features = torch.cat([features, features.flip(-1)])  # flip augmentation on the feature maps
+    targets = torch.cat([targets, targets.flip(-1)])[:, ::loss_stride, ::loss_stride].contiguous()
+    loss_size = tuple(targets.shape[-2:])
 
     def make_batches(epoch: int, rng: np.random.Generator):
         order = torch.from_numpy(rng.permutation(len(features)))
@@ -276,7 +283,7 @@ def cached_feature_training(cache: dict, ids: list[str], sources: dict[str, str]
                 for k in range(0, len(order), batch_size)]
 
     def step(net: torch.nn.Module, batch: dict):
-        logits = net.logits_from_features(batch["features"], (height, width))
+        logits = net.logits_from_features(batch["features"], loss_size)
         return segmentation_ce(logits, batch["targets"], dataset.ignore_index), {}
 
     return make_batches, step
@@ -341,7 +348,7 @@ def main(argv=None):
             check_frozen_backbone(model)
             cache = load_feature_cache(args.features, model, dataset.ids)
             make_batches, step = cached_feature_training(cache, ids, sources, dataset, pseudo_dir, novel_classes,
-                                                         cfg["batch_size"])
+                                                         cfg["batch_size"], int(cfg["loss_stride"]))
             log.info("training the head on cached features %s (%s)", tuple(cache["features"].shape[1:]),
                      args.features)
         else:
