@@ -48,9 +48,15 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, _umask_mode(0o777))
+        old = None
         if path.exists():
-            shutil.rmtree(path)
+            # Rename the old version away first: a kill in between leaves either the old or
+            # the new complete directory at ``path``, never a half-deleted one.
+            old = Path(tempfile.mkdtemp(prefix=f".old-{path.name}-", dir=path.parent))
+            os.replace(path, old / path.name)
         os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

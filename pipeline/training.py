@@ -247,6 +247,12 @@ def _run_epoch(model, make_batches, step_fn, optimizer, scheduler, epoch, epochs
     return {"epoch": epoch + 1, **means, "lr": lrs, "batches": n_batches, "seconds": round(seconds, 3)}
 
 
+def checkpoint_path_for(out: str | os.PathLike) -> Path:
+    """Checkpoint file of the model file ``out`` of every training stage: ``<out stem>.checkpoint.pt``."""
+    out = Path(out)
+    return out.with_name(out.stem + ".checkpoint.pt")
+
+
 HISTORY_FIXED = ("phase", "epoch", "lr", "batches", "seconds")
 
 

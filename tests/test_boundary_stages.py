@@ -31,7 +31,8 @@ from pipeline.errors import PipelineError, run_stage
 from pipeline.metrics.label_png import write_label_png
 from pipeline.models import BoundaryNet
 from pipeline.stages import infer_boundary, train_boundary
-from pipeline.stages.train_boundary import base_sample_loss_target, checkpoint_path_for
+from pipeline.stages.train_boundary import base_sample_loss_target
+from pipeline.training import checkpoint_path_for
 from pipeline.training import MODEL_FORMAT
 
 # --------------------------------------------------------------------------- pure functions

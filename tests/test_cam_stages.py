@@ -124,7 +124,7 @@ def test_train_writes_model_with_metadata_and_history(trained):
     assert [r.split("\t")[0] for r in rows[1:]] == ["1", "2"]
     first_lr = float(rows[1].split("\t")[2])
     assert first_lr == pytest.approx(0.01) and float(rows[2].split("\t")[2]) < first_lr   # poly decay
-    assert not (trained["model"].parent / "model.pt.ckpt").exists()                      # removed when done
+    assert not (trained["model"].parent / "model.checkpoint.pt").exists()                      # removed when done
 
 
 def test_infer_writes_normalised_cams_per_labelled_class(trained):

@@ -9,7 +9,7 @@ import torch
 
 from pipeline.config import load_params
 from pipeline.errors import PipelineError
-from pipeline.propagation.affinity import num_pairs, pair_indices, pairwise_affinity
+from pipeline.propagation.affinity import num_pairs, pairwise_affinity
 from pipeline.propagation.random_walk import (
     affinity_matrix,
     background_channel,

@@ -249,7 +249,7 @@ def main(argv=None):
         check_files(boundary_dir, cam_ids, "boundary map")
 
     from pipeline.models import AffinityNet, backbone_normalization
-    from pipeline.training import history_tsv, poly_scheduler, save_model, train
+    from pipeline.training import checkpoint_path_for, history_tsv, poly_scheduler, save_model, train
 
     device = choose_device(params.get("device", "auto"))
     stage_params = {"affinity": params["affinity"], "backbone": params["backbone"], "seed": seed,
@@ -272,7 +272,7 @@ def main(argv=None):
                                     ignore_index=dataset.ignore_index)
 
         out = Path(args.out)
-        checkpoint = out.with_name(out.stem + ".checkpoint.pt")
+        checkpoint = checkpoint_path_for(out)
         meta = {"stage": "train_affinity", "params": params_hash(stage_params),
                 "inputs": params_hash({"ids": ids, "sources": sources, "novel": novel})}
         history = train(model, make_batches, affinity_step(cfg["radius"], dataset.ignore_index,

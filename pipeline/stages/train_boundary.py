@@ -35,8 +35,6 @@ terms, learning rates, batches and seconds.
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -53,7 +51,7 @@ from pipeline.io import write_text
 from pipeline.losses import BL_IGNORE, boundary_loss_parts, boundary_loss_target, boundary_target_at_stride
 from pipeline.models import BoundaryNet, backbone_normalization
 from pipeline.runtime import choose_device, seed_everything, set_threads, stage_run
-from pipeline.training import count_steps, history_tsv, poly_scheduler, save_model, train
+from pipeline.training import checkpoint_path_for, count_steps, history_tsv, poly_scheduler, save_model, train
 
 
 def base_sample_loss_target(mask: np.ndarray, novel_region: np.ndarray, *, source: str, width: int,
@@ -113,11 +111,6 @@ def train_config(params: dict) -> dict:
     check_range(cfg["lr"], "boundary.train.lr", 0, low_open=True)
     return cfg
 
-
-
-def checkpoint_path_for(out: str | os.PathLike) -> Path:
-    out = Path(out)
-    return out.with_name(out.stem + ".checkpoint.pt")
 
 
 def main(argv=None):

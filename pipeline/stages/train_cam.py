@@ -11,7 +11,7 @@ image with its image-level labels, with the multi-label soft-margin loss (IRN
 (power 0.9), backbone at ``lr`` and the classifier at ``10 * lr``. The CAM network
 runs at ``cam.output_stride`` (IRN: 16) unless null (then ``backbone.output_stride``).
 
-A checkpoint (``<out>.ckpt``) is written after every epoch; a rerun with the same
+A checkpoint (``<out stem>.checkpoint.pt``) is written after every epoch; a rerun with the same
 params resumes after the last finished epoch and gives bit-identical weights (CPU).
 It is removed once the model is written. Outputs: the model file (weights + metadata:
 backbone, output stride, number of classes, class names) and ``history.tsv`` (one row
@@ -20,7 +20,6 @@ per epoch: epoch, loss, lr (backbone group, at the epoch's start), seconds).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -105,7 +104,7 @@ def main(argv=None):
     fg_names = [dataset.class_names[c] for c in dataset.foreground_indices]
 
     from pipeline.models import CAMNet, backbone_normalization
-    from pipeline.training import history_tsv, poly_scheduler, save_model, train
+    from pipeline.training import checkpoint_path_for, history_tsv, poly_scheduler, save_model, train
 
     backbone_cfg = cam_backbone_cfg(params)
     mean, std = backbone_normalization(backbone_cfg)
@@ -137,7 +136,7 @@ def main(argv=None):
         def step(net, batch):
             return multilabel_soft_margin(net(batch["image"]), batch["labels"]), {}
 
-        checkpoint = Path(str(args.out) + ".ckpt")
+        checkpoint = checkpoint_path_for(args.out)
         run_meta = {**meta, "params": params_hash(used), "labels": params_hash(document["labels"])}
         try:
             history = train(model, make_batches, step, optimizer, scheduler, epochs, checkpoint, log,

@@ -45,8 +45,7 @@ from pipeline.errors import PipelineError, run_stage
 from pipeline.io import write_text
 from pipeline.models import DeepLabASPP, backbone_normalization
 from pipeline.runtime import choose_device, seed_everything, set_threads, stage_run
-from pipeline.stages.train_seg import checkpoint_path_for
-from pipeline.training import count_steps, history_tsv, poly_scheduler, save_model, train
+from pipeline.training import checkpoint_path_for, count_steps, history_tsv, poly_scheduler, save_model, train
 
 TRAIN_KEYS = ("crop", "scale_range", "batch_size", "epochs", "lr", "momentum", "weight_decay")
 OBJECT, NOT_OBJECT = 1, 0

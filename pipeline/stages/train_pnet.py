@@ -60,8 +60,8 @@ from pipeline.models.pnet import PNet
 from pipeline.runtime import choose_device, seed_everything, set_threads, stage_run
 from pipeline.stages.train_lnet import fold_novel_classes
 from pipeline.stages.train_seg import (GT, build_seg_model, check_image_labels, check_pseudo_labels,
-                                       checkpoint_path_for, load_target, model_meta, target_sources)
-from pipeline.training import count_steps, history_tsv, load_model, poly_scheduler, save_model, train
+                                       load_target, model_meta, target_sources)
+from pipeline.training import checkpoint_path_for, count_steps, history_tsv, load_model, poly_scheduler, save_model, train
 
 TRAIN_KEYS = ("crop", "scale_range", "batch_size", "epochs", "optimizer", "lr_seg", "lr_pnet", "momentum",
               "weight_decay", "samples_per_epoch")

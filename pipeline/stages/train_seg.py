@@ -53,7 +53,7 @@ from pipeline.metrics.label_png import read_label_png
 from pipeline.models import DeepLabASPP, backbone_normalization
 from pipeline.runtime import choose_device, progress, seed_everything, set_threads, stage_run
 from pipeline.stages.seg_features import check_frozen_backbone, feature_cache_enabled, load_feature_cache
-from pipeline.training import count_steps, history_tsv, poly_scheduler, save_model, train
+from pipeline.training import checkpoint_path_for, count_steps, history_tsv, poly_scheduler, save_model, train
 
 SUPERVISIONS = ("gt", "pseudo", "mixed")
 GT, PSEUDO = "gt", "pseudo"
@@ -215,11 +215,6 @@ def directory_fingerprint(directory: Path | None) -> str | None:
         stats = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries)
     return params_hash(stats)
 
-
-
-def checkpoint_path_for(out: str | os.PathLike) -> Path:
-    out = Path(out)
-    return out.with_name(out.stem + ".checkpoint.pt")
 
 
 def skip_nan_fill() -> None:
