@@ -253,6 +253,7 @@ def test_slic_params_come_from_params_yaml(monkeypatch):
     assert calls[0]["n_segments"] == section["slic_n_segments"]
     assert calls[0]["compactness"] == section["slic_compactness"]
     assert calls[0]["sigma"] == section["slic_sigma"]
+    assert calls[0]["max_num_iter"] == section["slic_max_iter"]
     # The embedded override changes the superpixel count for its 128x128 images.
     embedded = load_params(REPO_ROOT / "params.yaml", "embedded")["self_diffusion"]
     assert embedded["slic_n_segments"] == raw["overrides"]["embedded"]["self_diffusion"]["slic_n_segments"]

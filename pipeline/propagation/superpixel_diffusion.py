@@ -81,7 +81,7 @@ log = logging.getLogger("pipeline.propagation.superpixel_diffusion")
 MIN_RELATIVE_WEIGHT = 1e-10
 
 #: Keys of the ``self_diffusion`` params section that :func:`diffuse_image` reads.
-PARAM_KEYS = ("slic_n_segments", "slic_compactness", "slic_sigma", "sigma",
+PARAM_KEYS = ("slic_n_segments", "slic_compactness", "slic_sigma", "slic_max_iter", "sigma",
               "cam_region_threshold", "cam_region_min_overlap",
               "background_seed_threshold", "background_threshold")
 
@@ -119,16 +119,18 @@ def rgb_to_lab(image_rgb: np.ndarray) -> np.ndarray:
 
 
 def slic_superpixels(image_rgb: np.ndarray, n_segments: int, compactness: float,
-                     sigma: float) -> np.ndarray:
+                     sigma: float, max_iter: int = 10) -> np.ndarray:
     """SLIC superpixels of an RGB image: int32 HxW labels 0..N-1, every label used.
 
     ``n_segments`` is approximate (SLIC places a grid and merges small fragments);
     ``compactness`` trades colour similarity for regular shape (in Lab units, skimage's
-    convention); ``sigma`` is the Gaussian pre-smoothing width in pixels.
+    convention); ``sigma`` is the Gaussian pre-smoothing width in pixels; ``max_iter``
+    the k-means iterations (skimage's default 10; SLIC's assignments barely move after
+    the first few, and each costs ~1/10 of the time).
     """
     labels = segmentation.slic(image_rgb, n_segments=int(n_segments), compactness=float(compactness),
                                sigma=float(sigma), start_label=0, channel_axis=-1,
-                               convert2lab=True, enforce_connectivity=True)
+                               convert2lab=True, enforce_connectivity=True, max_num_iter=int(max_iter))
     labels = np.asarray(labels)
     used = np.bincount(labels.ravel()) > 0
     if not used.all():
@@ -377,6 +379,7 @@ def _read_params(params: Mapping) -> dict:
     if missing:
         raise PipelineError("params.yaml", f"missing key self_diffusion.{missing[0]}")
     checks = {"slic_n_segments": (1, None), "slic_compactness": (0, None), "slic_sigma": (0, None),
+              "slic_max_iter": (1, None),
               "sigma": (0, None), "cam_region_threshold": (0, 1), "cam_region_min_overlap": (0, 1),
               "background_seed_threshold": (0, 1), "background_threshold": (0, 1)}
     for key, (low, high) in checks.items():
@@ -430,7 +433,8 @@ def diffuse_image(image: np.ndarray, agnostic_map: np.ndarray, cams: Mapping[int
         raise ValueError(f"solver must be 'direct' or 'iterative', not {solver!r}")
     image, agnostic_map, cams = _check_inputs(image, agnostic_map, cams, background_index, ignore_index, source)
 
-    labels = slic_superpixels(image, cfg["slic_n_segments"], cfg["slic_compactness"], cfg["slic_sigma"])
+    labels = slic_superpixels(image, cfg["slic_n_segments"], cfg["slic_compactness"], cfg["slic_sigma"],
+                              cfg["slic_max_iter"])
     n_nodes = int(labels.max()) + 1
     edges = superpixel_graph(labels)
     features = node_features(image, labels, agnostic_map)

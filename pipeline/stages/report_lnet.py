@@ -151,7 +151,7 @@ def figure_row(dataset: VOCDataset, image_id: str, classes: list[int], maps: Pat
     cam_maps = image_cams(read_cam_file(c_path, dataset.num_classes, dataset.background_index), c_path,
                           classes, size)
     superpixels = slic_superpixels(image, diffusion["slic_n_segments"], diffusion["slic_compactness"],
-                                   diffusion["slic_sigma"])
+                                   diffusion["slic_sigma"], diffusion["slic_max_iter"])
     seeds, _ = class_seed_masks(superpixels, cam_maps, diffusion["cam_region_threshold"],
                                 diffusion["cam_region_min_overlap"])
     mean_m = node_features(image, superpixels, agnostic)[:, 3]
