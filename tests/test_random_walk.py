@@ -250,7 +250,7 @@ def test_shape_mismatch_is_value_error():
 
 
 def test_params_yaml_defaults_and_validation():
-    params = load_params(REPO / "params.yaml")
+    params = load_params(REPO / "params.yaml", "voc")  # the paper's values (embedded overrides them)
     checked = validate_propagation_params(params)
     assert checked == {"beta": 8.0, "logt": 8, "alpha": 16.0, "method": "sparse", "radius": 5}
     bad = {"propagation": dict(params["propagation"], logt=-2), "affinity": {"radius": 5}}
