@@ -24,7 +24,10 @@ try:
 except PipelineError as _err:
     raise WorkflowError(f"error: {_err}") from None
 
-PY = sys.executable  # the interpreter snakemake runs in (the project's venv)
+# The interpreter of the environment snakemake runs in, named the same whichever launcher
+# started it (`snakemake`'s shebang says python3, `python -m snakemake` says python): the
+# path is a rule param, and a changed param reruns every job.
+PY = str(Path(sys.prefix) / "bin" / "python") if (Path(sys.prefix) / "bin" / "python").exists() else sys.executable
 DATASETS = sorted(config["datasets"])
 DEFAULT_DATASET = config["dataset"]
 DEFAULT_FOLD = 0
