@@ -253,6 +253,24 @@ def checkpoint_path_for(out: str | os.PathLike) -> Path:
     return out.with_name(out.stem + ".checkpoint.pt")
 
 
+def train_and_save(model: torch.nn.Module, make_batches: MakeBatches, step_fn: StepFn,
+                   optimizer: torch.optim.Optimizer, scheduler, epochs: int, out: str | os.PathLike,
+                   history_path: str | os.PathLike, log: logging.Logger, seed: int, meta: Mapping,
+                   device: str | torch.device = "cpu") -> list[dict]:
+    """The end of a training stage: :func:`train` with its checkpoint next to ``out``, then
+    the model file (contiguous CPU weights), ``history.tsv``, and the checkpoint removed."""
+    from pipeline.io import write_text
+
+    checkpoint = checkpoint_path_for(out)
+    history = train(model, make_batches, step_fn, optimizer, scheduler, epochs, checkpoint, log, seed,
+                    meta=dict(meta), device=device)
+    save_model(out, model.cpu().to(memory_format=torch.contiguous_format), dict(meta))
+    write_text(history_path, history_tsv(history))
+    checkpoint.unlink(missing_ok=True)
+    log.info("wrote %s and %s (final loss %.4f)", out, history_path, history[-1]["loss"])
+    return history
+
+
 HISTORY_FIXED = ("phase", "epoch", "lr", "batches", "seconds")
 
 

@@ -42,10 +42,9 @@ from pipeline.data.batches import training_batches
 from pipeline.data.folds import load_fold, mask_novel_pixels
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
-from pipeline.io import write_text
 from pipeline.models import DeepLabASPP, backbone_normalization
 from pipeline.runtime import choose_device, seed_everything, set_threads, stage_run
-from pipeline.training import checkpoint_path_for, count_steps, history_tsv, poly_scheduler, save_model, train
+from pipeline.training import count_steps, poly_scheduler, train_and_save
 
 TRAIN_KEYS = ("crop", "scale_range", "batch_size", "epochs", "lr", "momentum", "weight_decay")
 OBJECT, NOT_OBJECT = 1, 0
@@ -196,13 +195,8 @@ def main(argv=None):
         meta = {**lnet_meta(model), "task": "lnet", "dataset": params["dataset"], "fold": fold.get("fold"),
                 "object_classes": object_ids, "novel_classes": novel,
                 "base_samples_hash": params_hash(base_ids), "params_hash": params_hash(used)}
-        checkpoint = checkpoint_path_for(args.out)
-        history = train(model, make_batches, step, optimizer, scheduler, cfg["epochs"], checkpoint, log,
-                        seed, meta=meta, device=device)
-        save_model(args.out, model.cpu().to(memory_format=torch.contiguous_format), meta)
-        write_text(args.history, history_tsv(history))
-        checkpoint.unlink(missing_ok=True)
-        log.info("wrote %s and %s (final loss %.4f)", args.out, args.history, history[-1]["loss"])
+        train_and_save(model, make_batches, step, optimizer, scheduler, cfg["epochs"], args.out, args.history,
+                       log, seed, meta, device)
 
 
 if __name__ == "__main__":

@@ -47,13 +47,12 @@ from pipeline.data.folds import load_fold, mask_novel_pixels
 from pipeline.data.labels import load_image_labels
 from pipeline.data.voc import VOCDataset, image_size
 from pipeline.errors import PipelineError, run_stage
-from pipeline.io import write_text
 from pipeline.losses import segmentation_ce
 from pipeline.metrics.label_png import read_label_png
 from pipeline.models import DeepLabASPP, backbone_normalization
 from pipeline.runtime import choose_device, progress, seed_everything, set_threads, stage_run
 from pipeline.stages.seg_features import check_frozen_backbone, feature_cache_enabled, load_feature_cache
-from pipeline.training import checkpoint_path_for, count_steps, history_tsv, poly_scheduler, save_model, train
+from pipeline.training import count_steps, poly_scheduler, train_and_save
 
 SUPERVISIONS = ("gt", "pseudo", "mixed")
 GT, PSEUDO = "gt", "pseudo"
@@ -360,13 +359,8 @@ def main(argv=None):
         meta = {**model_meta(model, dataset), "dataset": params["dataset"], "supervision": args.supervision,
                 "fold": fold.get("fold") if fold else None, "sources_hash": params_hash(sources),
                 "pseudo_hash": directory_fingerprint(pseudo_dir), "params_hash": params_hash(used)}
-        checkpoint = checkpoint_path_for(args.out)
-        history = train(model, make_batches, step, optimizer, scheduler, cfg["epochs"], checkpoint, log,
-                        seed, meta=meta, device=device)
-        save_model(args.out, model.cpu().to(memory_format=torch.contiguous_format), meta)
-        write_text(args.history, history_tsv(history))
-        checkpoint.unlink(missing_ok=True)
-        log.info("wrote %s and %s (final loss %.4f)", args.out, args.history, history[-1]["loss"])
+        train_and_save(model, make_batches, step, optimizer, scheduler, cfg["epochs"], args.out, args.history,
+                       log, seed, meta, device)
 
 
 if __name__ == "__main__":
