@@ -256,15 +256,20 @@ def checkpoint_path_for(out: str | os.PathLike) -> Path:
 def train_and_save(model: torch.nn.Module, make_batches: MakeBatches, step_fn: StepFn,
                    optimizer: torch.optim.Optimizer, scheduler, epochs: int, out: str | os.PathLike,
                    history_path: str | os.PathLike, log: logging.Logger, seed: int, meta: Mapping,
-                   device: str | torch.device = "cpu") -> list[dict]:
+                   device: str | torch.device = "cpu", model_meta: Mapping | None = None) -> list[dict]:
     """The end of a training stage: :func:`train` with its checkpoint next to ``out``, then
-    the model file (contiguous CPU weights), ``history.tsv``, and the checkpoint removed."""
+    the model file (contiguous CPU weights), ``history.tsv``, and the checkpoint removed.
+
+    ``meta`` identifies the run (a checkpoint with other meta is not resumed); ``model_meta``,
+    when given, is what the model file records instead (e.g. without the hashes of inputs).
+    """
     from pipeline.io import write_text
 
     checkpoint = checkpoint_path_for(out)
     history = train(model, make_batches, step_fn, optimizer, scheduler, epochs, checkpoint, log, seed,
                     meta=dict(meta), device=device)
-    save_model(out, model.cpu().to(memory_format=torch.contiguous_format), dict(meta))
+    saved_meta = dict(meta if model_meta is None else model_meta)
+    save_model(out, model.cpu().to(memory_format=torch.contiguous_format), saved_meta)
     write_text(history_path, history_tsv(history))
     checkpoint.unlink(missing_ok=True)
     log.info("wrote %s and %s (final loss %.4f)", out, history_path, history[-1]["loss"])

@@ -45,7 +45,6 @@ from pipeline.data.folds import load_fold, mask_novel_pixels
 from pipeline.data.labels import load_image_labels
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
-from pipeline.io import write_text
 from pipeline.metrics.label_png import read_label_png
 from pipeline.runtime import choose_device, seed_everything, set_threads, stage_run
 
@@ -249,7 +248,7 @@ def main(argv=None):
         check_files(boundary_dir, cam_ids, "boundary map")
 
     from pipeline.models import AffinityNet, backbone_normalization
-    from pipeline.training import checkpoint_path_for, history_tsv, poly_scheduler, save_model, train
+    from pipeline.training import poly_scheduler, train_and_save
 
     device = choose_device(params.get("device", "auto"))
     stage_params = {"affinity": params["affinity"], "backbone": params["backbone"], "seed": seed,
@@ -271,18 +270,14 @@ def main(argv=None):
                                     scale_range=tuple(cfg["scale_range"]), rng=rng, mean=mean, std=std,
                                     ignore_index=dataset.ignore_index)
 
-        out = Path(args.out)
-        checkpoint = checkpoint_path_for(out)
-        meta = {"stage": "train_affinity", "params": params_hash(stage_params),
-                "inputs": params_hash({"ids": ids, "sources": sources, "novel": novel})}
-        history = train(model, make_batches, affinity_step(cfg["radius"], dataset.ignore_index,
-                                                           dataset.background_index),
-                        optimizer, scheduler, cfg["epochs"], checkpoint, log, seed, meta=meta, device=device)
+        run_meta = {"stage": "train_affinity", "params": params_hash(stage_params),
+                    "inputs": params_hash({"ids": ids, "sources": sources, "novel": novel})}
         model_meta = {**model.meta, "variant": args.variant, "radius": cfg["radius"], "dataset": dataset.name,
                       "mean": list(mean), "std": list(std)}
-        save_model(out, model.cpu(), model_meta)
-        write_text(args.history, history_tsv(history))
-        checkpoint.unlink(missing_ok=True)
+        history = train_and_save(model, make_batches,
+                                 affinity_step(cfg["radius"], dataset.ignore_index, dataset.background_index),
+                                 optimizer, scheduler, cfg["epochs"], args.out, args.history, log, seed, run_meta,
+                                 device=device, model_meta=model_meta)
         log.info("variant %s: %d images (%d with ground-truth pairs), final loss %.4f",
                  args.variant, len(ids), len(ids) - len(cam_ids), history[-1]["loss"])
 

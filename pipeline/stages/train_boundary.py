@@ -47,11 +47,10 @@ from pipeline.data.boundary_labels import boundary_target
 from pipeline.data.folds import load_fold, mask_novel_pixels
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
-from pipeline.io import write_text
 from pipeline.losses import BL_IGNORE, boundary_loss_parts, boundary_loss_target, boundary_target_at_stride
 from pipeline.models import BoundaryNet, backbone_normalization
 from pipeline.runtime import choose_device, seed_everything, set_threads, stage_run
-from pipeline.training import checkpoint_path_for, count_steps, history_tsv, poly_scheduler, save_model, train
+from pipeline.training import count_steps, poly_scheduler, train_and_save
 
 
 def base_sample_loss_target(mask: np.ndarray, novel_region: np.ndarray, *, source: str, width: int,
@@ -170,13 +169,8 @@ def main(argv=None):
                 "label_width": target_args["width"], "fold": fold.get("fold"),
                 "novel_classes": novel, "base_samples_hash": params_hash(base_ids),
                 "params_hash": params_hash(used)}
-        checkpoint = checkpoint_path_for(args.out)
-        history = train(model, make_batches, step, optimizer, scheduler, cfg["epochs"], checkpoint, log,
-                        seed, meta=meta, device=device)
-        save_model(args.out, model.cpu(), meta)
-        write_text(args.history, history_tsv(history))
-        checkpoint.unlink(missing_ok=True)
-        log.info("wrote %s and %s (final loss %.4f)", args.out, args.history, history[-1]["loss"])
+        train_and_save(model, make_batches, step, optimizer, scheduler, cfg["epochs"], args.out, args.history,
+                       log, seed, meta, device=device)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ from pipeline.data.batches import batches_per_epoch, training_batches
 from pipeline.data.labels import read_image_labels_file
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
-from pipeline.io import write_text
 from pipeline.losses import multilabel_soft_margin
 from pipeline.runtime import choose_device, seed_everything, set_threads, stage_run
 
@@ -104,7 +103,7 @@ def main(argv=None):
     fg_names = [dataset.class_names[c] for c in dataset.foreground_indices]
 
     from pipeline.models import CAMNet, backbone_normalization
-    from pipeline.training import checkpoint_path_for, history_tsv, poly_scheduler, save_model, train
+    from pipeline.training import checkpoint_path_for, poly_scheduler, train_and_save
 
     backbone_cfg = cam_backbone_cfg(params)
     mean, std = backbone_normalization(backbone_cfg)
@@ -136,19 +135,14 @@ def main(argv=None):
         def step(net, batch):
             return multilabel_soft_margin(net(batch["image"]), batch["labels"]), {}
 
-        checkpoint = checkpoint_path_for(args.out)
         run_meta = {**meta, "params": params_hash(used), "labels": params_hash(document["labels"])}
         try:
-            history = train(model, make_batches, step, optimizer, scheduler, epochs, checkpoint, log,
-                            seed=params["seed"], meta=run_meta, device=device)
+            train_and_save(model, make_batches, step, optimizer, scheduler, epochs, args.out, args.history, log,
+                           params["seed"], run_meta, device=device, model_meta=meta)
         except FloatingPointError as err:
             # A diverging loss is a params problem (too high a learning rate), not a crash.
-            checkpoint.unlink(missing_ok=True)
+            checkpoint_path_for(args.out).unlink(missing_ok=True)
             raise PipelineError("cam.train.lr", f"training diverged ({err}); lower the learning rate") from None
-        save_model(args.out, model.cpu(), meta)
-        write_text(args.history, history_tsv(history))
-        checkpoint.unlink(missing_ok=True)
-        log.info("wrote %s (final loss %.4f) and %s", args.out, history[-1]["loss"], args.history)
 
 
 if __name__ == "__main__":
