@@ -24,6 +24,7 @@ from pipeline.io import load_npz, write_json
 from pipeline.metrics.label_png import read_label_png, write_label_png
 from pipeline.stages import propagate, pseudo_labels, train_affinity
 from pipeline.stages.train_affinity import reduce_to_grid, sample_sources
+from workflow_utils import tiny_dataset_entry
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE = 32
@@ -63,11 +64,7 @@ def tiny(tmp_path_factory) -> dict:
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["dataset"] = "tiny"
-    params["datasets"] = {"tiny": {
-        "root": str(data), "image_dir": "JPEGImages", "mask_dir": "SegmentationClass",
-        "splits": {"train": "ImageSets/Segmentation/train.txt", "val": "ImageSets/Segmentation/val.txt"},
-        "classes": CLASSES, "background": "background", "ignore_index": 255, "boundary_source": "outline",
-        "novel_classes": [["blue"]]}}
+    params["datasets"] = {"tiny": tiny_dataset_entry(data, CLASSES, [["blue"]])}
     params["overrides"] = {}
     params["backbone"].update({"pretrained": False, "output_stride": 16, "frozen_blocks": 0})
     params["affinity"].update({"radius": 3, "feat_dim": 28,

@@ -34,6 +34,7 @@ from pipeline.stages import infer_boundary, train_boundary
 from pipeline.stages.train_boundary import base_sample_loss_target
 from pipeline.training import checkpoint_path_for
 from pipeline.training import MODEL_FORMAT
+from workflow_utils import tiny_dataset_entry
 
 # --------------------------------------------------------------------------- pure functions
 
@@ -190,12 +191,7 @@ def tiny(tmp_path):
 
     raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     raw["dataset"], raw["device"] = "tiny", "cpu"
-    raw["datasets"]["tiny"] = {
-        "root": str(root), "image_dir": "JPEGImages", "mask_dir": "SegmentationClass",
-        "splits": {"train": "ImageSets/Segmentation/train.txt", "val": "ImageSets/Segmentation/val.txt"},
-        "classes": CLASSES, "background": "background", "ignore_index": 255,
-        "boundary_source": "outline", "novel_classes": [["bus"]],
-    }
+    raw["datasets"]["tiny"] = tiny_dataset_entry(root, CLASSES, [["bus"]])
     raw["backbone"]["pretrained"] = False
     raw["boundary"]["train"].update({"crop": 32, "scale_range": [0.9, 1.1], "batch_size": 2, "epochs": 1})
     params = tmp_path / "params.yaml"

@@ -23,6 +23,7 @@ from pipeline.config import REPO_ROOT
 from pipeline.errors import run_stage
 from pipeline.metrics.label_png import read_label_png, write_label_png
 from pipeline.stages import confident_labels, eval_cam, image_labels, infer_cam, train_cam
+from workflow_utils import tiny_dataset_entry
 
 SIZE = 32
 # id -> list of (class, row0, row1, col0, col1) squares
@@ -55,10 +56,7 @@ def _write_dataset(root):
 
 
 def _dataset_entry(root, classes, background):
-    return {"root": str(root), "image_dir": "JPEGImages", "mask_dir": "SegmentationClass",
-            "splits": {"train": "ImageSets/Segmentation/train.txt", "val": "ImageSets/Segmentation/val.txt"},
-            "classes": classes, "background": background, "ignore_index": 255,
-            "boundary_source": "outline", "novel_classes": [[classes[2]]]}
+    return tiny_dataset_entry(root, classes, [[classes[2]]], background=background)
 
 
 def _write_params(path, root, **changes):

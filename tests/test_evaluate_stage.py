@@ -23,6 +23,7 @@ from pipeline.config import REPO_ROOT
 from pipeline.errors import run_stage
 from pipeline.metrics.label_png import read_label_png, write_label_png
 from pipeline.stages import evaluate, predict_constant
+from workflow_utils import tiny_dataset_entry
 
 CLASSES = ["background", "cat", "dog", "bus"]
 
@@ -59,12 +60,7 @@ def setup(tmp_path):
     (root / "ImageSets/Segmentation/val.txt").write_text("val0\nval1\n")
 
     raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    raw["datasets"]["tiny"] = {
-        "root": str(root), "image_dir": "JPEGImages", "mask_dir": "SegmentationClass",
-        "splits": {"train": "ImageSets/Segmentation/train.txt", "val": "ImageSets/Segmentation/val.txt"},
-        "classes": CLASSES, "background": "background", "ignore_index": 255,
-        "boundary_source": "outline", "novel_classes": [["bus"]],
-    }
+    raw["datasets"]["tiny"] = tiny_dataset_entry(root, CLASSES, [["bus"]])
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
     fold = {"fold": 0, "dataset": "tiny", "novel_classes": [3], "base_classes": [0, 1, 2],

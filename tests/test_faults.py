@@ -36,7 +36,7 @@ from PIL import Image
 from pipeline.config import REPO_ROOT
 from pipeline.metrics.label_png import write_label_png
 from test_boundary_stages import CLASSES, _tiny_mask
-from workflow_utils import scratch_workflow
+from workflow_utils import scratch_workflow, tiny_dataset_entry
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
        "PYTHONUNBUFFERED": "1"}
@@ -91,12 +91,7 @@ def boundary_run(tmp_path):
 
     raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     raw["dataset"], raw["device"] = "tiny", "cpu"
-    raw["datasets"]["tiny"] = {
-        "root": str(root), "image_dir": "JPEGImages", "mask_dir": "SegmentationClass",
-        "splits": {"train": "ImageSets/Segmentation/train.txt", "val": "ImageSets/Segmentation/val.txt"},
-        "classes": CLASSES, "background": "background", "ignore_index": 255,
-        "boundary_source": "outline", "novel_classes": [["bus"]],
-    }
+    raw["datasets"]["tiny"] = tiny_dataset_entry(root, CLASSES, [["bus"]])
     raw["backbone"]["pretrained"] = False
     raw["boundary"]["train"].update({"crop": 32, "scale_range": [0.9, 1.1], "batch_size": 2, "epochs": EPOCHS})
     params = tmp_path / "params.yaml"

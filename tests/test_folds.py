@@ -20,6 +20,7 @@ from pipeline.stages import make_folds as make_folds_stage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_data_voc import CAMVID_CLASSES, CAMVID_ROOT, REPO_ROOT, VOC_CLASSES, block_mask, write_voc  # noqa: E402
+from workflow_utils import tiny_dataset_entry
 
 needs_camvid = pytest.mark.skipif(not CAMVID_ROOT.is_dir(), reason="../shared/data/camvid not present")
 
@@ -113,10 +114,7 @@ def tiny_dataset(root: Path) -> Path:
 
 
 def write_params(path: Path, root: Path, explicit_folds=None, novel_min_pixels=None, dataset="tiny") -> Path:
-    entry = {"root": str(root), "image_dir": "JPEGImages", "mask_dir": "SegmentationClass",
-             "splits": {"train": "ImageSets/Segmentation/train.txt", "val": "ImageSets/Segmentation/val.txt"},
-             "classes": VOC_CLASSES, "background": "background", "ignore_index": 255,
-             "boundary_source": "outline", "novel_classes": explicit_folds or "pascal5i"}
+    entry = tiny_dataset_entry(root, VOC_CLASSES, explicit_folds or "pascal5i")
     if novel_min_pixels is not None:
         entry["novel_min_pixels"] = novel_min_pixels
     params = {"dataset": dataset, "seed": 0, "device": "cpu", "datasets": {dataset: entry},

@@ -24,6 +24,7 @@ from pipeline.metrics.label_png import read_label_png, write_label_png
 from pipeline.stages import image_labels, infer_lnet, make_folds, self_diffusion, train_lnet
 from pipeline.stages.infer_boundary import write_map
 from pipeline.stages.train_lnet import object_class_ids, object_target, objectness_bce
+from workflow_utils import tiny_dataset_entry
 
 CLASSES = ["background", "cat", "dog", "bus"]
 COLOURS = {1: (220, 40, 40), 2: (40, 60, 220), 3: (240, 200, 30)}
@@ -58,11 +59,8 @@ def scene(image_id: str) -> tuple[np.ndarray, np.ndarray]:
 def write_params(path: Path, root: Path, overrides: dict | None = None, dataset: dict | None = None) -> Path:
     """Repo params.yaml + dataset 'tiny' (fold 0: novel bus) as the default dataset."""
     raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    raw["datasets"]["tiny"] = {
-        "root": str(root), "image_dir": "JPEGImages", "mask_dir": "SegmentationClass",
-        "splits": {"train": "ImageSets/Segmentation/train.txt", "val": "ImageSets/Segmentation/val.txt"},
-        "classes": CLASSES, "background": "background", "ignore_index": 255, "boundary_source": "transitions",
-        "novel_classes": [["bus"]], **(dataset or {})}
+    raw["datasets"]["tiny"] = {**tiny_dataset_entry(root, CLASSES, [["bus"]], boundary_source="transitions"),
+                              **(dataset or {})}
     raw["dataset"] = "tiny"
     raw.setdefault("overrides", {})["tiny"] = deep_merge(TINY_OVERRIDES, overrides or {})
     path.write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -34,6 +34,7 @@ from pipeline.report import (
     title_band_height,
 )
 from pipeline.stages import report_retab
+from workflow_utils import tiny_dataset_entry
 
 CLASSES = ["background", "cat", "dog", "bus"]
 H, W = 24, 32
@@ -131,11 +132,7 @@ def fake_work(tmp_path):
 
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     params["dataset"] = "tiny"
-    params["datasets"]["tiny"] = {
-        "root": str(root), "image_dir": "JPEGImages", "mask_dir": "SegmentationClass",
-        "splits": {"train": "ImageSets/Segmentation/train.txt", "val": "ImageSets/Segmentation/val.txt"},
-        "classes": CLASSES, "background": "background", "ignore_index": 255, "boundary_source": "outline",
-        "novel_classes": [["bus"]]}
+    params["datasets"]["tiny"] = tiny_dataset_entry(root, CLASSES, [["bus"]])
     params["overrides"]["tiny"] = {"report": {"figure_samples": 4, "figure_cell": CELL}}
     params_path = tmp_path / "params.yaml"
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))

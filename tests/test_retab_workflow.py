@@ -109,6 +109,58 @@ def test_same_seed_gives_byte_identical_pseudo_labels_and_metrics(tiny_run):
     assert digests(tiny_run / TARGET) == before_metrics
 
 
+def test_seed_spread_script_retrains_the_dag_segmentation_nets_with_other_seeds(tiny_run):
+    """scripts/seg_seed_spread.py: retrained with the DAG's seed, a net reproduces the DAG's
+    scores exactly (so the script runs the DAG's stages); another seed gives another net; the
+    table holds the DAG's run plus the new one, with mean and std over both."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from workflow_utils import ROOT
+
+    script = str(ROOT / "scripts/seg_seed_spread.py")
+    cmd = [sys.executable, script, "--methods", "retab", "--seeds", "7", "--threads", "1", "--check-dag-seed"]
+    proc = subprocess.run(cmd, cwd=tiny_run, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert "retab seed 0: reproduces the DAG's scores exactly" in proc.stdout
+    spread = tiny_run / "work/embedded/fold0/seed_spread"
+    rows = json.loads((spread / "spread.json").read_text())["rows"]
+    runs = rows["retab"]["runs"]
+    assert [run["seed"] for run in runs] == [0, 7]
+    dag_scores = json.loads((tiny_run / "work/embedded/fold0/eval/retab_val.json").read_text())
+    assert runs[0]["miou"] == dag_scores["miou"]
+    values = [run["miou_novel"] for run in runs]
+    assert rows["retab"]["summary"]["miou_novel"]["mean"] == pytest.approx(sum(values) / 2)
+    assert rows["retab"]["summary"]["miou_novel"]["std"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5)
+    assert "| CAM+RETAB | 0,7 |" in (spread / "spread.md").read_text()
+
+    def weights(path):
+        return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+    dag_net = weights(tiny_run / "work/embedded/fold0/seg/retab/model.pt")
+    rerun, other = (weights(spread / f"retab/seed{s}/model.pt") for s in (0, 7))
+    assert all(torch.equal(dag_net[k], rerun[k]) for k in dag_net)
+    assert not all(torch.equal(dag_net[k], other[k]) for k in dag_net)
+    # a second call trains nothing: every (method, seed) already has its eval.json
+    again = subprocess.run(cmd, cwd=tiny_run, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "reproduces" in again.stdout
+
+
+def test_seed_spread_script_on_an_unfinished_fold_says_what_to_run(tmp_path):
+    import subprocess
+    import sys
+
+    from workflow_utils import ROOT
+
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts/seg_seed_spread.py"), "--fold", "2"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: work/params/effective.yaml: missing; run `snakemake results/retab_fold2` first"]
+
+
 # --------------------------------------------------------------------------- DVC on top
 
 def run_tool(workdir: Path, *args: str, timeout: int = 900):

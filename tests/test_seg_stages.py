@@ -20,6 +20,7 @@ from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
 from pipeline.metrics.label_png import read_label_png, write_label_png
 from pipeline.stages import predict_seg, train_seg
+from workflow_utils import tiny_dataset_entry
 
 CLASSES = ["background", "cat", "dog", "bus"]
 SIZE = 32
@@ -54,11 +55,7 @@ def tiny(tmp_path_factory):
 
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     params["dataset"] = "tiny"
-    params["datasets"]["tiny"] = {
-        "root": str(root), "image_dir": "JPEGImages", "mask_dir": "SegmentationClass",
-        "splits": {"train": "ImageSets/Segmentation/train.txt", "val": "ImageSets/Segmentation/val.txt"},
-        "classes": CLASSES, "background": "background", "ignore_index": 255, "boundary_source": "outline",
-        "novel_classes": [["bus"]]}
+    params["datasets"]["tiny"] = tiny_dataset_entry(root, CLASSES, [["bus"]])
     params["overrides"]["tiny"] = {
         "backbone": {"pretrained": False, "output_stride": 16},
         "segmentation": {"train": {"crop": SIZE, "scale_range": [1.0, 1.0], "batch_size": 2, "epochs": 1,

@@ -13,6 +13,16 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def tiny_dataset_entry(root: str | Path, classes: list[str], novel_classes, background: str | None = "background",
+                       boundary_source: str = "outline", **extra) -> dict:
+    """A params.yaml ``datasets`` entry for a VOC-layout test dataset under ``root``
+    (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/{train,val}.txt; ignore 255)."""
+    return {"root": str(root), "image_dir": "JPEGImages", "mask_dir": "SegmentationClass",
+            "splits": {"train": "ImageSets/Segmentation/train.txt", "val": "ImageSets/Segmentation/val.txt"},
+            "classes": list(classes), "background": background, "ignore_index": 255,
+            "boundary_source": boundary_source, "novel_classes": novel_classes, **extra}
+
+
 def scratch_workflow(tmp_path: Path, overrides: dict | None = None) -> Path:
     """Copy Snakefile, workflow/ and params.yaml to ``tmp_path``; merge ``overrides`` into
     params.yaml (top-level keys replaced section-wise by deep merge)."""
