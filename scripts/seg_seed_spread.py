@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -134,6 +135,8 @@ def main(argv=None) -> None:
     dag_seed = int(base_params["seed"])
     features = bool(base_params["segmentation"].get("feature_cache"))
     out_dir = Path(f"work/{args.dataset}/fold{args.fold}/seed_spread")
+    # the stages of this checkout, also when the package is not installed in the interpreter
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     scores: dict[str, list[dict]] = {}
     for method in args.methods:
         dag_eval = json.loads(Path(eval_path(args.dataset, args.fold, method, "val")).read_text())
@@ -153,7 +156,7 @@ def main(argv=None) -> None:
                     log = run_dir / f"{name}.log"
                     with open(log, "w") as stderr:
                         done = subprocess.run([sys.executable, "-m", f"pipeline.stages.{name}", *stage_args],
-                                              stderr=stderr, cwd=Path.cwd())
+                                              stderr=stderr, env=env)
                     if done.returncode != 0:
                         last = log.read_text().strip().splitlines()[-1:] or ["(empty log)"]
                         raise PipelineError(str(log), f"{name} failed for {method} seed {seed}: {last[0]}")
