@@ -16,8 +16,14 @@ from PIL import Image, ImageDraw, ImageFont
 from pipeline.metrics.label_png import voc_palette
 
 # Scalar scores of an evaluate metrics file that reports carry (see pipeline/stages/evaluate.py).
+# Columns of the novel-error table (pipeline.metrics.novel_error_breakdown): where ground-truth
+# novel pixels go, then how clean the novel predictions are and where the false ones come from.
+NOVEL_ERROR_COLUMNS = (("recall", "novel_recall"), ("to bg", "novel_to_background"), ("to base", "novel_to_base"),
+                       ("to other novel", "novel_to_other_novel"), ("precision", "novel_precision"),
+                       ("false from bg", "false_novel_from_background"), ("false from base", "false_novel_from_base"))
 SUMMARY_KEYS = ("miou", "miou_base", "miou_novel", "miou_harmonic", "pixel_accuracy", "mean_pixel_accuracy",
-                "fwiou", "fb_iou")
+                "fwiou", "fb_iou", *(key for _, key in NOVEL_ERROR_COLUMNS),
+                "novel_to_void", "false_novel_from_other_novel")
 # Columns of the paper's tables: mIoU over all classes, the base classes, the novel classes.
 MIOU_COLUMNS = (("all", "miou"), ("base", "miou_base"), ("novel", "miou_novel"))
 MISSING = "–"

@@ -112,6 +112,9 @@ def test_all_background_baseline_end_to_end(setup):
     assert m["fb_iou"] == pytest.approx((5 / 6 + 0) / 2)            # fg IoU 0 / 20
     assert m["num_images"] == 2 and m["num_pixels"] == 120
     assert m["novel_classes"] == ["bus"] and m["base_classes"] == ["background", "cat", "dog"]
+    # all 16 bus pixels went to the background; nothing was predicted bus
+    assert m["novel_recall"] == 0.0 and m["novel_to_background"] == 1.0 and m["novel_to_base"] == 0.0
+    assert m["novel_precision"] is None
     rows = cm_csv.read_text().splitlines()
     assert rows[0] == "gt \\ pred,background,cat,dog,bus"
     assert rows[1] == "background,100,0,0,0" and rows[4] == "bus,16,0,0,0"

@@ -18,6 +18,7 @@ from pipeline.metrics import (
     frequency_weighted_iou,
     harmonic_mean,
     labelled_pixel_accuracy,
+    novel_error_breakdown,
     mean_iou,
     mean_pixel_accuracy,
     per_class_accuracy,
@@ -278,3 +279,48 @@ def test_episode_errors():
     # bool predictions are fine
     inter, _ = episode_intersection_union(np.array([True, False]), np.array([1, 0]))
     np.testing.assert_array_equal(inter, [1, 1])
+
+
+# ---------------------------------------------------------------------------------------
+# Where novel pixels go. Classes: 0 background, 1 base, 2 and 3 novel, plus a void column.
+# Rows are ground truth, columns the prediction (0, 1, 2, 3, void):
+#   GT 0:  50  5  3  2  0
+#   GT 1:   4 30  6  0  0
+#   GT 2:   5  5 20  4  6    40 novel-2 pixels
+#   GT 3:   1  2  1 16  0    20 novel-3 pixels
+# Over the 60 GT novel pixels: right class 20 + 16 = 36 (0.6); to background 5 + 1 = 6
+# (0.1); to base 5 + 2 = 7; to the other novel class 4 + 1 = 5; to void 6 (0.1).
+# Predicted novel (columns 2 and 3, 52 pixels): right 36; from background 3 + 2 = 5; from
+# base 6; from the other novel class 4 + 1 = 5.
+NOVEL_CM = np.array([[50, 5, 3, 2, 0],
+                     [4, 30, 6, 0, 0],
+                     [5, 5, 20, 4, 6],
+                     [1, 2, 1, 16, 0]])
+
+
+def test_novel_error_breakdown_hand_computed():
+    b = novel_error_breakdown(NOVEL_CM, background_index=0, base_classes=[0, 1], novel_classes=[2, 3])
+    assert b["novel_recall"] == pytest.approx(36 / 60)
+    assert b["novel_to_background"] == pytest.approx(6 / 60)
+    assert b["novel_to_base"] == pytest.approx(7 / 60)
+    assert b["novel_to_other_novel"] == pytest.approx(5 / 60)
+    assert b["novel_to_void"] == pytest.approx(6 / 60)
+    assert sum(b[k] for k in ("novel_recall", "novel_to_background", "novel_to_base", "novel_to_other_novel",
+                              "novel_to_void")) == pytest.approx(1.0)
+    assert b["novel_precision"] == pytest.approx(36 / 52)
+    assert b["false_novel_from_background"] == pytest.approx(5 / 52)
+    assert b["false_novel_from_base"] == pytest.approx(6 / 52)
+    assert b["false_novel_from_other_novel"] == pytest.approx(5 / 52)
+    # the summary of a fold carries the same numbers
+    s = summarize_confusion(NOVEL_CM, background_index=0, base_classes=[0, 1], novel_classes=[2, 3])
+    assert s["novel_to_base"] == pytest.approx(7 / 60)
+
+
+def test_novel_error_breakdown_without_background_or_novel_predictions():
+    # No background class (CamVid): 'to bg' is 0 and base holds every non-novel class.
+    cm = np.array([[10, 0], [3, 0]])  # class 1 novel: never predicted, its 3 GT pixels all went to class 0
+    b = novel_error_breakdown(cm, background_index=None, base_classes=[0], novel_classes=[1])
+    assert b["novel_recall"] == 0.0 and b["novel_to_base"] == 1.0 and b["novel_to_background"] == 0.0
+    assert b["novel_precision"] is None and b["false_novel_from_base"] is None  # nothing predicted novel
+    with pytest.raises(ValueError, match="out of range"):
+        novel_error_breakdown(cm, background_index=None, base_classes=[0], novel_classes=[5])

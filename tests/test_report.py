@@ -101,6 +101,8 @@ def eval_doc(fold: int, miou: float, base: float | None, novel: float | None, ca
     """An evaluate metrics file with the given scores."""
     return {"miou": miou, "miou_base": base, "miou_novel": novel, "miou_harmonic": None, "pixel_accuracy": 0.9,
             "mean_pixel_accuracy": 0.6, "fwiou": 0.8, "fb_iou": 0.7, "num_images": 10, "fold": fold,
+            "novel_recall": 0.5, "novel_to_background": 0.3, "novel_to_base": 0.2, "novel_to_other_novel": 0.0,
+            "novel_precision": 0.8, "false_novel_from_background": 0.15, "false_novel_from_base": 0.05,
             "per_class_iou": {"background": 0.9, "cat": cat, "dog": 0.4, "bus": novel},
             "base_classes": ["background", "cat", "dog"], "novel_classes": ["bus"], "split": "val"}
 
@@ -179,6 +181,9 @@ def test_single_method_report(fake_work, tmp_path):
     report = (out / "report.md").read_text()
     assert "| CAM | 40.0 | 45.0 | 25.0 |" in report and "| CAM | 30.0 | 35.0 | 20.0 |" in report
     assert "| bus * | 25.0 |" in report
+    # where novel pixels go: recall, to bg / base / other novel, precision, false from bg / base
+    assert report.count("| CAM | 50.0 | 30.0 | 20.0 | 0.0 | 80.0 | 15.0 | 5.0 |") == 2  # val and pseudo
+    assert cam["val"]["novel_to_base"] == 0.2
 
 
 def test_oracle_report_has_no_pseudo_table(fake_work, tmp_path):

@@ -281,6 +281,52 @@ class ConfusionAccumulator:
         return summarize_confusion(self.matrix, background_index, base_classes, novel_classes)
 
 
+def novel_error_breakdown(cm: np.ndarray, background_index: int | None, base_classes: Sequence[int],
+                          novel_classes: Sequence[int]) -> dict:
+    """Where novel-class errors go, pooled over the novel classes (fractions in [0, 1]).
+
+    Over ground-truth novel pixels (they sum to 1 with ``novel_to_void`` for void
+    predictions): ``novel_recall`` (the right class), ``novel_to_background``,
+    ``novel_to_base`` (a base class: the look-alike confusion weak-shot methods fight) and
+    ``novel_to_other_novel``. Over pixels predicted as a novel class: ``novel_precision`` and
+    where the false ones come from, ``false_novel_from_background`` / ``_from_base`` /
+    ``_from_other_novel``. ``None`` where a pixel set is empty (no novel GT, no novel
+    prediction). Two rows with the same novel mIoU can differ here: one misses objects into
+    the background, the other paints base objects as novel.
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    n = cm.shape[0]
+    novel = np.asarray(list(novel_classes), dtype=np.int64)
+    base = np.asarray([c for c in base_classes if c != background_index], dtype=np.int64)
+    if novel.size == 0:
+        raise ValueError("novel_error_breakdown needs at least one novel class")
+    if np.any((novel < 0) | (novel >= n)) or np.any((base < 0) | (base >= n)):
+        raise ValueError(f"class index out of range 0..{n - 1}")
+    background = np.asarray([] if background_index is None else [background_index], dtype=np.int64)
+
+    def share(part: float, whole: float) -> float | None:
+        return float(part / whole) if whole > 0 else None
+
+    rows = cm[novel]  # ground-truth novel pixels, by prediction
+    gt_novel = rows.sum()
+    correct = cm[novel, novel].sum()
+    to_novel = rows[:, novel].sum()
+    cols = cm[:n, novel]  # predicted novel, by ground truth
+    pred_novel = cols.sum()
+    from_novel = cols[novel].sum()
+    return {
+        "novel_recall": share(correct, gt_novel),
+        "novel_to_background": share(rows[:, background].sum(), gt_novel),
+        "novel_to_base": share(rows[:, base].sum(), gt_novel),
+        "novel_to_other_novel": share(to_novel - correct, gt_novel),
+        "novel_to_void": share(rows[:, n:].sum(), gt_novel),
+        "novel_precision": share(correct, pred_novel),
+        "false_novel_from_background": share(cols[background].sum(), pred_novel),
+        "false_novel_from_base": share(cols[base].sum(), pred_novel),
+        "false_novel_from_other_novel": share(from_novel - correct, pred_novel),
+    }
+
+
 def summarize_confusion(cm: np.ndarray, background_index: int | None = None,
                         base_classes: Sequence[int] | None = None,
                         novel_classes: Sequence[int] | None = None) -> dict:
@@ -299,6 +345,8 @@ def summarize_confusion(cm: np.ndarray, background_index: int | None = None,
         out["miou_novel"] = mean_iou(cm, novel_classes)
     if base_classes is not None and novel_classes is not None:
         out["miou_harmonic"] = harmonic_mean(out["miou_base"], out["miou_novel"])
+        if len(novel_classes):
+            out.update(novel_error_breakdown(cm, background_index, base_classes, novel_classes))
     cm = np.asarray(cm)
     if cm.shape[1] == cm.shape[0] + 1:
         out["coverage"] = coverage(cm)

@@ -49,6 +49,7 @@ from pipeline.io import atomic_dir, read_json, write_json, write_text
 from pipeline.layout import METHOD_TITLES, SEG_METHODS, eval_path, pseudo_dir
 from pipeline.metrics.label_png import read_label_png
 from pipeline.report import (
+    NOVEL_ERROR_COLUMNS,
     blend,
     colorize_labels,
     compose_figure,
@@ -145,6 +146,20 @@ def pseudo_rows(methods: dict) -> list[tuple[str, dict | None]]:
     return [(entry["title"], entry["pseudo"]) for m, entry in methods.items() if SEG_METHODS[m][0] is not None]
 
 
+def novel_error_sections(methods: dict, scope: str) -> list[str]:
+    """Tables of where novel pixels go (pipeline.metrics.novel_error_breakdown), on val and in
+    the pseudo labels: they tell a row that misses novel objects into the background from one
+    that paints base objects as novel, which the same novel mIoU can hide."""
+    intro = ("Pixel shares (%): recall and misses (to bg / base / other novel) over ground-truth"
+             " novel pixels; precision and false positives (from bg / base) over pixels predicted novel.\n")
+    parts = [f"## Where novel pixels go{scope}\n", intro,
+             "Segmentation on val:\n", miou_table(val_rows(methods), columns=NOVEL_ERROR_COLUMNS)]
+    rows = pseudo_rows(methods)
+    if rows:
+        parts += ["Pseudo labels on train novel samples:\n", miou_table(rows, columns=NOVEL_ERROR_COLUMNS)]
+    return parts
+
+
 def fold_report_text(dataset: str, fold: int, method: str, metrics: dict, class_names: list[str],
                      figure: bool) -> str:
     """report.md of one fold: the paper's two tables, per-class IoU, the figure if any."""
@@ -155,6 +170,7 @@ def fold_report_text(dataset: str, fold: int, method: str, metrics: dict, class_
     rows = pseudo_rows(methods)
     if rows:
         parts += ["## Pseudo labels on the fold's train novel samples (mIoU, %)\n", miou_table(rows)]
+    parts += novel_error_sections(methods, "")
     parts += ["## Per-class IoU on val (%, * = novel)\n",
               per_class_table([(e["title"], e["val"]) for e in methods.values()], class_names,
                               metrics.get("novel_classes") or [])]
@@ -194,6 +210,7 @@ def aggregate_report_text(metrics: dict) -> str:
     rows = pseudo_rows(mean)
     if rows:
         parts += ["## Pseudo labels on train novel samples, mean over folds (mIoU, %)\n", miou_table(rows)]
+    parts += novel_error_sections(mean, ", mean over folds")
     for name, fold in metrics["per_fold"].items():
         parts += [f"## {name}: segmentation on val (mIoU, %)\n", miou_table(val_rows(fold["methods"]))]
         rows = pseudo_rows(fold["methods"])
