@@ -134,6 +134,21 @@ def test_retab_means_and_tables_hand_computed():
     pseudo = table_rows(text, "Pseudo labels of the train novel samples: mean over folds (mIoU, %)", 6)
     assert pseudo[0] == "| CAM | 25.0 | 30.0 | 15.0 |" and pseudo[4] == "| CAM+RETAB | 45.0 | 46.0 | 35.0 |"
     assert pseudo[5] == ""  # five rows: the oracle has no pseudo labels
+    # where novel pixels go: the same means, of the error shares (none in these summaries)
+    errors = table_rows(text, "Segmentation on val: where novel pixels go, mean over folds"
+                              " (% of novel GT / novel predictions)", 1)
+    assert errors == ["| CAM | – | – | – | – | – | – | – |"]
+
+
+def test_novel_error_table_means_over_folds():
+    docs = [retab_doc(k) for k in (0, 1)]
+    for doc, recall in zip(docs, (0.4, 0.6)):
+        doc["methods"]["retab"]["val"].update(novel_recall=recall, novel_to_base=0.1)
+    folds = collect([fake_report("retab", k, "retab", doc) for k, doc in enumerate(docs)])["embedded"]["retab"]
+    text = branch_markdown(folds, BRANCHES["retab"])
+    rows = table_rows(text, "Segmentation on val: where novel pixels go, mean over folds"
+                            " (% of novel GT / novel predictions)", 6)
+    assert rows[4] == "| CAM+RETAB | 50.0 | – | 10.0 | – | – | – | – |"
 
 
 def test_lnet_and_pnet_reports_of_one_fold_merge():

@@ -41,7 +41,7 @@ from typing import Mapping, Sequence
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir, read_json, write_json, write_text
 from pipeline.layout import LNET_METHODS, LNET_ROWS, METHOD_TITLES, SEG_METHODS
-from pipeline.report import MIOU_COLUMNS, fold_table, format_percent, mean_summaries, miou_table
+from pipeline.report import MIOU_COLUMNS, NOVEL_ERROR_COLUMNS, fold_table, format_percent, mean_summaries, miou_table
 from pipeline.runtime import stage_run
 
 FIGURE_DIR = "figures"
@@ -60,6 +60,7 @@ class Branch:
     fold_scores: Sequence[tuple[str, str]]  # (what, key): one per-fold table each
     classes_key: str  # metrics.json key listing the fold's novel / weak classes
     classes_label: str
+    error_columns: Sequence[tuple[str, str]] = ()  # columns of a "where novel pixels go" table, if any
 
 
 STRONG_WEAK_COLUMNS = (("all", "miou"), ("strong", "miou_base"), ("weak", "miou_novel"))
@@ -70,7 +71,7 @@ BRANCHES = {
         kind_titles={"val": "Segmentation on val", "pseudo": "Pseudo labels of the train novel samples"},
         columns={"val": MIOU_COLUMNS, "pseudo": MIOU_COLUMNS},
         fold_scores=(("novel classes", "miou_novel"), ("all classes", "miou")),
-        classes_key="novel_classes", classes_label="Novel classes"),
+        classes_key="novel_classes", classes_label="Novel classes", error_columns=NOVEL_ERROR_COLUMNS),
     "lnet": Branch(
         title="L-Net / P-Net (transferable semi-supervised)",
         rows=LNET_ROWS, methods=tuple(LNET_METHODS),
@@ -189,6 +190,9 @@ def branch_markdown(folds: Mapping[int, dict], spec: Branch) -> str:
         what = spec.kind_titles[kind]
         parts += [f"#### {what}: mean over folds (mIoU, %)\n",
                   miou_table([(spec.rows[row], means[row][kind]) for row in table], columns=spec.columns[kind])]
+        if spec.error_columns:
+            parts += [f"#### {what}: where novel pixels go, mean over folds (% of novel GT / novel predictions)\n",
+                      miou_table([(spec.rows[row], means[row][kind]) for row in table], columns=spec.error_columns)]
         for label, key in spec.fold_scores:
             parts += [f"#### {what}: {label} per fold (mIoU, %)\n",
                       fold_table([(spec.rows[row], values) for row, values in table.items()], keys, key)]
