@@ -13,13 +13,13 @@ Direction convention (PSA ``infer_aff.py``, RETAB ``resnet38_aff_mask_new.py``):
 The sparse walk applies ``2 ** logt`` steps ``X <- T^T X`` with ``X = cams^T`` (``N x C``)
 instead of squaring: squaring fills the matrix in (``T^(2^k)`` couples pixels
 ``2^k * radius`` apart, i.e. the whole image after a few squarings), whereas one step
-costs ``nnz(T) * C`` multiply-adds. The steps run as a CSR x dense product in torch (MKL
-sparse BLAS, on one thread: see :func:`_torch_single_thread`); scipy's CSR product is kept
-as a second backend (1.3-6x slower in our measurements). At VOC scale (56x56 grid, 21
-channels, radius 5, logt 8, float32) ``benchmarks/propagation_benchmark.py`` measured on 2
-heavily loaded cores (load average ~9): dense power 17-23 s and ~119 MiB peak, sparse walk
-0.6-0.7 s and ~15 MiB (29-31x faster), max |difference| 1.4e-5; on an idle machine the
-walk alone took 0.14 s against 7.7 s for the dense power.
+costs ``nnz(T) * C`` multiply-adds. The steps run as a CSR x dense product in torch (int32
+indices, on torch's configured threads: see :func:`random_walk_sparse`); scipy's CSR product
+is kept as a second backend (3-9x slower in our measurements). At VOC scale (56x56 grid, 21
+channels, radius 5, logt 8, float32) ``benchmarks/propagation_benchmark.py`` measured on the
+idle 2-core machine, 2 threads: dense power 3.8-4.0 s and ~120 MiB peak, sparse walk
+0.11-0.13 s and ~14 MiB (31-36x faster), max |difference| 1.4e-5. With int64 indices on
+one thread, as before, the sparse walk took 0.27-0.30 s (10-14x).
 
 Inputs may be numpy arrays or torch tensors (CPU); outputs are numpy arrays. Affinities
 are the ``(M,)`` pair vectors of :func:`pipeline.propagation.affinity.pairwise_affinity`
@@ -27,7 +27,6 @@ for one image (a leading batch axis of size 1 is accepted).
 """
 from __future__ import annotations
 
-import contextlib
 import warnings
 from typing import Literal
 
@@ -247,32 +246,18 @@ def random_walk_dense(cams, a_dense, logt: int) -> np.ndarray:
 
 
 def _torch_csr(matrix: sp.csr_matrix, dtype: np.dtype) -> torch.Tensor:
+    # int32 indices where they fit: torch's CSR x dense product is ~1.4x faster with them
+    # than with int64 (0.19 vs 0.26 s for the 256 steps of the VOC-scale benchmark, 1 thread).
+    index_dtype = np.int32 if max(matrix.nnz, matrix.shape[0]) < 2 ** 31 else np.int64
     with warnings.catch_warnings():
         # torch flags CSR as beta and notes that invariant checks are off; both are fine here:
         # the arrays come straight from a canonical scipy CSR matrix.
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(
-            torch.from_numpy(matrix.indptr.astype(np.int64)),
-            torch.from_numpy(matrix.indices.astype(np.int64)),
+            torch.from_numpy(matrix.indptr.astype(index_dtype)),
+            torch.from_numpy(matrix.indices.astype(index_dtype)),
             torch.from_numpy(matrix.data.astype(dtype)),
             size=matrix.shape)
-
-
-@contextlib.contextmanager
-def _torch_single_thread():
-    """Run torch ops on one thread, restoring the previous setting afterwards.
-
-    One walk step is ~nnz * C = 4e6 multiply-adds at VOC scale (~0.5 ms): too little work
-    for a parallel region, and under load (parallel snakemake jobs, other processes) the
-    OpenMP barriers of 256 successive small products cost far more than they save
-    (measured on 2 busy cores: 2.3 s with 2 threads vs 0.15 s with 1; equal when idle).
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def random_walk_sparse(cams, t_sparse, logt: int, tol: float | None = None,
@@ -282,7 +267,13 @@ def random_walk_sparse(cams, t_sparse, logt: int, tol: float | None = None,
     ``t_sparse``: column-normalised ``N x N`` transition (:func:`transition_from_affinity`).
     ``tol``: stop early once a step changes no value by more than ``tol`` (None: always take
     all ``2 ** logt`` steps, so the result equals :func:`random_walk_dense`).
-    ``backend``: ``torch`` (MKL sparse x dense, the fast one) or ``scipy``.
+    ``backend``: ``torch`` (CSR x dense, the fast one) or ``scipy``.
+
+    The torch backend runs on torch's configured threads (stages set them from ``--threads``,
+    which snakemake reserves for the job): two threads make the VOC-scale walk ~2x faster on
+    an idle 2-core machine. Do not give it more threads than cores that are really free:
+    256 successive small parallel products pay an OpenMP barrier each, and oversubscribed
+    cores (several multi-threaded processes on them) made it up to 15x slower in the past.
     """
     logt = check_logt(logt)
     cam_mat, shape = _cams_matrix(cams)
@@ -298,13 +289,12 @@ def random_walk_sparse(cams, t_sparse, logt: int, tol: float | None = None,
     if backend == "torch":
         mat = _torch_csr(step_matrix, dtype)
         xt = torch.from_numpy(x)
-        with _torch_single_thread():
-            for _ in range(steps):
-                nxt = torch.sparse.mm(mat, xt)
-                if tol is not None and float((nxt - xt).abs().max()) <= tol:
-                    xt = nxt
-                    break
+        for _ in range(steps):
+            nxt = torch.sparse.mm(mat, xt)
+            if tol is not None and float((nxt - xt).abs().max()) <= tol:
                 xt = nxt
+                break
+            xt = nxt
         x = xt.numpy()
     elif backend == "scipy":
         for _ in range(steps):
