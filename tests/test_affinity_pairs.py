@@ -205,3 +205,26 @@ def test_affinity_loss_end_to_end_gradient_and_shape_check():
         affinity_loss(torch.rand(3), {"bg_pos": torch.zeros(2, dtype=torch.bool),
                                       "fg_pos": torch.zeros(3, dtype=torch.bool),
                                       "neg": torch.zeros(3, dtype=torch.bool)})
+
+
+def test_affinity_by_pair_type_hand_computed():
+    from pipeline.propagation.affinity import affinity_by_pair_type, pair_indices
+
+    # 1 x 3 grid, radius 2 (offsets with dy^2 + dx^2 < 4; one row: only (0, 1)): pairs
+    # (0,1) and (1,2), in pair_indices order (checked below).
+    labels = np.array([[5, 5, 0]])  # class 5 (novel) twice, then background
+    src, dst = pair_indices(1, 3, 2)
+    pairs = sorted(zip(src.tolist(), dst.tolist()))
+    assert pairs == [(0, 1), (1, 2)]
+    order = {pair: k for k, pair in enumerate(zip(src.tolist(), dst.tolist()))}
+    aff = np.zeros(2, np.float32)
+    aff[order[(0, 1)]], aff[order[(1, 2)]] = 0.9, 0.2
+    out = affinity_by_pair_type(aff, labels, 2, novel_classes=[5])
+    assert out["within_novel"] == {"pairs": 1, "sum": pytest.approx(0.9), "mean": pytest.approx(0.9)}
+    assert out["across"]["pairs"] == 1 and out["across"]["mean"] == pytest.approx(0.2)
+    assert out["within_base"] == {"pairs": 0, "sum": 0.0, "mean": None}
+    assert out["background"]["pairs"] == 0
+    # class 5 as a base class: the same pair counts as within-base
+    assert affinity_by_pair_type(aff, labels, 2, novel_classes=[3])["within_base"]["pairs"] == 1
+    with pytest.raises(ValueError, match="pairs"):
+        affinity_by_pair_type(np.zeros(3), labels, 2, novel_classes=[5])

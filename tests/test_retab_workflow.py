@@ -148,6 +148,26 @@ def test_seed_spread_script_retrains_the_dag_segmentation_nets_with_other_seeds(
     assert again.returncode == 0 and "reproduces" in again.stdout
 
 
+def test_affinity_transfer_probe_on_the_tiny_run(tiny_run):
+    """scripts/affinity_transfer_probe.py pools pair affinities of every affinity variant
+    over the fold's novel samples: every pair type is counted, means are affinities."""
+    import subprocess
+    import sys
+
+    from workflow_utils import ROOT
+
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts/affinity_transfer_probe.py"), "--threads", "1"],
+                          cwd=tiny_run, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    doc = json.loads((tiny_run / "work/embedded/fold0/affinity_probe.json").read_text())
+    assert sorted(doc["variants"]) == ["cam", "gt", "retab"]
+    for result in doc["variants"].values():
+        assert result["pairs"]["within_novel"] > 0 and result["pairs"]["across"] > 0
+        for key in ("affinity", "affinity_pow_beta"):
+            assert all(0.0 <= v <= 1.0 for v in result[key].values() if v is not None)
+    assert "| cam |" in proc.stdout and "novel / base" in proc.stdout
+
+
 def test_seed_spread_script_on_an_unfinished_fold_says_what_to_run(tmp_path):
     import subprocess
     import sys
@@ -159,6 +179,11 @@ def test_seed_spread_script_on_an_unfinished_fold_says_what_to_run(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "error: work/params/effective.yaml: missing; run `snakemake results/retab_fold2` first"]
+    probe = subprocess.run([sys.executable, str(ROOT / "scripts/affinity_transfer_probe.py"), "--fold", "1"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 2
+    assert probe.stderr.strip().splitlines() == [
+        "error: work/params/effective.yaml: missing; run `snakemake results/retab_fold1` first"]
 
 
 # --------------------------------------------------------------------------- DVC on top

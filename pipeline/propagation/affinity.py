@@ -188,6 +188,34 @@ def pair_labels(label_map, radius: int, ignore_index: int = 255, background_inde
     return {"bg_pos": bg_pos, "fg_pos": fg_pos, "neg": neg}
 
 
+def affinity_by_pair_type(aff, label_map, radius: int, novel_classes, ignore_index: int = 255,
+                          background_index: int | None = 0) -> dict[str, dict[str, float | int | None]]:
+    """Mean predicted affinity of one image's pairs, by what ground truth says they are.
+
+    ``aff``: ``(M,)`` pair affinities of an ``h x w`` grid (:func:`pairwise_affinity` order);
+    ``label_map``: the ``h x w`` ground truth on that grid. Pair types: ``within_novel`` /
+    ``within_base`` (both pixels in the same novel / base object class), ``background``
+    (both background) and ``across`` (different classes). Each: ``{"pairs": n, "sum": s,
+    "mean": s / n or None}``; sums let images be pooled. A weak-shot affinity net should
+    rate within-novel pairs as high as within-base ones: it never saw a novel pixel label.
+    """
+    pairs = pair_labels(label_map, radius, ignore_index, background_index)
+    aff = _as_tensor(aff, "aff").float().reshape(-1)
+    if aff.shape[0] != pairs["neg"].shape[-1]:
+        raise ValueError(f"aff has {aff.shape[0]} pairs, the {tuple(_as_tensor(label_map, 'label_map').shape)}"
+                         f" grid at radius {radius} has {pairs['neg'].shape[-1]}")
+    labels = _as_tensor(label_map, "label_map").long().reshape(-1)
+    from_idx, _ = pair_indices(*_as_tensor(label_map, "label_map").shape[-2:], radius)
+    is_novel = torch.isin(labels[from_idx], torch.as_tensor(list(novel_classes), dtype=torch.long))
+    masks = {"within_novel": pairs["fg_pos"] & is_novel, "within_base": pairs["fg_pos"] & ~is_novel,
+             "background": pairs["bg_pos"], "across": pairs["neg"]}
+    out = {}
+    for name, mask in masks.items():
+        n, total = int(mask.sum()), float(aff[mask].sum())
+        out[name] = {"pairs": n, "sum": total, "mean": total / n if n else None}
+    return out
+
+
 def affinity_loss(aff: torch.Tensor, labels: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
     """AffinityNet loss ``bg/4 + fg/4 + neg/2`` (PSA, Eq. 7-9).
 
