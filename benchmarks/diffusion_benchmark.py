@@ -179,10 +179,11 @@ def main(argv=None) -> None:
 
 def same_superpixel_share(a: np.ndarray, b: np.ndarray) -> float:
     """Share of pixels whose superpixel in ``a`` has its largest overlap with their superpixel in ``b``."""
-    pairs = a.astype(np.int64) * (int(b.max()) + 1) + b
-    counts = np.bincount(pairs.ravel())
+    n_b = int(b.max()) + 1
+    counts = np.bincount((a.astype(np.int64) * n_b + b).ravel())
+    pairs = np.nonzero(counts)[0]
     best = np.zeros(int(a.max()) + 1, np.int64)
-    np.maximum.at(best, np.nonzero(counts)[0] // (int(b.max()) + 1), counts[np.nonzero(counts)[0]])
+    np.maximum.at(best, pairs // n_b, counts[pairs])
     return float(best.sum() / a.size)
 
 

@@ -14,16 +14,16 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.metrics.label_png import voc_palette
+from pipeline.metrics.semantic import NOVEL_ERROR_KEYS
 
-# Scalar scores of an evaluate metrics file that reports carry (see pipeline/stages/evaluate.py).
 # Columns of the novel-error table (pipeline.metrics.novel_error_breakdown): where ground-truth
 # novel pixels go, then how clean the novel predictions are and where the false ones come from.
 NOVEL_ERROR_COLUMNS = (("recall", "novel_recall"), ("to bg", "novel_to_background"), ("to base", "novel_to_base"),
                        ("to other novel", "novel_to_other_novel"), ("precision", "novel_precision"),
                        ("false from bg", "false_novel_from_background"), ("false from base", "false_novel_from_base"))
+# Scalar scores of an evaluate metrics file that reports carry (see pipeline/stages/evaluate.py).
 SUMMARY_KEYS = ("miou", "miou_base", "miou_novel", "miou_harmonic", "pixel_accuracy", "mean_pixel_accuracy",
-                "fwiou", "fb_iou", *(key for _, key in NOVEL_ERROR_COLUMNS),
-                "novel_to_void", "false_novel_from_other_novel")
+                "fwiou", "fb_iou", *NOVEL_ERROR_KEYS)
 # Columns of the paper's tables: mIoU over all classes, the base classes, the novel classes.
 MIOU_COLUMNS = (("all", "miou"), ("base", "miou_base"), ("novel", "miou_novel"))
 MISSING = "–"

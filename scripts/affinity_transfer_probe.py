@@ -48,16 +48,16 @@ def pooled_means(per_image: list[dict]) -> dict[str, float | None]:
     return out
 
 
-def probe_variant(model_path: Path, params: dict, dataset: VOCDataset, ids: list[str], novel: list[int],
-                  beta: float) -> dict:
+def probe_variant(model_path: Path, params: dict, walk_cfg: dict, dataset: VOCDataset, ids: list[str],
+                  novel: list[int]) -> dict:
+    """Pooled means for one affinity net; ``walk_cfg``: the walk's radius, flip and beta."""
     from pipeline.models import backbone_normalization
-    from pipeline.stages.propagate import load_affinity_model, predict_affinities, propagation_config
+    from pipeline.stages.propagate import load_affinity_model, predict_affinities
     from pipeline.stages.train_affinity import reduce_to_grid
 
     model, _ = load_affinity_model(str(model_path), params, "cpu")
     mean, std = backbone_normalization(params["backbone"])
-    cfg = propagation_config(params, "single")  # the walk's radius and flip, checked as the stage does
-    radius, flip = cfg["radius"], cfg["flip"]
+    radius, flip, beta = walk_cfg["radius"], walk_cfg["flip"], float(walk_cfg["beta"])
     plain, powered = [], []
     for image_id in ids:
         batch = normalize_batch(dataset.load_image(image_id)[None], mean, std)
@@ -93,8 +93,9 @@ def main(argv=None) -> None:
     ids, novel = list(fold["novel_samples"]), list(fold["novel_classes"])
     from pipeline.stages.propagate import propagation_config
 
-    beta = float(propagation_config(params, "single")["beta"])
-    results = {v: probe_variant(path, params, dataset, ids, novel, beta) for v, path in models.items()}
+    walk_cfg = propagation_config(params, "single")  # radius, flip, beta checked as stage propagate does
+    beta = float(walk_cfg["beta"])
+    results = {v: probe_variant(path, params, walk_cfg, dataset, ids, novel) for v, path in models.items()}
     write_json(Path(f"work/{args.dataset}/fold{args.fold}/affinity_probe.json"),
                {"dataset": args.dataset, "fold": args.fold, "images": len(ids), "beta": beta, "variants": results})
 

@@ -138,6 +138,7 @@ def main(argv=None) -> None:
     # the stages of this checkout, also when the package is not installed in the interpreter
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     scores: dict[str, list[dict]] = {}
+    seed_params: dict[int, Path] = {}  # one params file per seed, shared by the methods
     for method in args.methods:
         dag_eval = json.loads(Path(eval_path(args.dataset, args.fold, method, "val")).read_text())
         scores[method] = [{"seed": dag_seed, "source": eval_path(args.dataset, args.fold, method, "val"),
@@ -149,7 +150,10 @@ def main(argv=None) -> None:
             run_dir = out_dir / method / f"seed{seed}"
             eval_file = run_dir / "eval.json"
             if not eval_file.exists():
-                params = params_with_seed(EFFECTIVE_PARAMS, args.dataset, seed, out_dir / f"params_seed{seed}.yaml")
+                if seed not in seed_params:
+                    seed_params[seed] = params_with_seed(EFFECTIVE_PARAMS, args.dataset, seed,
+                                                         out_dir / f"params_seed{seed}.yaml")
+                params = seed_params[seed]
                 run_dir.mkdir(parents=True, exist_ok=True)
                 for name, stage_args in stage_commands(args.dataset, args.fold, method, params, run_dir,
                                                        features, args.threads):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,41 +162,58 @@ CLASSES = ["background", "cat", "dog", "bus"]
 TRAIN_IDS = ["t0", "t1", "t2", "t3", "t4", "t5"]
 
 
+def _square_class(index: int) -> int:
+    """Class of the square of mask ``index``: cat/dog (0..3) or bus (4, 5)."""
+    return 3 if index >= 4 else 1 + index % 2
+
+
 def _tiny_mask(index: int) -> np.ndarray:
     """32x32: background, one square of cat/dog (t0..t3) or bus (t4, t5), a 1-px 255 outline."""
     mask = np.zeros((32, 32), np.uint8)
     r, c = 4 + 3 * index, 20 - 2 * index
-    value = 3 if index >= 4 else 1 + index % 2
     mask[r - 1:r + 11, c - 1:c + 11] = 255
-    mask[r:r + 10, c:c + 10] = value
+    mask[r:r + 10, c:c + 10] = _square_class(index)
     return mask
+
+
+def write_tiny_voc(root: Path, ids: list[str], mask_index) -> dict[str, np.ndarray]:
+    """VOC layout under ``root``: image ``ids[k]`` has mask ``_tiny_mask(mask_index(k))`` and
+    a dark noisy image with its square brightened; val is ``t0``. Returns the masks by id."""
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    masks = {}
+    for index, image_id in enumerate(ids):
+        masks[image_id] = mask = _tiny_mask(mask_index(index))
+        image = rng.integers(0, 60, (32, 32, 3), dtype=np.uint8)
+        image[mask == _square_class(mask_index(index))] += 150
+        Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.jpg")
+        write_label_png(root / "SegmentationClass" / f"{image_id}.png", mask)
+    (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(ids) + "\n")
+    (root / "ImageSets/Segmentation/val.txt").write_text("t0\n")
+    return masks
+
+
+def write_tiny_boundary_params(tmp_path: Path, root: Path, epochs: int) -> tuple[Path, dict]:
+    """Repo params.yaml with dataset 'tiny' at ``root`` (novel bus), CPU, no ImageNet
+    weights and a 32 px boundary-net schedule; returns (path, params)."""
+    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    raw["dataset"], raw["device"] = "tiny", "cpu"
+    raw["datasets"]["tiny"] = tiny_dataset_entry(root, CLASSES, [["bus"]])
+    raw["backbone"]["pretrained"] = False
+    raw["boundary"]["train"].update({"crop": 32, "scale_range": [0.9, 1.1], "batch_size": 2, "epochs": epochs})
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    return params, raw
 
 
 @pytest.fixture()
 def tiny(tmp_path):
     root = tmp_path / "tiny"
-    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (root / sub).mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    labels, pixel_counts = {}, {}
-    for index, image_id in enumerate(TRAIN_IDS):
-        mask = _tiny_mask(index)
-        image = rng.integers(0, 60, (32, 32, 3), dtype=np.uint8)
-        image[mask == (3 if index >= 4 else 1 + index % 2)] += 150
-        Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.jpg")
-        write_label_png(root / "SegmentationClass" / f"{image_id}.png", mask)
-        labels[image_id] = [int(c) for c in np.unique(mask) if c not in (0, 255)]
-        pixel_counts[image_id] = [int((mask == c).sum()) for c in range(len(CLASSES))]
-    (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(TRAIN_IDS) + "\n")
-    (root / "ImageSets/Segmentation/val.txt").write_text("t0\n")
-
-    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    raw["dataset"], raw["device"] = "tiny", "cpu"
-    raw["datasets"]["tiny"] = tiny_dataset_entry(root, CLASSES, [["bus"]])
-    raw["backbone"]["pretrained"] = False
-    raw["boundary"]["train"].update({"crop": 32, "scale_range": [0.9, 1.1], "batch_size": 2, "epochs": 1})
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(raw))
+    masks = write_tiny_voc(root, TRAIN_IDS, lambda index: index)
+    labels = {i: [int(c) for c in np.unique(m) if c not in (0, 255)] for i, m in masks.items()}
+    pixel_counts = {i: [int((m == c).sum()) for c in range(len(CLASSES))] for i, m in masks.items()}
+    params, raw = write_tiny_boundary_params(tmp_path, root, epochs=1)
     fold = {"fold": 0, "dataset": "tiny", "novel_classes": [3], "base_classes": [0, 1, 2],
             "novel_samples": ["t4", "t5"], "base_samples": ["t0", "t1", "t2", "t3"], "counts": {}}
     (tmp_path / "fold0.json").write_text(json.dumps(fold))

@@ -27,16 +27,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-import yaml
-from PIL import Image
 
 from pipeline.config import REPO_ROOT
-from pipeline.metrics.label_png import write_label_png
-from test_boundary_stages import CLASSES, _tiny_mask
-from workflow_utils import scratch_workflow, tiny_dataset_entry
+from test_boundary_stages import write_tiny_boundary_params, write_tiny_voc
+from workflow_utils import scratch_workflow
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
        "PYTHONUNBUFFERED": "1"}
@@ -76,26 +72,9 @@ EPOCHS = 3
 def boundary_run(tmp_path):
     """Tiny VOC-layout dataset (the masks of tests/test_boundary_stages.py), params, fold."""
     root = tmp_path / "tiny"
-    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (root / sub).mkdir(parents=True)
-    rng = np.random.default_rng(0)
     ids = [f"t{i}" for i in range(N_IMAGES)]
-    for index, image_id in enumerate(ids):
-        mask = _tiny_mask(index % 4)  # cat/dog squares; 255 outline
-        image = rng.integers(0, 60, (32, 32, 3), dtype=np.uint8)
-        image[mask == 1 + index % 2] += 150
-        Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.jpg")
-        write_label_png(root / "SegmentationClass" / f"{image_id}.png", mask)
-    (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(ids) + "\n")
-    (root / "ImageSets/Segmentation/val.txt").write_text("t0\n")
-
-    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    raw["dataset"], raw["device"] = "tiny", "cpu"
-    raw["datasets"]["tiny"] = tiny_dataset_entry(root, CLASSES, [["bus"]])
-    raw["backbone"]["pretrained"] = False
-    raw["boundary"]["train"].update({"crop": 32, "scale_range": [0.9, 1.1], "batch_size": 2, "epochs": EPOCHS})
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(raw))
+    write_tiny_voc(root, ids, lambda index: index % 4)  # cat/dog squares; 255 outline
+    params, _ = write_tiny_boundary_params(tmp_path, root, epochs=EPOCHS)
     fold = {"fold": 0, "dataset": "tiny", "novel_classes": [3], "base_classes": [0, 1, 2],
             "novel_samples": [], "base_samples": ids, "counts": {}}
     (tmp_path / "fold0.json").write_text(json.dumps(fold))

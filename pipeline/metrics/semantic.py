@@ -281,6 +281,12 @@ class ConfusionAccumulator:
         return summarize_confusion(self.matrix, background_index, base_classes, novel_classes)
 
 
+#: Keys of :func:`novel_error_breakdown` (and of every fold's evaluate metrics file).
+NOVEL_ERROR_KEYS = ("novel_recall", "novel_to_background", "novel_to_base", "novel_to_other_novel", "novel_to_void",
+                    "novel_precision", "false_novel_from_background", "false_novel_from_base",
+                    "false_novel_from_other_novel")
+
+
 def novel_error_breakdown(cm: np.ndarray, background_index: int | None, base_classes: Sequence[int],
                           novel_classes: Sequence[int]) -> dict:
     """Where novel-class errors go, pooled over the novel classes (fractions in [0, 1]).
@@ -314,17 +320,12 @@ def novel_error_breakdown(cm: np.ndarray, background_index: int | None, base_cla
     cols = cm[:n, novel]  # predicted novel, by ground truth
     pred_novel = cols.sum()
     from_novel = cols[novel].sum()
-    return {
-        "novel_recall": share(correct, gt_novel),
-        "novel_to_background": share(rows[:, background].sum(), gt_novel),
-        "novel_to_base": share(rows[:, base].sum(), gt_novel),
-        "novel_to_other_novel": share(to_novel - correct, gt_novel),
-        "novel_to_void": share(rows[:, n:].sum(), gt_novel),
-        "novel_precision": share(correct, pred_novel),
-        "false_novel_from_background": share(cols[background].sum(), pred_novel),
-        "false_novel_from_base": share(cols[base].sum(), pred_novel),
-        "false_novel_from_other_novel": share(from_novel - correct, pred_novel),
-    }
+    shares = (share(correct, gt_novel), share(rows[:, background].sum(), gt_novel),
+              share(rows[:, base].sum(), gt_novel), share(to_novel - correct, gt_novel),
+              share(rows[:, n:].sum(), gt_novel),
+              share(correct, pred_novel), share(cols[background].sum(), pred_novel),
+              share(cols[base].sum(), pred_novel), share(from_novel - correct, pred_novel))
+    return dict(zip(NOVEL_ERROR_KEYS, shares))
 
 
 def summarize_confusion(cm: np.ndarray, background_index: int | None = None,

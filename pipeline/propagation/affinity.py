@@ -199,14 +199,14 @@ def affinity_by_pair_type(aff, label_map, radius: int, novel_classes, ignore_ind
     "mean": s / n or None}``; sums let images be pooled. A weak-shot affinity net should
     rate within-novel pairs as high as within-base ones: it never saw a novel pixel label.
     """
-    pairs = pair_labels(label_map, radius, ignore_index, background_index)
+    labels = _as_tensor(label_map, "label_map").long()
+    pairs = pair_labels(labels, radius, ignore_index, background_index)
     aff = _as_tensor(aff, "aff").float().reshape(-1)
     if aff.shape[0] != pairs["neg"].shape[-1]:
-        raise ValueError(f"aff has {aff.shape[0]} pairs, the {tuple(_as_tensor(label_map, 'label_map').shape)}"
-                         f" grid at radius {radius} has {pairs['neg'].shape[-1]}")
-    labels = _as_tensor(label_map, "label_map").long().reshape(-1)
-    from_idx, _ = pair_indices(*_as_tensor(label_map, "label_map").shape[-2:], radius)
-    is_novel = torch.isin(labels[from_idx], torch.as_tensor(list(novel_classes), dtype=torch.long))
+        raise ValueError(f"aff has {aff.shape[0]} pairs, the {tuple(labels.shape)} grid at radius {radius}"
+                         f" has {pairs['neg'].shape[-1]}")
+    from_idx, _ = pair_indices(*labels.shape[-2:], radius)
+    is_novel = torch.isin(labels.reshape(-1)[from_idx], torch.as_tensor(list(novel_classes), dtype=torch.long))
     masks = {"within_novel": pairs["fg_pos"] & is_novel, "within_base": pairs["fg_pos"] & ~is_novel,
              "background": pairs["bg_pos"], "across": pairs["neg"]}
     out = {}
