@@ -1,5 +1,6 @@
 # Weak-shot / few-shot segmentation DAG. Thin on purpose: the rules live in
-# workflow/rules/*.smk (one file per method family + common + data + evaluation),
+# workflow/rules/*.smk (one file per method + common + data + the shared cam and
+# segmentation stages + evaluation),
 # the science parameters in params.yaml, the code in the `pipeline` package.
 #
 #   snakemake results/retab_fold0 --cores 2                # default dataset (params.yaml)
@@ -15,10 +16,12 @@ include: "workflow/rules/common.smk"
 wildcard_constraints:
     dataset="|".join(DATASETS),
     fold=r"\d+",
-    method=r"[a-z][a-z0-9_]*",
+    target=r"[a-z][a-z0-9_]*",
 
 
 include: "workflow/rules/data.smk"
+include: "workflow/rules/cam.smk"
+include: "workflow/rules/segmentation.smk"
 include: "workflow/rules/evaluation.smk"
 include: "workflow/rules/retab.smk"
 include: "workflow/rules/lnet.smk"

@@ -14,6 +14,7 @@ from scipy import ndimage
 
 from pipeline.config import check_range
 from pipeline.errors import PipelineError
+from pipeline.config import section
 
 PROB_SCALE = 255  # uint8 value of probability 1
 
@@ -140,3 +141,12 @@ def pooled_boundary_f1(per_image: list[dict]) -> dict:
     keys = ("tp_pred", "pred", "tp_target", "target")
     counts = {k: int(sum(r[k] for r in per_image)) for k in keys}
     return {**f1_from_counts(counts), **counts}
+
+
+def boundary_config(params: dict) -> tuple[float, int]:
+    """``(boundary.tau, boundary.erosion)``: the non-boundary rule shared with stage propagate."""
+    from pipeline.boundary import check_boundary_params
+
+    boundary = section(params, "boundary")
+    check_boundary_params(boundary)
+    return float(boundary["tau"]), int(boundary.get("erosion", 0))

@@ -48,6 +48,8 @@ from pipeline.data.batches import normalize_batch
 from pipeline.errors import PipelineError
 from pipeline.io import load_npz, save_npz
 from pipeline.metrics import confusion_matrix
+from pipeline.data.voc import VOCDataset
+from pipeline.io import check_files_exist
 
 # IRN/PSA: divide by max + eps, so an all-zero CAM stays zero instead of dividing by 0.
 NORM_EPS = 1e-5
@@ -215,15 +217,8 @@ def read_cam_file(path: str | os.PathLike, num_classes: int | None = None,
 
 def check_cam_files_exist(cam_dir: str | os.PathLike, ids: Sequence[str]) -> None:
     """Fail before any work if the directory or one listed image's CAM file is missing."""
-    cam_dir = Path(cam_dir)
-    if not cam_dir.is_dir():
-        raise PipelineError(cam_dir, "CAM directory not found (run stage infer_cam)")
-    with os.scandir(cam_dir) as entries:
-        names = {entry.name for entry in entries}
-    missing = [i for i in ids if i + CAM_SUFFIX not in names]
-    if missing:
-        raise PipelineError(cam_path(cam_dir, missing[0]),
-                            f"CAM file missing ({len(missing)} of {len(ids)} listed images have none)")
+    check_files_exist(cam_dir, ids, CAM_SUFFIX, "CAM file",
+                      directory_problem="CAM directory not found (run stage infer_cam)")
 
 
 # --------------------------------------------------------------------------- label rules
@@ -340,3 +335,48 @@ def crf_confident_labels(image: np.ndarray, cams: np.ndarray, keys: Sequence[int
     fg_map = crf_background_labels(image, cams, keys, alpha_fg, background_index, options)
     bg_map = crf_background_labels(image, cams, keys, alpha_bg, background_index, options)
     return agree_or_ignore(fg_map, bg_map, ignore_index)
+
+
+def cam_backbone_cfg(params: dict) -> dict:
+    """``params['backbone']`` with the CAM network's output stride (``cam.output_stride``)."""
+    cfg = dict(params["backbone"])
+    output_stride = params["cam"].get("output_stride")
+    if output_stride is not None:
+        cfg["output_stride"] = output_stride
+    return cfg
+
+
+
+def cam_model_meta(model, class_names: list[str]) -> dict:
+    """What a CAM model file fits: the network's meta plus the foreground class names."""
+    return {**model.meta, "classes": list(class_names)}
+
+
+def load_checked_cams(cam_dir: str | Path, image_id: str, dataset: VOCDataset, labels: dict,
+                      labels_path: str, size: tuple[int, int]) -> dict:
+    """One image's CAM file, checked against the dataset, the image size and the image's labels."""
+    path = cam_path(cam_dir, image_id)
+    record = read_cam_file(path, dataset.num_classes, dataset.background_index)
+    if record["size"] != tuple(size):
+        raise PipelineError(path, f"made for a {record['size'][1]}x{record['size'][0]} image, but "
+                            f"{dataset.image_path(image_id)} is {size[1]}x{size[0]} (stale CAMs?)")
+    if sorted(record["keys"]) != sorted(int(c) for c in labels[image_id]):
+        raise PipelineError(path, f"has classes {record['keys']} but {labels_path} labels the image "
+                            f"{sorted(labels[image_id])} (stale CAMs? rerun stage infer_cam)")
+    return record
+
+
+def image_cams(cam_file: dict, path: str | Path, classes: list[int], size: tuple[int, int]) -> dict[int, np.ndarray]:
+    """{class: H x W CAM in [0, 1]} of ``classes`` from a checked CAM file (errors name ``path``)."""
+    if tuple(cam_file["size"]) != tuple(size):
+        raise PipelineError(path, f"CAMs were made for a {cam_file['size'][1]}x{cam_file['size'][0]} image, "
+                            f"but the image is {size[1]}x{size[0]} (stale CAMs? rerun stage infer_cam)")
+    missing = [c for c in classes if c not in cam_file["keys"]]
+    if missing:
+        raise PipelineError(path, f"has no CAM for class(es) {missing} of the image labels "
+                            f"(keys {cam_file['keys']}; stale CAMs? rerun stage infer_cam)")
+    rows = [cam_file["keys"].index(c) for c in classes]
+    if not rows:
+        return {}
+    full = upsample_cams(cam_file["cams"][rows], size, cam_file["stride"])
+    return {c: np.clip(full[k], 0.0, 1.0) for k, c in enumerate(classes)}

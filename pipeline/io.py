@@ -100,3 +100,23 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise PipelineError(path, "file not found") from None
     except (OSError, ValueError) as err:
         raise PipelineError(path, f"unreadable npz ({err})") from None
+
+
+def check_files_exist(directory: str | os.PathLike, ids, suffix: str, what: str, *,
+                      directory_problem: str | None = None, listed: str = "listed images") -> None:
+    """Fail before any work when ``directory`` or one ``<id><suffix>`` in it is missing.
+
+    The one "every image has its file" check of the stages (CAMs, boundary maps, confident
+    labels, pseudo labels, predictions): one line naming the first missing file.
+    """
+    from pipeline.errors import PipelineError
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise PipelineError(directory, directory_problem or f"{what} directory not found")
+    with os.scandir(directory) as entries:
+        names = {entry.name for entry in entries}
+    missing = [i for i in ids if f"{i}{suffix}" not in names]
+    if missing:
+        raise PipelineError(directory / f"{missing[0]}{suffix}",
+                            f"{what} missing ({len(missing)} of {len(ids)} {listed} have none)")

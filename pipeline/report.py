@@ -8,13 +8,18 @@ labels).
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.metrics.label_png import voc_palette
+from pipeline.data.label_png import voc_palette
 from pipeline.metrics.semantic import NOVEL_ERROR_KEYS
+from pipeline.data.label_png import read_label_png
+from pipeline.data.voc import VOCDataset
+from pipeline.errors import PipelineError
+from pipeline.runtime import progress
 
 # Columns of the novel-error table (pipeline.metrics.novel_error_breakdown): where ground-truth
 # novel pixels go, then how clean the novel predictions are and where the false ones come from.
@@ -223,3 +228,18 @@ def pick_largest(areas: dict[str, int], count: int) -> list[str]:
     """The ``count`` ids with the largest area (ties: smaller id first); deterministic."""
     ranked = sorted(areas.items(), key=lambda item: (-item[1], item[0]))
     return [image_id for image_id, _ in ranked[:count]]
+
+
+def novel_areas(dataset: VOCDataset, ids: list[str], novel_classes: list[int]) -> dict[str, int]:
+    """Novel-class pixels in each image's ground truth."""
+    return {i: int(np.isin(dataset.load_mask(i), novel_classes).sum())
+            for i in progress(ids, desc="novel areas")}
+
+
+
+def read_sized_png(path: Path, height: int, width: int, what: str) -> np.ndarray:
+    """A one-channel PNG (label map or boundary map) that must have the image's size."""
+    array = read_label_png(path)
+    if array.shape != (height, width):
+        raise PipelineError(path, f"{what} is {array.shape[1]}x{array.shape[0]}, its image is {width}x{height}")
+    return array

@@ -347,3 +347,31 @@ def load_model(path: str | os.PathLike, model: torch.nn.Module,
 def count_steps(n_samples: int, batch_size: int, drop_last: bool = True) -> int:
     """Optimizer steps per epoch for ``n_samples`` in batches (for the poly schedule)."""
     return n_samples // batch_size if drop_last else math.ceil(n_samples / batch_size)
+
+
+# --------------------------------------------------------------------------- params
+
+SGD_TRAIN_KEYS = ("crop", "scale_range", "batch_size", "epochs", "lr", "momentum", "weight_decay")
+
+
+def train_config(params: dict, key: str, keys: Sequence[str] = SGD_TRAIN_KEYS, *,
+                 lr_keys: Sequence[str] = ("lr",), min_batch: int = 1, max_lr: float | None = None) -> dict:
+    """A training section (``key``, e.g. ``boundary.train``) with every key of ``keys`` present
+    and in range: the one training-config check of every training stage (one line naming
+    the key). Checks what the schema cannot: scale_range order, positive learning rates."""
+    from pipeline.config import check_range, section
+
+    cfg = {k: section(params, f"{key}.{k}") for k in keys}
+    low, high = cfg["scale_range"]
+    if not 0 < low <= high:
+        raise PipelineError("params.yaml", f"{key}.scale_range = {cfg['scale_range']} must be "
+                            "[low, high] with 0 < low <= high")
+    check_range(cfg["crop"], f"{key}.crop", 1)
+    check_range(cfg["batch_size"], f"{key}.batch_size", min_batch)
+    for lr in lr_keys:
+        check_range(cfg[lr], f"{key}.{lr}", 0, max_lr, low_open=True)
+    if "momentum" in cfg:
+        check_range(cfg["momentum"], f"{key}.momentum", 0, 1, high_open=True)
+    if "weight_decay" in cfg:
+        check_range(cfg["weight_decay"], f"{key}.weight_decay", 0)
+    return cfg

@@ -52,8 +52,8 @@ def probe_variant(model_path: Path, params: dict, walk_cfg: dict, dataset: VOCDa
                   novel: list[int]) -> dict:
     """Pooled means for one affinity net; ``walk_cfg``: the walk's radius, flip and beta."""
     from pipeline.models import backbone_normalization
-    from pipeline.stages.propagate import load_affinity_model, predict_affinities
-    from pipeline.stages.train_affinity import reduce_to_grid
+    from pipeline.methods.retab.propagate import load_affinity_model, predict_affinities
+    from pipeline.methods.retab.train_affinity import reduce_to_grid
 
     model, _ = load_affinity_model(str(model_path), params, "cpu")
     mean, std = backbone_normalization(params["backbone"])
@@ -91,7 +91,7 @@ def main(argv=None) -> None:
     fold = load_fold(fold_file)
     dataset = VOCDataset(params["data"], "train")
     ids, novel = list(fold["novel_samples"]), list(fold["novel_classes"])
-    from pipeline.stages.propagate import propagation_config
+    from pipeline.methods.retab.propagate import propagation_config
 
     walk_cfg = propagation_config(params, "single")  # radius, flip, beta checked as stage propagate does
     beta = float(walk_cfg["beta"])

@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 from pipeline.config import load_params  # noqa: E402
 from pipeline.errors import PipelineError, run_stage  # noqa: E402
 from pipeline.io import write_json, write_text  # noqa: E402
-from pipeline.layout import METHOD_TITLES, SEG_METHODS, eval_path, pseudo_dir, seg_dir  # noqa: E402
+from pipeline.layout import eval_path, pseudo_dir, seg_dir  # noqa: E402
+from pipeline.method_table import RETAB  # noqa: E402
 
 EFFECTIVE_PARAMS = Path("work/params/effective.yaml")
 SCORES = ("miou", "miou_base", "miou_novel")
@@ -57,7 +58,7 @@ def stage_commands(dataset: str, fold: int, method: str, params: Path, run_dir: 
                    threads: int) -> list[tuple[str, list[str]]]:
     """(name, argv) of train_seg, predict_seg and evaluate for one method, as the rules of
     workflow/rules/retab.smk write them, with outputs under ``run_dir``."""
-    source, supervision, _ = SEG_METHODS[method]
+    source, supervision = RETAB.rows[method].pseudo_source, RETAB.rows[method].supervision
     common = ["--params", str(params), "--dataset", dataset]
     feature_dir = f"work/{dataset}/shared/seg/features"
     train = [*common, "--supervision", supervision, "--labels", f"work/{dataset}/image_labels.json",
@@ -81,7 +82,7 @@ def check_finished_fold(dataset: str, fold: int, methods: list[str]) -> None:
     needed = [EFFECTIVE_PARAMS, Path(f"work/{dataset}/folds/fold{fold}.json")]
     for method in methods:
         needed.append(Path(eval_path(dataset, fold, method, "val")))
-        source = SEG_METHODS[method][0]
+        source = RETAB.rows[method].pseudo_source
         if source is not None:
             needed.append(Path(pseudo_dir(dataset, source, fold)))
     for path in needed:
@@ -112,7 +113,7 @@ def markdown_table(rows: dict[str, dict]) -> str:
     lines = ["| Method | seeds | val all | val base | val novel |", "|---|---|---:|---:|---:|"]
     for method, row in rows.items():
         seeds = ",".join(str(run["seed"]) for run in row["runs"])
-        lines.append(f"| {METHOD_TITLES[method]} | {seeds} | "
+        lines.append(f"| {RETAB.rows[method].title} | {seeds} | "
                      + " | ".join(cell(row["summary"][key]) for key in SCORES) + " |")
     return "\n".join(lines) + "\n"
 
@@ -122,7 +123,7 @@ def main(argv=None) -> None:
     ap.add_argument("--dataset", default="embedded")
     ap.add_argument("--fold", type=int, default=0)
     ap.add_argument("--methods", nargs="+", default=["cam_rw_seggt", "cam_rw_affgt_seggt", "retab"],
-                    choices=sorted(SEG_METHODS))
+                    choices=sorted(RETAB.rows))
     ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="extra seeds (the DAG's is kept)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--check-dag-seed", action="store_true",

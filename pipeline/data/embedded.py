@@ -70,6 +70,7 @@ from PIL import Image
 from scipy import ndimage
 
 from pipeline.errors import PipelineError
+from pipeline.data.label_png import voc_palette
 
 NUM_OBJECT_CLASSES = 20
 FOLD_SIZE = 5                       # PASCAL-5i: novel of fold i = ids 5i+1..5i+5
@@ -677,23 +678,9 @@ def sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
 # Dataset files
 # ----------------------------------------------------------------------------------
 
-def voc_palette() -> list[int]:
-    """The PASCAL VOC colour map (768 values) for mode-'P' masks; 255 is VOC's cream."""
-    palette = []
-    for index in range(256):
-        r = g = b = 0
-        c = index
-        for bit in range(8):
-            r |= ((c >> 0) & 1) << (7 - bit)
-            g |= ((c >> 1) & 1) << (7 - bit)
-            b |= ((c >> 2) & 1) << (7 - bit)
-            c >>= 3
-        palette += [r, g, b]
-    palette[255 * 3: 256 * 3] = [224, 224, 192]
-    return palette
 
 
-_PALETTE = voc_palette()
+_PALETTE = voc_palette()  # the one VOC colour map (pipeline.data.label_png)
 
 
 def save_mask(path: Path, mask: np.ndarray) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.io import read_json
+from pipeline.data.voc import VOCDataset
 
 PASCAL5I_FOLDS = 4
 PASCAL5I_CLASSES_PER_FOLD = 5
@@ -148,3 +149,26 @@ def load_fold(path: str | os.PathLike) -> dict:
         if not isinstance(document[key], list):
             raise PipelineError(path, f"'{key}' must be a list")
     return document
+
+
+def fold_samples(fold: dict, path: str, dataset: VOCDataset, dataset_name: str, key: str) -> list[str]:
+    """The fold file's id list ``key``, non-empty and inside the train split (errors name the file)."""
+    if fold.get("dataset", dataset_name) != dataset_name:
+        raise PipelineError(path, f"was made for dataset '{fold['dataset']}', but params select '{dataset_name}'")
+    ids = fold[key]
+    if not ids:
+        raise PipelineError(path, f"'{key}' is empty")
+    known = set(dataset.ids)
+    outside = [i for i in ids if not isinstance(i, str) or i not in known]
+    if outside:
+        raise PipelineError(path, f"'{key}' lists {len(outside)} id(s) not in the train split "
+                            f"{dataset.list_path} (first: {outside[0]!r})")
+    return list(ids)
+
+
+
+def fold_novel_classes(fold: dict, path: str, num_classes: int) -> list[int]:
+    novel = fold["novel_classes"]
+    if not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < num_classes for c in novel):
+        raise PipelineError(path, f"'novel_classes' must hold class ids 0..{num_classes - 1}")
+    return [int(c) for c in novel]

@@ -117,3 +117,19 @@ def load_pixel_counts(path: str | os.PathLike) -> dict[str, list[int]]:
     if counts is None:
         raise PipelineError(path, "image-labels file has no 'pixel_counts' (rerun stage image_labels)")
     return counts
+
+
+def check_labels_document(document: dict, data_cfg: dict, path: str) -> None:
+    """The labels file was made for this dataset's class list (else it is stale)."""
+    if document["classes"] != list(data_cfg["classes"]):
+        raise PipelineError(path, f"its class list differs from datasets.{data_cfg['name']}.classes "
+                            "(made for another dataset? rerun stage image_labels)")
+
+
+def check_labels_cover(labels: dict, ids, path: str | os.PathLike, split: str = "train") -> None:
+    """The image-level labels cover every id of the split (else the file is stale or belongs to
+    another dataset): the one such check of the stages, one line naming the labels file."""
+    missing = [i for i in ids if i not in labels]
+    if missing:
+        raise PipelineError(path, f"no image-level labels for {len(missing)} {split} image(s) (first: "
+                            f"'{missing[0]}'; made for another dataset? rerun stage image_labels)")

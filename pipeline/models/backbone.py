@@ -41,7 +41,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pipeline.tv  # noqa: F401  (torchvision op shim must precede timm)
+import pipeline.torchvision_shim  # noqa: F401  (torchvision op shim must precede timm)
 import torch
 import torch.nn as nn
 
@@ -233,7 +233,7 @@ def _resnet50_dilation(output_stride: int) -> list[bool]:
 
 
 def _resnet50_download_weights() -> dict:
-    from pipeline.tv import torchvision
+    from pipeline.torchvision_shim import torchvision
 
     try:
         weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V1
@@ -250,7 +250,7 @@ class ResNet50Backbone(Backbone):
 
     def __init__(self, output_stride: int = 8, pretrained: bool = True, weights: str | None = None,
                  freeze_bn: bool = True, frozen_blocks: int = 0):
-        from pipeline.tv import torchvision
+        from pipeline.torchvision_shim import torchvision
 
         super().__init__(freeze_bn, frozen_blocks)
         self.output_stride = output_stride

@@ -130,3 +130,9 @@ class DeepLabASPP(BackboneModel):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits_from_features(self.features(x), x.shape[-2:])
+
+
+def deeplab_meta(model: "DeepLabASPP") -> dict:
+    """What a DeepLabASPP's weights fit (backbone, stride, head type, ASPP rates), recorded in
+    its model file and checked on load (L-Net; the segmentation net adds its classes)."""
+    return {**model.meta, "head": model.head_type, "aspp_rates": list(model.rates)}

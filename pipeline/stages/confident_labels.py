@@ -27,7 +27,6 @@ channel). The whole directory appears at once when every image is done.
 """
 from __future__ import annotations
 
-import argparse
 
 import numpy as np
 
@@ -38,10 +37,11 @@ from pipeline.data.labels import read_image_labels_file
 from pipeline.data.voc import VOCDataset, image_size
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir
-from pipeline.metrics.label_png import write_label_png
+from pipeline.data.label_png import write_label_png
 from pipeline.runtime import progress, stage_run
-from pipeline.stages.eval_cam import load_checked_cams
-from pipeline.stages.train_cam import check_labels_document
+from pipeline.cam import load_checked_cams
+from pipeline.data.labels import check_labels_cover, check_labels_document
+from pipeline.stage import stage_parser
 
 CRF_PACKAGE = "pydensecrf2==1.1"
 CRF_DEFAULTS = {"iterations": 10, "gaussian_sxy": 3, "gaussian_compat": 3, "bilateral_sxy": 80,
@@ -71,9 +71,7 @@ def label_counts(label: np.ndarray, background_index: int | None, ignore_index: 
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--dataset", default=None, help="dataset name (default: params' dataset)")
+    ap = stage_parser(__doc__)
     ap.add_argument("--cams", required=True, help="directory of <id>.npz CAM files (stage infer_cam)")
     ap.add_argument("--labels", required=True, help="image-labels JSON (stage image_labels)")
     ap.add_argument("--split", default="train", help="split whose images get labels (default: train)")
@@ -92,9 +90,7 @@ def main(argv=None):
     document = read_image_labels_file(args.labels)
     check_labels_document(document, params["data"], args.labels)
     labels = document["labels"]
-    missing = [i for i in dataset.ids if i not in labels]
-    if missing:
-        raise PipelineError(args.labels, f"no image-level labels for '{missing[0]}' (rerun stage image_labels)")
+    check_labels_cover(labels, dataset.ids, args.labels, "train")
     check_cam_files_exist(args.cams, dataset.ids)
     crf_options = {**CRF_DEFAULTS, **(cfg.get("crf") or {})}
 

@@ -21,13 +21,11 @@ are null.
 """
 from __future__ import annotations
 
-import argparse
 import math
-from pathlib import Path
 
 import numpy as np
 
-from pipeline.cam import argmax_labels, cam_path, check_cam_files_exist, read_cam_file, sweep_confusions, upsample_cams
+from pipeline.cam import argmax_labels, cam_path, check_cam_files_exist, sweep_confusions, upsample_cams
 from pipeline.config import load_params, section
 from pipeline.data.labels import read_image_labels_file
 from pipeline.data.voc import VOCDataset
@@ -35,7 +33,9 @@ from pipeline.errors import PipelineError, run_stage
 from pipeline.io import write_json
 from pipeline.metrics import confusion_or_error, mean_iou, summarize_confusion
 from pipeline.runtime import progress, stage_run
-from pipeline.stages.train_cam import check_labels_document
+from pipeline.cam import load_checked_cams
+from pipeline.data.labels import check_labels_cover, check_labels_document
+from pipeline.stage import stage_parser
 
 
 def check_thresholds(thresholds: list[float]) -> list[float]:
@@ -47,20 +47,6 @@ def check_thresholds(thresholds: list[float]) -> list[float]:
     if bad:
         raise PipelineError("cam.eval.thresholds", f"{bad[0]} is out of range [0, 1]")
     return values
-
-
-def load_checked_cams(cam_dir: str | Path, image_id: str, dataset: VOCDataset, labels: dict,
-                      labels_path: str, size: tuple[int, int]) -> dict:
-    """One image's CAM file, checked against the dataset, the image size and the image's labels."""
-    path = cam_path(cam_dir, image_id)
-    record = read_cam_file(path, dataset.num_classes, dataset.background_index)
-    if record["size"] != tuple(size):
-        raise PipelineError(path, f"made for a {record['size'][1]}x{record['size'][0]} image, but "
-                            f"{dataset.image_path(image_id)} is {size[1]}x{size[0]} (stale CAMs?)")
-    if sorted(record["keys"]) != sorted(int(c) for c in labels[image_id]):
-        raise PipelineError(path, f"has classes {record['keys']} but {labels_path} labels the image "
-                            f"{sorted(labels[image_id])} (stale CAMs? rerun stage infer_cam)")
-    return record
 
 
 def _number(value: float) -> float | None:
@@ -83,9 +69,7 @@ def eval_document(cm: np.ndarray, class_names: list[str], background_index: int 
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--dataset", default=None, help="dataset name (default: params' dataset)")
+    ap = stage_parser(__doc__)
     ap.add_argument("--cams", required=True, help="directory of <id>.npz CAM files (stage infer_cam)")
     ap.add_argument("--labels", required=True, help="image-labels JSON (stage image_labels)")
     ap.add_argument("--split", default="train", help="split to evaluate (default: train)")
@@ -98,9 +82,7 @@ def main(argv=None):
     document = read_image_labels_file(args.labels)
     check_labels_document(document, params["data"], args.labels)
     labels = document["labels"]
-    missing = [i for i in dataset.ids if i not in labels]
-    if missing:
-        raise PipelineError(args.labels, f"no image-level labels for '{missing[0]}' (rerun stage image_labels)")
+    check_labels_cover(labels, dataset.ids, args.labels, "train")
     check_cam_files_exist(args.cams, dataset.ids)
 
     n, bg, ignore = dataset.num_classes, dataset.background_index, dataset.ignore_index

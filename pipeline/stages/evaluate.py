@@ -22,7 +22,6 @@ confusion matrix summed over all images (VOC protocol), see :mod:`pipeline.metri
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import os
@@ -36,8 +35,10 @@ from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_path, write_json
 from pipeline.metrics import ConfusionAccumulator, confusion_or_error, summarize_confusion
-from pipeline.metrics.label_png import read_label_png
+from pipeline.data.label_png import read_label_png
 from pipeline.runtime import progress, stage_run
+from pipeline.io import check_files_exist
+from pipeline.stage import stage_parser
 
 PRED_SUFFIX = ".png"
 
@@ -72,16 +73,6 @@ def ids_to_evaluate(dataset: VOCDataset, fold: dict, fold_path: str | os.PathLik
     return list(ids)
 
 
-def check_predictions_exist(pred_dir: Path, ids: list[str]) -> None:
-    """Fail before any work if the directory or one listed prediction is missing."""
-    if not pred_dir.is_dir():
-        raise PipelineError(pred_dir, "prediction directory not found")
-    with os.scandir(pred_dir) as entries:
-        names = {entry.name for entry in entries}
-    missing = [i for i in ids if i + PRED_SUFFIX not in names]
-    if missing:
-        raise PipelineError(pred_dir / (missing[0] + PRED_SUFFIX),
-                            f"prediction missing ({len(missing)} of {len(ids)} listed ids have none)")
 
 
 def accumulate(dataset: VOCDataset, ids: list[str], pred_dir: Path, void_pred: bool) -> ConfusionAccumulator:
@@ -128,9 +119,7 @@ def write_confusion_csv(path: str | os.PathLike, matrix: np.ndarray, class_names
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--dataset", default=None, help="dataset name (default: params' dataset)")
+    ap = stage_parser(__doc__)
     ap.add_argument("--split", default="val", help="split whose ground truth is used (default: val)")
     ap.add_argument("--pred", required=True, help="directory of <id>.png class-index predictions")
     ap.add_argument("--fold-file", required=True, help="fold JSON (base/novel classes, id lists)")
@@ -150,7 +139,7 @@ def main(argv=None):
     if not ids:
         raise PipelineError(args.fold_file, f"'{args.ids_from}' is empty: nothing to evaluate")
     pred_dir = Path(args.pred)
-    check_predictions_exist(pred_dir, ids)
+    check_files_exist(pred_dir, ids, PRED_SUFFIX, "prediction", listed="listed ids")
 
     inputs = {"pred": str(pred_dir), "split": args.split, "fold_file": args.fold_file, "ids_from": args.ids_from}
     with stage_run("evaluate", inputs, params["data"]) as log:

@@ -9,21 +9,19 @@ excluded), per-image ``pixel_counts`` and the ids of each split. Format:
 """
 from __future__ import annotations
 
-import argparse
 
 from pipeline.config import load_params, section
 from pipeline.data.labels import derive_pixel_counts, labels_from_counts, write_image_labels
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
 from pipeline.runtime import stage_run
+from pipeline.stage import stage_parser
 
 SPLITS = ("train", "val")
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--dataset", default=None, help="dataset name (default: params' dataset)")
+    ap = stage_parser(__doc__)
     ap.add_argument("--out", required=True, help="image-labels JSON to write")
     args = ap.parse_args(argv)
 

@@ -13,7 +13,6 @@ arrays. The whole directory appears at once when every image is done.
 """
 from __future__ import annotations
 
-import argparse
 
 import numpy as np
 
@@ -23,8 +22,10 @@ from pipeline.data.labels import read_image_labels_file
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir
-from pipeline.runtime import choose_device, progress, seed_everything, set_threads, stage_run
-from pipeline.stages.train_cam import cam_backbone_cfg, cam_model_meta, check_labels_document
+from pipeline.runtime import progress, seed_everything, stage_run
+from pipeline.cam import cam_backbone_cfg, cam_model_meta
+from pipeline.data.labels import check_labels_cover, check_labels_document
+from pipeline.stage import stage_device, stage_parser
 
 
 def check_infer_params(cam_cfg: dict) -> None:
@@ -47,14 +48,11 @@ def load_cam_model(path: str, backbone_cfg: dict, class_names: list[str], device
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--dataset", default=None, help="dataset name (default: params' dataset)")
+    ap = stage_parser(__doc__, threads=True)
     ap.add_argument("--model", required=True, help="CAM model file (stage train_cam)")
     ap.add_argument("--labels", required=True, help="image-labels JSON (stage image_labels)")
     ap.add_argument("--split", default="train", help="split whose images get CAMs (default: train)")
     ap.add_argument("--out", required=True, help="directory of <id>.npz CAM files to write")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args(argv)
 
     params = load_params(args.params, args.dataset)
@@ -63,18 +61,14 @@ def main(argv=None):
     scales = [float(s) for s in cam_cfg["infer"]["scales"]]
     flip = bool(cam_cfg["infer"]["flip"])
     stride = int(cam_cfg["store_stride"])
-    set_threads(args.threads)
-    device = choose_device(params.get("device", "auto"))
+    device = stage_device(args, params)
     seed_everything(params["seed"])
 
     dataset = VOCDataset(params["data"], args.split)
     document = read_image_labels_file(args.labels)
     check_labels_document(document, params["data"], args.labels)
     labels = document["labels"]
-    missing = [i for i in dataset.ids if i not in labels]
-    if missing:
-        raise PipelineError(args.labels, f"no image-level labels for {len(missing)} {args.split} image(s) "
-                            f"(first: '{missing[0]}'; rerun stage image_labels)")
+    check_labels_cover(labels, dataset.ids, args.labels, args.split)
     fg_names = [dataset.class_names[c] for c in dataset.foreground_indices]
     backbone_cfg = cam_backbone_cfg(params)
 

@@ -10,20 +10,18 @@ the params' active dataset is). What the scenes are: ``pipeline/data/embedded.py
 """
 from __future__ import annotations
 
-import argparse
 
 from pipeline.config import load_params, section
 from pipeline.data.embedded import generate_dataset, validate_config
 from pipeline.errors import run_stage
 from pipeline.io import atomic_dir
 from pipeline.runtime import seed_everything, stage_run
+from pipeline.stage import stage_parser
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml", help="params file (section embedded_data)")
-    ap.add_argument("--dataset", default="embedded",
-                    help="datasets entry whose class names (and overrides) apply (default: embedded)")
+    # --dataset: the datasets entry whose class names (and overrides) apply
+    ap = stage_parser(__doc__, dataset_default="embedded", params_help="params file (section embedded_data)")
     ap.add_argument("--out", required=True, help="dataset root to write (replaced atomically)")
     args = ap.parse_args(argv)
 

@@ -14,7 +14,6 @@ split-sets, ``lnet.split_sets``, use it; workflow/rules/lnet.smk).
 """
 from __future__ import annotations
 
-import argparse
 
 from pipeline.config import load_params
 from pipeline.data.folds import base_classes_for_fold, fold_counts, novel_classes_for_fold, split_samples
@@ -22,6 +21,7 @@ from pipeline.data.labels import present_classes, read_image_labels_file
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import write_json
 from pipeline.runtime import stage_run
+from pipeline.stage import stage_parser
 
 
 def presence_for_split(document: dict, ids: list[str], min_pixels: int, path: str) -> dict[str, list[int]]:
@@ -59,9 +59,7 @@ def check_labels_match(document: dict, data_cfg: dict, dataset: str, path: str) 
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--dataset", default=None, help="dataset name (default: params' dataset)")
+    ap = stage_parser(__doc__)
     ap.add_argument("--labels", required=True, help="image-labels JSON (stage image_labels)")
     ap.add_argument("--fold", required=True, type=int)
     ap.add_argument("--out", required=True, help="fold JSON to write")

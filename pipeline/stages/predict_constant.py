@@ -11,7 +11,6 @@ exists. The directory appears complete or not at all.
 """
 from __future__ import annotations
 
-import argparse
 import io
 
 import numpy as np
@@ -20,8 +19,9 @@ from pipeline.config import load_params
 from pipeline.data.voc import VOCDataset, image_size
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir
-from pipeline.metrics.label_png import label_image
+from pipeline.data.label_png import label_image
 from pipeline.runtime import progress, stage_run
+from pipeline.stage import stage_parser
 
 
 def constant_class(dataset: VOCDataset, requested: int | None) -> int:
@@ -40,9 +40,7 @@ def constant_label_map(height: int, width: int, class_index: int) -> np.ndarray:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--dataset", default=None, help="dataset name (default: params' dataset)")
+    ap = stage_parser(__doc__)
     ap.add_argument("--split", default="val")
     ap.add_argument("--class-index", type=int, default=None,
                     help="class to predict everywhere (default: background, or 0 without one)")

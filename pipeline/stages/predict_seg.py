@@ -17,7 +17,6 @@ one-line error naming the file.
 """
 from __future__ import annotations
 
-import argparse
 
 import numpy as np
 import torch
@@ -29,12 +28,12 @@ from pipeline.data.batches import normalize_batch
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir
-from pipeline.metrics.label_png import label_image
+from pipeline.data.label_png import label_image
 from pipeline.models import backbone_normalization
-from pipeline.runtime import choose_device, progress, set_threads, stage_run
-from pipeline.stages.seg_features import feature_cache_enabled, load_feature_cache
-from pipeline.stages.train_seg import build_seg_model, model_meta
+from pipeline.runtime import progress, stage_run
 from pipeline.training import load_model
+from pipeline.segmentation import build_seg_model, feature_cache_enabled, load_feature_cache, model_meta
+from pipeline.stage import stage_device, stage_parser
 
 
 def predict_config(params: dict) -> dict:
@@ -83,22 +82,18 @@ def predict_label_map(model: torch.nn.Module, image: np.ndarray, scales: list[fl
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--dataset", default=None, help="dataset name (default: params' dataset)")
+    ap = stage_parser(__doc__, threads=True)
     ap.add_argument("--model", required=True, help="model file written by stage train_seg")
     ap.add_argument("--split", default="val", help="split to predict (default: val)")
     ap.add_argument("--out", required=True, help="output directory of <id>.png predictions")
     ap.add_argument("--features", default=None, help="the split's feature cache (stage seg_features; "
                     "with segmentation.feature_cache: true)")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args(argv)
 
     params = load_params(args.params, args.dataset)
     cfg = predict_config(params)
     dataset = VOCDataset(params["data"], args.split)
-    set_threads(args.threads)
-    device = choose_device(params.get("device", "auto"))
+    device = stage_device(args, params)
     # The model file holds every weight: no need to load the ImageNet ones first.
     model = build_seg_model({**params, "backbone": {**params["backbone"], "pretrained": False}}, dataset.num_classes)
     load_model(args.model, model, model_meta(model, dataset))

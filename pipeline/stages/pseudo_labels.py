@@ -21,7 +21,6 @@ appears complete or not at all.
 """
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
@@ -33,10 +32,12 @@ from pipeline.data.labels import load_image_labels
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir, load_npz, read_json
-from pipeline.metrics.label_png import write_label_png
+from pipeline.data.label_png import write_label_png
 from pipeline.pseudo_labels import pseudo_label_map
 from pipeline.runtime import progress, stage_run
-from pipeline.stages.propagate import check_inputs_exist
+from pipeline.data.labels import check_labels_cover
+from pipeline.io import check_files_exist
+from pipeline.stage import stage_parser
 
 SCORE_KEYS = ("scores", "keys", "size", "stride")
 
@@ -82,9 +83,7 @@ def best_threshold(path: str, has_background: bool) -> float | None:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--dataset", default=None, help="dataset name (default: params' dataset)")
+    ap = stage_parser(__doc__)
     ap.add_argument("--scores", required=True, help="revised scores (stage propagate) or raw CAMs (with --cam-eval)")
     ap.add_argument("--labels", required=True, help="image-labels JSON (stage image_labels)")
     ap.add_argument("--cam-eval", default=None, help="eval.json of stage eval_cam: --scores are raw CAMs")
@@ -95,16 +94,14 @@ def main(argv=None):
     dataset = VOCDataset(params["data"], "train")
     ids = list(dataset.ids)
     image_labels = load_image_labels(args.labels)
-    unlabelled = [i for i in ids if i not in image_labels]
-    if unlabelled:
-        raise PipelineError(args.labels, f"no image-level labels for train image '{unlabelled[0]}' (stale?)")
+    check_labels_cover(image_labels, ids, args.labels, "train")
     raw_cams = args.cam_eval is not None
     threshold = best_threshold(args.cam_eval, dataset.background_index is not None) if raw_cams else None
     score_dir = Path(args.scores)
     if raw_cams:
         check_cam_files_exist(score_dir, ids)
     else:
-        check_inputs_exist(score_dir, ids, ".npz", "revised-score file")
+        check_files_exist(score_dir, ids, ".npz", "revised-score file", listed="train images")
 
     bg, void = dataset.background_index, dataset.ignore_index
     inputs = {"scores": args.scores, "cam_eval": args.cam_eval, "threshold": threshold, "images": len(ids)}

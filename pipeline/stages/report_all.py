@@ -40,7 +40,7 @@ from typing import Mapping, Sequence
 
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir, read_json, write_json, write_text
-from pipeline.layout import LNET_METHODS, LNET_ROWS, METHOD_TITLES, SEG_METHODS
+from pipeline.method_table import LNET, RETAB
 from pipeline.report import MIOU_COLUMNS, NOVEL_ERROR_COLUMNS, fold_table, format_percent, mean_summaries, miou_table
 from pipeline.runtime import stage_run
 
@@ -54,7 +54,7 @@ class Branch:
 
     title: str
     rows: Mapping[str, str]  # row key of metrics.json "methods" -> title, in table order
-    methods: Sequence[str]  # values of metrics.json "method" that belong to the branch
+    targets: Sequence[str]  # results targets of the branch (metrics.json "method" values)
     kind_titles: Mapping[str, str]  # "val" / "pseudo" -> what the scores are of
     columns: Mapping[str, Sequence[tuple[str, str]]]  # kind -> paper-form (header, key) columns
     fold_scores: Sequence[tuple[str, str]]  # (what, key): one per-fold table each
@@ -67,14 +67,14 @@ STRONG_WEAK_COLUMNS = (("all", "miou"), ("strong", "miou_base"), ("weak", "miou_
 BRANCHES = {
     "retab": Branch(
         title="RETAB weak-shot comparison",
-        rows=METHOD_TITLES, methods=tuple(SEG_METHODS),
+        rows=RETAB.titles(), targets=tuple(RETAB.targets),
         kind_titles={"val": "Segmentation on val", "pseudo": "Pseudo labels of the train novel samples"},
         columns={"val": MIOU_COLUMNS, "pseudo": MIOU_COLUMNS},
         fold_scores=(("novel classes", "miou_novel"), ("all classes", "miou")),
         classes_key="novel_classes", classes_label="Novel classes", error_columns=NOVEL_ERROR_COLUMNS),
     "lnet": Branch(
         title="L-Net / P-Net (transferable semi-supervised)",
-        rows=LNET_ROWS, methods=tuple(LNET_METHODS),
+        rows=LNET.titles(), targets=tuple(LNET.targets),
         kind_titles={"val": "Segmentation on val", "pseudo": "Pseudo labels of the weak train images"},
         columns={"val": STRONG_WEAK_COLUMNS, "pseudo": (("all", "miou"), ("weak", "miou_novel"))},
         fold_scores=(("weak classes", "miou_novel"), ("all classes", "miou")),
@@ -104,9 +104,9 @@ def read_fold_report(directory: str | Path, branch: str) -> dict:
         raise PipelineError(path, "not a fold report of stage report_retab / report_lnet "
                             "(needs 'dataset', 'fold', 'method', 'methods')")
     method = document["method"]
-    if method not in spec.methods:
+    if method not in spec.targets:
         raise PipelineError(path, f"is a report of method '{method}', not of the {spec.title} "
-                            f"({', '.join(spec.methods)})")
+                            f"({', '.join(spec.targets)})")
     for row, entry in document["methods"].items():
         if row not in spec.rows:
             raise PipelineError(path, f"unknown row '{row}' (known: {', '.join(spec.rows)})")

@@ -23,44 +23,22 @@ weights) which train_seg / predict_seg compare with their own network's.
 """
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline.config import load_params, section
+from pipeline.config import load_params
 from pipeline.data.batches import normalize_batch
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_path
 from pipeline.models import DeepLabASPP, backbone_normalization
-from pipeline.runtime import choose_device, progress, seed_everything, set_threads, stage_run
+from pipeline.runtime import progress, seed_everything, stage_run
+from pipeline.segmentation import CACHE_FORMAT, cache_meta, check_frozen_backbone, feature_cache_enabled
+from pipeline.segmentation import build_seg_model
+from pipeline.stage import stage_device, stage_parser
 
-CACHE_FORMAT = "seg-features-v1"
 BATCH = 16  # images per backbone pass (memory only: the features do not depend on it)
-
-
-def feature_cache_enabled(params: dict) -> bool:
-    return bool(section(params, "segmentation").get("feature_cache", False))
-
-
-def cache_meta(model: DeepLabASPP) -> dict:
-    """What cached features depend on: the backbone (name, stride, weights file) and the input scale.
-
-    Not ``pretrained``: predict_seg builds its net without ImageNet weights (the model file
-    brings them), the cache was made with them; with a frozen backbone they are the same.
-    """
-    cfg = model.backbone_cfg
-    return {"backbone": cfg["name"], "output_stride": cfg["output_stride"], "weights": cfg.get("weights"),
-            "input_scale": model.input_scale}
-
-
-def check_frozen_backbone(model: DeepLabASPP, where: str = "params.yaml") -> None:
-    """Cached features are only exact when no backbone weight trains."""
-    if any(p.requires_grad for p in model.backbone.parameters()):
-        raise PipelineError(where, "segmentation.feature_cache: true needs a backbone that does not train "
-                            "(set segmentation.frozen_blocks to every block group, e.g. 7 for efficientnet_lite0)")
 
 
 @torch.no_grad()
@@ -85,45 +63,18 @@ def split_features(model: DeepLabASPP, dataset: VOCDataset, mean, std, device) -
     return torch.cat(chunks)
 
 
-def load_feature_cache(path: str | Path, model: DeepLabASPP, ids: list[str]) -> dict:
-    """A cache file checked against ``model`` (same backbone / scale) and the split's ids."""
-    path = Path(path)
-    if not path.is_file():
-        raise PipelineError(path, "feature cache not found (stage seg_features)")
-    try:
-        cache = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a damaged file
-        raise PipelineError(path, f"unreadable feature cache ({type(err).__name__}: {err})") from None
-    if not isinstance(cache, dict) or cache.get("format") != CACHE_FORMAT:
-        raise PipelineError(path, "not a feature cache of stage seg_features")
-    expected = cache_meta(model)
-    if cache["meta"] != expected:
-        diff = [f"{k}: file has {cache['meta'].get(k)!r}, the network {v!r}" for k, v in expected.items()
-                if cache["meta"].get(k) != v]
-        raise PipelineError(path, "features of another network (" + "; ".join(diff) + "); rerun seg_features")
-    if list(cache["ids"]) != list(ids):
-        raise PipelineError(path, f"holds {len(cache['ids'])} images, the split {len(ids)} (another split "
-                            "or dataset?); rerun seg_features")
-    return cache
-
-
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--dataset", default=None, help="dataset name (default: params' dataset)")
+    ap = stage_parser(__doc__, threads=True)
     ap.add_argument("--split", required=True, help="split to compute (train, val)")
     ap.add_argument("--out", required=True, help="cache file to write")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args(argv)
 
-    from pipeline.stages.train_seg import build_seg_model
 
     params = load_params(args.params, args.dataset)
     if not feature_cache_enabled(params):
         raise PipelineError("params.yaml", "segmentation.feature_cache is false: nothing uses this stage's output")
     dataset = VOCDataset(params["data"], args.split)
-    set_threads(args.threads)
-    device = choose_device(params.get("device", "auto"))
+    device = stage_device(args, params)
     seed_everything(int(params["seed"]))
     model = build_seg_model(params, dataset.num_classes)
     check_frozen_backbone(model)

@@ -19,58 +19,31 @@ per epoch: epoch, loss, lr (backbone group, at the epoch's start), seconds).
 """
 from __future__ import annotations
 
-import argparse
 
 import numpy as np
 import torch
 
 from pipeline.cam import multi_hot
-from pipeline.config import check_range, load_params, params_hash, section
+from pipeline.config import load_params, params_hash, section
 from pipeline.data.batches import batches_per_epoch, training_batches
 from pipeline.data.labels import read_image_labels_file
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
 from pipeline.losses import multilabel_soft_margin
-from pipeline.runtime import choose_device, seed_everything, set_threads, stage_run
+from pipeline.runtime import seed_everything, stage_run
+from pipeline.cam import cam_backbone_cfg, cam_model_meta
+from pipeline.data.labels import check_labels_cover, check_labels_document
+from pipeline.stage import stage_device, stage_parser
+from pipeline.training import train_config
 
 
-
-def cam_backbone_cfg(params: dict) -> dict:
-    """``params['backbone']`` with the CAM network's output stride (``cam.output_stride``)."""
-    cfg = dict(params["backbone"])
-    output_stride = params["cam"].get("output_stride")
-    if output_stride is not None:
-        cfg["output_stride"] = output_stride
-    return cfg
-
-
-def cam_model_meta(model, class_names: list[str]) -> dict:
-    """What a CAM model file fits: the network's meta plus the foreground class names."""
-    return {**model.meta, "classes": list(class_names)}
-
-
-def check_train_params(train_cfg: dict) -> None:
-    """Range checks the schema cannot express; errors name the key."""
-    low, high = train_cfg["scale_range"]
-    if low > high:
-        raise PipelineError("cam.train.scale_range", f"[{low}, {high}]: the first value must be <= the second")
-    check_range(train_cfg["lr"], "cam.train.lr", 0, 10, low_open=True)
-    check_range(train_cfg["momentum"], "cam.train.momentum", 0, 1, high_open=True)
-
-
-def check_labels_document(document: dict, data_cfg: dict, path: str) -> None:
-    """The labels file was made for this dataset's class list (else it is stale)."""
-    if document["classes"] != list(data_cfg["classes"]):
-        raise PipelineError(path, f"its class list differs from datasets.{data_cfg['name']}.classes "
-                            "(made for another dataset? rerun stage image_labels)")
 
 
 def image_targets(ids: list[str], labels: dict[str, list[int]], foreground: list[int], path: str) -> dict:
     """Multi-hot classification target of every id (errors name the labels file)."""
+    check_labels_cover(labels, ids, path, "train")
     targets = {}
     for image_id in ids:
-        if image_id not in labels:
-            raise PipelineError(path, f"no image-level labels for train image '{image_id}' (rerun stage image_labels)")
         try:
             targets[image_id] = multi_hot(labels[image_id], foreground)
         except ValueError as err:
@@ -78,22 +51,17 @@ def image_targets(ids: list[str], labels: dict[str, list[int]], foreground: list
     return targets
 
 
-
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--dataset", default=None, help="dataset name (default: params' dataset)")
+    ap = stage_parser(__doc__, threads=True)
     ap.add_argument("--labels", required=True, help="image-labels JSON (stage image_labels)")
     ap.add_argument("--out", required=True, help="model file to write")
     ap.add_argument("--history", required=True, help="per-epoch history TSV to write")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args(argv)
 
     params = load_params(args.params, args.dataset)
     train_cfg = section(params, "cam.train")
-    check_train_params(train_cfg)
-    set_threads(args.threads)
-    device = choose_device(params.get("device", "auto"))
+    train_config(params, "cam.train", max_lr=10)  # checks the keys it reads
+    device = stage_device(args, params)
     seed_everything(params["seed"])
 
     dataset = VOCDataset(params["data"], "train")

@@ -34,29 +34,27 @@ is removed once the model and history are written. ``history.tsv``: epoch, loss,
 """
 from __future__ import annotations
 
-import argparse
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline.config import check_range, load_params, params_hash, section
+from pipeline.config import load_params, params_hash
 from pipeline.data.batches import training_batches
-from pipeline.data.folds import load_fold, mask_novel_pixels
+from pipeline.data.folds import load_fold
 from pipeline.data.labels import load_image_labels
-from pipeline.data.voc import VOCDataset, image_size
+from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
 from pipeline.losses import segmentation_ce
-from pipeline.metrics.label_png import read_label_png
-from pipeline.models import DeepLabASPP, backbone_normalization
-from pipeline.runtime import choose_device, progress, seed_everything, set_threads, stage_run
-from pipeline.stages.seg_features import check_frozen_backbone, feature_cache_enabled, load_feature_cache
+from pipeline.models import backbone_normalization
+from pipeline.runtime import seed_everything, stage_run
 from pipeline.training import count_steps, poly_scheduler, train_and_save
+from pipeline.segmentation import GT, PSEUDO, SUPERVISIONS, build_seg_model, check_pseudo_labels, directory_fingerprint, load_target, model_meta, target_sources
+from pipeline.data.labels import check_labels_cover
+from pipeline.segmentation import check_frozen_backbone, feature_cache_enabled, load_feature_cache
+from pipeline.stage import stage_device, stage_parser
+from pipeline.training import train_config
 
-SUPERVISIONS = ("gt", "pseudo", "mixed")
-GT, PSEUDO = "gt", "pseudo"
-PSEUDO_SUFFIX = ".png"
 TRAIN_KEYS = ("crop", "scale_range", "batch_size", "epochs", "optimizer", "lr", "momentum", "weight_decay", "loss_stride",
               "poly_power")
 OPTIMIZERS = ("sgd", "adamw")
@@ -64,53 +62,6 @@ OPTIMIZERS = ("sgd", "adamw")
 
 # --------------------------------------------------------------------------- params
 
-def train_config(params: dict) -> dict:
-    """``segmentation.train`` with every key present and in range (one line naming the key)."""
-    cfg = {k: section(params, f"segmentation.train.{k}") for k in TRAIN_KEYS}
-    low, high = cfg["scale_range"]
-    if not 0 < low <= high:
-        raise PipelineError("params.yaml", f"segmentation.train.scale_range = {cfg['scale_range']} must be "
-                            "[low, high] with 0 < low <= high")
-    check_range(cfg["crop"], "segmentation.train.crop", 1)
-    check_range(cfg["lr"], "segmentation.train.lr", 0, low_open=True)
-    return cfg
-
-
-def seg_backbone_cfg(params: dict) -> dict:
-    """``params['backbone']`` with the segmentation net's own output stride and frozen
-    block groups, where ``segmentation`` sets them (null: the backbone's)."""
-    cfg = dict(params["backbone"])
-    seg = section(params, "segmentation")
-    for key in ("output_stride", "frozen_blocks"):
-        if seg.get(key) is not None:
-            cfg[key] = seg[key]
-    return cfg
-
-
-def aspp_rates(params: dict) -> tuple[int, ...] | None:
-    """``segmentation.aspp_rates`` as a tuple, or None for DeepLab-v3's rates at the stride."""
-    rates = section(params, "segmentation").get("aspp_rates")
-    return None if rates is None else tuple(int(r) for r in rates)
-
-
-def input_scale(params: dict) -> float:
-    """``segmentation.input_scale`` (> 0): the factor images are resized by for the network."""
-    scale = float(section(params, "segmentation").get("input_scale", 1.0))
-    check_range(scale, "segmentation.input_scale", 0, low_open=True)
-    return scale
-
-
-def build_seg_model(params: dict, num_classes: int) -> DeepLabASPP:
-    """The segmentation network the params describe (shared with stage predict_seg)."""
-    head = section(params, "segmentation").get("head", "v3")
-    return DeepLabASPP(seg_backbone_cfg(params), num_classes, aspp_rates(params), head=head,
-                       input_scale=input_scale(params))
-
-
-def model_meta(model: DeepLabASPP, dataset: VOCDataset) -> dict:
-    """What the weights fit: architecture, head, rates, input scale and the classes they predict."""
-    return {**model.meta, "head": model.head_type, "aspp_rates": list(model.rates),
-            "input_scale": model.input_scale, "class_names": list(dataset.class_names)}
 
 
 def make_optimizer(groups: list[dict], cfg: dict) -> torch.optim.Optimizer:
@@ -124,96 +75,6 @@ def make_optimizer(groups: list[dict], cfg: dict) -> torch.optim.Optimizer:
 
 
 # --------------------------------------------------------------------------- targets
-
-def target_sources(train_ids: list[str], supervision: str, fold: dict | None = None,
-                   fold_path: str | os.PathLike = "--fold-file") -> dict[str, str]:
-    """``{image_id: 'gt' | 'pseudo'}``: which label map supervises each train image.
-
-    ``gt``/``pseudo``: the same source for every image. ``mixed``: GT for the fold's
-    ``base_samples``, pseudo labels for its ``novel_samples``; the two lists must be
-    disjoint, lie in the train split and cover it (errors name ``fold_path``).
-    """
-    if supervision in (GT, PSEUDO):
-        return dict.fromkeys(train_ids, supervision)
-    if supervision != "mixed":
-        raise PipelineError("--supervision", f"'{supervision}' is not one of {', '.join(SUPERVISIONS)}")
-    if fold is None:
-        raise PipelineError("--fold-file", "supervision 'mixed' needs a fold file (base/novel samples)")
-    base, novel = fold["base_samples"], fold["novel_samples"]
-    both = set(base) & set(novel)
-    if both:
-        raise PipelineError(fold_path, f"'{sorted(both)[0]}' is listed as both a base and a novel sample")
-    known = set(train_ids)
-    outside = [i for i in [*base, *novel] if i not in known]
-    if outside:
-        raise PipelineError(fold_path, f"lists {len(outside)} id(s) not in the train split "
-                            f"(first: {outside[0]!r}); was it made for another dataset?")
-    sources = {**dict.fromkeys(base, GT), **dict.fromkeys(novel, PSEUDO)}
-    missing = [i for i in train_ids if i not in sources]
-    if missing:
-        raise PipelineError(fold_path, f"{len(missing)} train image(s) are neither base nor novel samples "
-                            f"(first: {missing[0]!r})")
-    return {i: sources[i] for i in train_ids}
-
-
-def read_pseudo_label(path: Path, height: int, width: int, num_classes: int, ignore_index: int) -> np.ndarray:
-    """A pseudo-label PNG, checked: the image's size, values class ids or ``ignore_index``."""
-    label = read_label_png(path)
-    if label.shape != (height, width):
-        raise PipelineError(path, f"pseudo label is {label.shape[1]}x{label.shape[0]} but its image is "
-                            f"{width}x{height}")
-    present = np.flatnonzero(np.bincount(label.ravel(), minlength=256))
-    bad = [int(v) for v in present if v >= num_classes and v != ignore_index]
-    if bad:
-        raise PipelineError(path, f"pseudo label holds values {bad}: not class ids 0..{num_classes - 1} "
-                            f"or the ignore index {ignore_index}")
-    return label
-
-
-def pseudo_path(pseudo_dir: Path, image_id: str) -> Path:
-    return pseudo_dir / f"{image_id}{PSEUDO_SUFFIX}"
-
-
-def check_pseudo_dir(pseudo_dir: Path, ids: list[str]) -> None:
-    """Fail before any work if the directory or one listed pseudo label is missing."""
-    if not pseudo_dir.is_dir():
-        raise PipelineError(pseudo_dir, "pseudo-label directory not found")
-    with os.scandir(pseudo_dir) as entries:
-        names = {entry.name for entry in entries}
-    missing = [i for i in ids if i + PSEUDO_SUFFIX not in names]
-    if missing:
-        raise PipelineError(pseudo_path(pseudo_dir, missing[0]),
-                            f"pseudo label missing ({len(missing)} of {len(ids)} images that need one)")
-
-
-def load_target(image_id: str, source: str, dataset: VOCDataset, image_shape: tuple[int, int],
-                pseudo_dir: Path | None, novel_classes: list[int]) -> np.ndarray:
-    """The HxW class map that supervises ``image_id``: its GT (novel pixels -> ignore) or pseudo label."""
-    if source == GT:
-        return mask_novel_pixels(dataset.load_mask(image_id), novel_classes, dataset.ignore_index)
-    return read_pseudo_label(pseudo_path(pseudo_dir, image_id), *image_shape, dataset.num_classes,
-                             dataset.ignore_index)
-
-
-def check_pseudo_labels(dataset: VOCDataset, sources: dict[str, str], pseudo_dir: Path) -> None:
-    """Every pseudo label the run needs exists and is valid (one decode each, before training)."""
-    ids = [i for i, s in sources.items() if s == PSEUDO]
-    check_pseudo_dir(pseudo_dir, ids)
-    for image_id in progress(ids, desc="check pseudo labels"):
-        width, height = image_size(dataset.image_path(image_id))
-        read_pseudo_label(pseudo_path(pseudo_dir, image_id), height, width, dataset.num_classes,
-                          dataset.ignore_index)
-
-
-def directory_fingerprint(directory: Path | None) -> str | None:
-    """Hash of the file names, sizes and mtimes in ``directory``: a rewritten pseudo-label
-    directory makes an old checkpoint stale."""
-    if directory is None:
-        return None
-    with os.scandir(directory) as entries:
-        stats = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries)
-    return params_hash(stats)
-
 
 
 def skip_nan_fill() -> None:
@@ -283,20 +144,12 @@ def cached_feature_training(cache: dict, ids: list[str], sources: dict[str, str]
     return make_batches, step
 
 
-def check_image_labels(labels: dict[str, list[int]], train_ids: list[str], path: str) -> None:
-    """The labels file must cover the train split (else it belongs to another dataset)."""
-    missing = [i for i in train_ids if i not in labels]
-    if missing:
-        raise PipelineError(path, f"no image-level labels for {len(missing)} train image(s) (first: "
-                            f"{missing[0]!r}); was it made for another dataset? (rerun stage image_labels)")
 
 
 # --------------------------------------------------------------------------- stage
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--dataset", default=None, help="dataset name (default: params' dataset)")
+    ap = stage_parser(__doc__, threads=True)
     ap.add_argument("--supervision", required=True, choices=SUPERVISIONS)
     ap.add_argument("--pseudo", default=None, help="directory of <id>.png pseudo labels (pseudo, mixed)")
     ap.add_argument("--fold-file", default=None, help="fold JSON with base/novel samples (mixed)")
@@ -305,7 +158,6 @@ def main(argv=None):
     ap.add_argument("--history", required=True, help="per-epoch history TSV to write")
     ap.add_argument("--features", default=None, help="train split's feature cache (stage seg_features; "
                     "with segmentation.feature_cache: true)")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args(argv)
 
     if args.supervision != GT and args.pseudo is None:
@@ -313,9 +165,9 @@ def main(argv=None):
     if args.supervision == "mixed" and args.fold_file is None:
         raise PipelineError("--fold-file", "supervision 'mixed' needs a fold file (base/novel samples)")
     params = load_params(args.params, args.dataset)
-    cfg = train_config(params)
+    cfg = train_config(params, "segmentation.train", TRAIN_KEYS)
     dataset = VOCDataset(params["data"], "train")
-    check_image_labels(load_image_labels(args.labels), dataset.ids, args.labels)
+    check_labels_cover(load_image_labels(args.labels), dataset.ids, args.labels, "train")
     fold = load_fold(args.fold_file) if args.supervision == "mixed" else None
     sources = target_sources(dataset.ids, args.supervision, fold, args.fold_file or "--fold-file")
     novel_classes = [int(c) for c in fold["novel_classes"]] if fold is not None else []
@@ -323,8 +175,7 @@ def main(argv=None):
     if pseudo_dir is not None:
         check_pseudo_labels(dataset, sources, pseudo_dir)
 
-    set_threads(args.threads)
-    device = choose_device(params.get("device", "auto"))
+    device = stage_device(args, params)
     seed = int(params["seed"])
     seed_everything(seed)
     skip_nan_fill()

@@ -1,4 +1,5 @@
-# Shared helpers: params validation, paths, stage arguments.
+# What every rule file shares: params validation, the per-dataset params, the stage
+# arguments and the paths several methods read. Method wiring lives in each method's .smk.
 import sys
 from pathlib import Path
 
@@ -8,14 +9,17 @@ from pipeline.config import resolve_params, validate_params  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
 from pipeline.layout import (  # noqa: E402
     AFFINITY_VARIANTS,
+    CAM_DIR,
+    FOLD_FILE,
+    IMAGE_LABELS,
     PSEUDO_SOURCES,
-    SEG_METHODS,
+    eval_path,
     fold_of_scope,
-    method_metric_files,
     pseudo_dir,
-    seg_dir,
+    row_metric_files,
     seg_pred_dir,
 )
+from pipeline.method_table import LNET, METHODS, RETAB, method_of_target  # noqa: E402
 
 try:
     # Validated at workflow start: a mistyped key stops here with one line.
@@ -44,7 +48,7 @@ def section(dataset, name):
 
 
 def fold_report_params(dataset):
-    """The report.* keys the per-fold report stages read (report_retab, report_lnet). Not the
+    """The report.* keys the per-fold report stages read (retab's and lnet's). Not the
     selection of results/report (datasets, folds, methods): editing it must not rerun them."""
     settings = section(dataset, "report")
     return {key: settings[key] for key in ("figure_samples", "figure_cell") if key in settings}
@@ -76,213 +80,22 @@ def write_effective_params(cfg):
 
 
 PARAMS_FILE = write_effective_params(config)
-# Jobs run "{params.py} -m pipeline.stages.NAME --params {params.params_file} ...". The path
-# is fixed on purpose: snakemake's params trigger compares these values, so a path that
-# changed with every edit would rerun every job. The sections each stage reads are
+# Jobs run "{params.py} -m pipeline.<stage module> --params {params.params_file} ...". The
+# path is fixed on purpose: snakemake's params trigger compares these values, so a path
+# that changed with every edit would rerun every job. The sections each stage reads are
 # declared next to it (cam=..., propagation=...): an edit reruns exactly the jobs that read
 # the edited section, and what depends on them. The seed is read by every stage that
 # trains or augments. One path is safe: snakemake locks the working directory, so no two
 # runs with different configs share it.
 STAGE_PARAMS = dict(py=PY, params_file=PARAMS_FILE, seed=config.get("seed"))
+
+
+def stage_shell(module, args, log="2> {log}"):
+    """A rule's shell command: run stage ``module`` on the rule's dataset with the effective
+    params, then ``args`` (snakemake placeholders kept), stderr to the rule's log."""
+    return f"{{params.py}} -m {module} --params {{params.params_file}} --dataset {{wildcards.dataset}} {args} {log}"
+
+
 CONDA_ENV = "../../environment.yml"  # for --software-deployment-method conda
 # Torch threads of training/inference jobs (snakemake lowers it to --cores when smaller).
 TRAIN_THREADS = int(config.get("workflow", {}).get("train_threads", 2))
-
-
-# ---- RETAB branch input functions (workflow/rules/retab.smk) ----
-RETAB_METHODS = list(SEG_METHODS)
-
-
-def fold_file_of_scope(wildcards):
-    fold = fold_of_scope(wildcards.scope)
-    return [] if fold is None else f"work/{wildcards.dataset}/folds/fold{fold}.json"
-
-
-def non_boundary_params(dataset):
-    """boundary.tau / erosion: how stages train_affinity (retab) and propagate (retab) turn the
-    stored boundary probabilities into a mask; a change reruns them, not the boundary net."""
-    boundary = section(dataset, "boundary")
-    return {key: boundary.get(key) for key in ("tau", "erosion")}
-
-
-def affinity_inputs(wildcards):
-    inputs = {
-        "confident": f"work/{wildcards.dataset}/shared/cam/confident",
-        "labels": f"work/{wildcards.dataset}/image_labels.json",
-    }
-    if wildcards.variant != "cam":
-        inputs["fold"] = fold_file_of_scope(wildcards)
-    if wildcards.variant == "retab":
-        inputs["boundary"] = f"work/{wildcards.dataset}/{wildcards.scope}/boundary/maps"
-    return inputs
-
-
-def affinity_args(wildcards, input):
-    args = f"--variant {wildcards.variant}"
-    if "fold" in input.keys():
-        args += f" --fold-file {input.fold}"
-    if "boundary" in input.keys():
-        args += f" --boundary {input.boundary}"
-    return args
-
-
-def propagate_inputs(wildcards):
-    variant, _ = PSEUDO_SOURCES[wildcards.source]
-    inputs = {
-        "cams": f"work/{wildcards.dataset}/shared/cam/cams",
-        "labels": f"work/{wildcards.dataset}/image_labels.json",
-        "affinity": f"work/{wildcards.dataset}/{wildcards.scope}/affinity/{variant}/model.pt",
-    }
-    if wildcards.source == "retab":
-        inputs["boundary"] = f"work/{wildcards.dataset}/{wildcards.scope}/boundary/maps"
-    return inputs
-
-
-def pseudo_label_inputs(wildcards):
-    inputs = {"labels": f"work/{wildcards.dataset}/image_labels.json"}
-    if wildcards.source == "cam":
-        inputs["scores"] = f"work/{wildcards.dataset}/shared/cam/cams"
-        inputs["cam_eval"] = f"work/{wildcards.dataset}/shared/cam/eval.json"
-    else:
-        inputs["scores"] = f"work/{wildcards.dataset}/{wildcards.scope}/revised/{wildcards.source}"
-    return inputs
-
-
-def seg_feature_inputs(split):
-    """Input function: {"features": cache file of ``split``} when segmentation.feature_cache is
-    on for the dataset (stage seg_features), else nothing."""
-    def inputs(wildcards):
-        if section(wildcards.dataset, "segmentation").get("feature_cache"):
-            return {"features": f"work/{wildcards.dataset}/shared/seg/features/{split}.pt"}
-        return {}
-    return inputs
-
-
-def seg_features_arg(wildcards, input):
-    return f"--features {input.features}" if "features" in input.keys() else ""
-
-
-def seg_inputs(wildcards):
-    source, supervision, _ = SEG_METHODS[wildcards.method]
-    inputs = {"labels": f"work/{wildcards.dataset}/image_labels.json", "root": dataset_root(wildcards),
-              **seg_feature_inputs("train")(wildcards)}
-    if source is not None:
-        fold = fold_of_scope(wildcards.scope)
-        inputs["pseudo"] = pseudo_dir(wildcards.dataset, source, fold if fold is not None else 0)
-    if supervision == "mixed":
-        inputs["fold"] = fold_file_of_scope(wildcards)
-    return inputs
-
-
-def seg_args(wildcards, input):
-    _, supervision, _ = SEG_METHODS[wildcards.method]
-    args = f"--supervision {supervision}"
-    if "pseudo" in input.keys():
-        args += f" --pseudo {input.pseudo}"
-    if "fold" in input.keys():
-        args += f" --fold-file {input.fold}"
-    return args
-
-
-# ---- L-Net / P-Net branch input functions (workflow/rules/lnet.smk) ----
-from pipeline.layout import (  # noqa: E402
-    LNET_METHODS,
-    LNET_PSEUDO_ROWS,
-    LNET_ROWS,
-    PASCAL5I_SPLIT,
-    lnet_dir,
-    lnet_metric_files,
-    lnet_pseudo_dir,
-    lnet_seg_pred_dir,
-    lnet_split_file,
-)
-
-
-def lnet_split(dataset):
-    """The branch's split for a dataset (`lnet.split`), checked against `lnet.split_sets`."""
-    lnet = P(dataset)["lnet"]
-    split = lnet["split"]
-    if split != PASCAL5I_SPLIT and split not in lnet["split_sets"]:
-        known = ", ".join([PASCAL5I_SPLIT, *sorted(lnet["split_sets"])])
-        raise WorkflowError(f"error: params.yaml: lnet.split = {split!r} is neither pascal5i nor a key of "
-                            f"lnet.split_sets (known: {known})")
-    return split
-
-
-def lnet_split_weak_classes(wildcards):
-    """Comma-separated weak classes of fold k of a named split-set (make_folds --novel-classes)."""
-    sets = P(wildcards.dataset)["lnet"]["split_sets"]
-    if wildcards.split not in sets:
-        raise WorkflowError(f"error: params.yaml: lnet.split_sets has no split '{wildcards.split}'")
-    folds = sets[wildcards.split]
-    fold = int(wildcards.fold)
-    if not 0 <= fold < len(folds):
-        raise WorkflowError(f"error: params.yaml: lnet.split_sets.{wildcards.split} has folds "
-                            f"0..{len(folds) - 1}, not {fold}")
-    return ",".join(folds[fold])
-
-
-def lnet_fold_file(wildcards):
-    return lnet_split_file(wildcards.dataset, wildcards.split, wildcards.fold)
-
-
-def lnet_seg_inputs(wildcards):
-    return {
-        "labels": f"work/{wildcards.dataset}/image_labels.json",
-        "root": dataset_root(wildcards),
-        "fold": lnet_fold_file(wildcards),
-        "pseudo": lnet_pseudo_dir(wildcards.dataset, wildcards.split, wildcards.fold, wildcards.row),
-        **seg_feature_inputs("train")(wildcards),
-    }
-
-
-def lnet_result_inputs(wildcards):
-    split = lnet_split(wildcards.dataset)
-    base = lnet_dir(wildcards.dataset, split, wildcards.fold)
-    inputs = dict(lnet_metric_files(wildcards.dataset, split, wildcards.fold, wildcards.method))
-    inputs.update({
-        "fold": lnet_split_file(wildcards.dataset, split, wildcards.fold),
-        "labels": f"work/{wildcards.dataset}/image_labels.json",
-        "cams": f"work/{wildcards.dataset}/shared/cam/cams",
-        "maps": f"{base}/lnet/maps",
-        "pseudo": f"{base}/pseudo",
-    })
-    return inputs
-
-
-def lnet_report_metric_args(wildcards, input):
-    split = lnet_split(wildcards.dataset)
-    names = lnet_metric_files(wildcards.dataset, split, wildcards.fold, wildcards.method)
-    return " ".join(f"--metrics {name}={input[name]}" for name in names)
-
-
-# ---- results/report (rule report_all, workflow/rules/evaluation.smk) ----
-# Which per-fold report directories it covers: params.yaml report.datasets / folds / methods
-# (top-level section; overrides.<dataset>.report does not change the selection).
-REPORT_BRANCH = {"retab": "retab", "lnet": "lnet", "pnet": "lnet"}  # method -> stage option
-
-
-def report_all_inputs(wildcards):
-    """{"retab": [results/<d>/retab_fold<k>...], "lnet": [results/<d>/{lnet,pnet}_fold<k>...]}."""
-    selection = config.get("report") or {}
-    datasets = selection.get("datasets") or [DEFAULT_DATASET]
-    methods = selection.get("methods") or ["retab"]
-    inputs = {"retab": [], "lnet": []}
-    for dataset in datasets:
-        if dataset not in DATASETS:
-            raise WorkflowError(f"error: params.yaml: report.datasets: no dataset '{dataset}' under 'datasets' "
-                                f"(known: {', '.join(DATASETS)})")
-        available = range(num_folds(dataset))
-        wanted = selection.get("folds")
-        folds = [k for k in (available if wanted is None else wanted) if k in available]
-        if not folds:
-            raise WorkflowError(f"error: params.yaml: report.folds: dataset '{dataset}' has folds "
-                                f"0..{len(available) - 1}, none of {wanted}")
-        for method in methods:
-            inputs[REPORT_BRANCH[method]] += [f"results/{dataset}/{method}_fold{k}" for k in folds]
-    return inputs
-
-
-def report_all_args(wildcards, input):
-    """--retab DIR... --lnet DIR... (an option only when it has directories)."""
-    return " ".join(f"--{name} " + " ".join(input[name]) for name in ("retab", "lnet") if input[name])

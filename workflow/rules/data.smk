@@ -25,7 +25,7 @@ rule image_labels:
     input:
         root=dataset_root,
     output:
-        "work/{dataset}/image_labels.json",
+        IMAGE_LABELS,
     params:
         **STAGE_PARAMS,
         labels=lambda w: section(w.dataset, "image_labels"),
@@ -41,14 +41,14 @@ rule image_labels:
     conda:
         CONDA_ENV
     shell:
-        "{params.py} -m pipeline.stages.image_labels --params {params.params_file} --dataset {wildcards.dataset} --out {output} 2> {log}"
+        stage_shell("pipeline.stages.image_labels", "--out {output}")
 
 
 rule make_folds:
     input:
-        labels="work/{dataset}/image_labels.json",
+        labels=IMAGE_LABELS,
     output:
-        "work/{dataset}/folds/fold{fold}.json",
+        FOLD_FILE,
     params:
         **STAGE_PARAMS,
         data=lambda w: P(w.dataset)["data"],
@@ -63,4 +63,4 @@ rule make_folds:
     conda:
         CONDA_ENV
     shell:
-        "{params.py} -m pipeline.stages.make_folds --params {params.params_file} --dataset {wildcards.dataset} --labels {input.labels} --fold {wildcards.fold} --out {output} 2> {log}"
+        stage_shell("pipeline.stages.make_folds", "--labels {input.labels} --fold {wildcards.fold} --out {output}")

@@ -1,6 +1,39 @@
-# Evaluation and publishing of results/<dataset>/<method>_fold<k> directories.
-# `results/<method>_fold<k>` is the same directory for the default dataset (params.yaml
+# Evaluation and publishing of results/<dataset>/<target>_fold<k> directories.
+# `results/<target>_fold<k>` is the same directory for the default dataset (params.yaml
 # `dataset`), so the short targets of the README work without naming the dataset.
+
+
+# ---- results/report (rule report_all) ----
+# Which per-fold report directories it covers: params.yaml report.datasets / folds / methods
+# (top-level section; overrides.<dataset>.report does not change the selection). Each entry
+# of report.methods is a results target (retab, lnet, pnet); its method (method_table)
+# names report_all's option.
+
+
+def report_all_inputs(wildcards):
+    """{"retab": [results/<d>/retab_fold<k>...], "lnet": [results/<d>/{lnet,pnet}_fold<k>...]}."""
+    selection = config.get("report") or {}
+    datasets = selection.get("datasets") or [DEFAULT_DATASET]
+    targets = selection.get("methods") or ["retab"]
+    inputs = {name: [] for name in METHODS}
+    for dataset in datasets:
+        if dataset not in DATASETS:
+            raise WorkflowError(f"error: params.yaml: report.datasets: no dataset '{dataset}' under 'datasets' "
+                                f"(known: {', '.join(DATASETS)})")
+        available = range(num_folds(dataset))
+        wanted = selection.get("folds")
+        folds = [k for k in (available if wanted is None else wanted) if k in available]
+        if not folds:
+            raise WorkflowError(f"error: params.yaml: report.folds: dataset '{dataset}' has folds "
+                                f"0..{len(available) - 1}, none of {wanted}")
+        for target in targets:
+            inputs[method_of_target(target).name] += [f"results/{dataset}/{target}_fold{k}" for k in folds]
+    return inputs
+
+
+def report_all_args(wildcards, input):
+    """--retab DIR... --lnet DIR... (an option only when it has directories)."""
+    return " ".join(f"--{name} " + " ".join(input[name]) for name in METHODS if input[name])
 
 
 rule predict_background:
@@ -23,13 +56,13 @@ rule predict_background:
     conda:
         CONDA_ENV
     shell:
-        "{params.py} -m pipeline.stages.predict_constant --params {params.params_file} --dataset {wildcards.dataset} --split val --out {output} 2> {log}"
+        stage_shell("pipeline.stages.predict_constant", "--split val --out {output}")
 
 
 rule evaluate_baseline:
     input:
         pred="work/{dataset}/baseline/pred_val",
-        fold="work/{dataset}/folds/fold{fold}.json",
+        fold=FOLD_FILE,
     output:
         "work/{dataset}/fold{fold}/eval/baseline_val.json",
     params:
@@ -45,7 +78,7 @@ rule evaluate_baseline:
     conda:
         CONDA_ENV
     shell:
-        "{params.py} -m pipeline.stages.evaluate --params {params.params_file} --dataset {wildcards.dataset} --split val --pred {input.pred} --fold-file {input.fold} --out {output} 2> {log}"
+        stage_shell("pipeline.stages.evaluate", "--split val --pred {input.pred} --fold-file {input.fold} --out {output}")
 
 
 rule result_baseline:
@@ -71,17 +104,17 @@ rule result_baseline:
 
 
 rule publish_default_dataset:
-    # results/<method>_fold<k> mirrors results/<default dataset>/<method>_fold<k>.
+    # results/<target>_fold<k> mirrors results/<default dataset>/<target>_fold<k>.
     input:
-        lambda w: f"results/{DEFAULT_DATASET}/{w.method}_fold{w.fold}",
+        lambda w: f"results/{DEFAULT_DATASET}/{w.target}_fold{w.fold}",
     output:
-        directory("results/{method}_fold{fold}"),
+        directory("results/{target}_fold{fold}"),
     params:
         **STAGE_PARAMS,
     log:
-        "logs/publish_{method}_fold{fold}.log",
+        "logs/publish_{target}_fold{fold}.log",
     benchmark:
-        "benchmarks/out/publish_{method}_fold{fold}.tsv"
+        "benchmarks/out/publish_{target}_fold{fold}.tsv"
     localrule: True
     threads: 1
     resources:

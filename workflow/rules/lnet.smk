@@ -1,4 +1,4 @@
-# L-Net / P-Net branch: transferable semi-supervised segmentation (Xiao et al., AAAI 2018).
+# L-Net / P-Net: transferable semi-supervised segmentation (Xiao et al., AAAI 2018).
 #
 # Strong categories have pixel labels, weak categories only image-level labels. With
 # `lnet.split: pascal5i` (default) strong = the fold's base classes, weak = its novel
@@ -6,29 +6,129 @@
 # weak-class lists `lnet.split_sets.<name>` instead (fold files written by make_folds
 # --novel-classes under work/<ds>/lnet_splits/<name>/).
 #
+# The table rows are pipeline.method_table.LNET; the stages are pipeline/methods/lnet/.
 # Paths: work/<dataset>/fold<k>/lnet/<split>/...
 #   lnet/model.pt        class-agnostic L-Net (DeepLabASPP, 1 output) on strong samples
 #   lnet/maps/           its object map M of every weak image (uint8 PNG, M * 255)
 #   pseudo/              self-diffusion pseudo labels L_w of the weak images (+ info.json)
-#   seg/<row>/           segmentation nets of the table rows (pipeline.layout.LNET_ROWS):
-#                        cam_seggt and lnet via the shared train_seg stage (mixed supervision:
-#                        GT for strong, pseudo labels for weak), pnet via train_pnet
+#   seg/<row>/           segmentation nets of the rows: cam_seggt and lnet by the shared
+#                        train_seg stage (mixed supervision: GT for strong, pseudo labels for
+#                        weak), pnet by train_pnet
 #   eval/<row>_{val,pseudo}.json
-# Reused from the RETAB branch at no cost: the shared CAMs (work/<ds>/shared/cam/cams), the
-# CAM pseudo labels (work/<ds>/shared/pseudo/cam), the oracle segmentation net and, on a
+# Reused from the shared stages at no cost: the CAMs (work/<ds>/shared/cam/cams), the CAM
+# pseudo labels (work/<ds>/shared/pseudo/cam), the oracle segmentation net and, on a
 # pascal5i split, its evaluation.
 #
 # Targets: results/<dataset>/lnet_fold<k> (rows CAM-only, L-Net, oracle) and
 # results/<dataset>/pnet_fold<k> (all four rows); results/{lnet,pnet}_fold<k> for the
 # default dataset (rule publish_default_dataset).
 
-LNET = "work/{dataset}/fold{fold}/lnet/{split}"
+LNET_DIR = "work/{dataset}/fold{fold}/lnet/{split}"
+PASCAL5I_SPLIT = "pascal5i"
+
+
+def lnet_split_file(dataset, split, fold):
+    """Fold file of the branch: the dataset's fold (pascal5i) or a named split-set's fold."""
+    if split == PASCAL5I_SPLIT:
+        return FOLD_FILE.format(dataset=dataset, fold=fold)
+    return f"work/{dataset}/lnet_splits/{split}/fold{fold}.json"
+
+
+def lnet_dir(dataset, split, fold):
+    return LNET_DIR.format(dataset=dataset, split=split, fold=fold)
+
+
+def lnet_seg_pred_dir(dataset, split, fold, row):
+    """Validation predictions of a row (the oracle's are the shared fully supervised net's)."""
+    if row == "oracle":
+        return seg_pred_dir(dataset, "oracle", fold)
+    return f"{lnet_dir(dataset, split, fold)}/seg/{row}/pred_val"
+
+
+def lnet_pseudo_dir(dataset, split, fold, row):
+    """Weak images' pseudo labels of a row: the shared CAM labels or the self-diffusion output."""
+    if LNET.rows[row].pseudo_source == "cam":
+        return pseudo_dir(dataset, "cam", fold)
+    return f"{lnet_dir(dataset, split, fold)}/pseudo"
+
+
+def lnet_eval_path(dataset, split, fold, row, kind):
+    """kind: 'val' or 'pseudo'. The oracle on a pascal5i split is scored against the same fold
+    file by the shared evaluation already: its file is reused."""
+    if row == "oracle" and split == PASCAL5I_SPLIT:
+        return eval_path(dataset, fold, "oracle", kind)
+    return f"{lnet_dir(dataset, split, fold)}/eval/{row}_{kind}.json"
+
+
+def lnet_metric_files(dataset, split, fold, target):
+    """{'<row>_<kind>': metrics path} a results/<ds>/<target>_fold<k> report reads."""
+    files = {f"{row}_val": lnet_eval_path(dataset, split, fold, row, "val") for row in LNET.targets[target]}
+    files.update({f"{row}_pseudo": lnet_eval_path(dataset, split, fold, row, "pseudo") for row in LNET.pseudo_rows()})
+    return files
+
+
+def lnet_split(dataset):
+    """The branch's split for a dataset (`lnet.split`), checked against `lnet.split_sets`."""
+    lnet = P(dataset)["lnet"]
+    split = lnet["split"]
+    if split != PASCAL5I_SPLIT and split not in lnet["split_sets"]:
+        known = ", ".join([PASCAL5I_SPLIT, *sorted(lnet["split_sets"])])
+        raise WorkflowError(f"error: params.yaml: lnet.split = {split!r} is neither pascal5i nor a key of "
+                            f"lnet.split_sets (known: {known})")
+    return split
+
+
+def lnet_split_weak_classes(wildcards):
+    """Comma-separated weak classes of fold k of a named split-set (make_folds --novel-classes)."""
+    sets = P(wildcards.dataset)["lnet"]["split_sets"]
+    if wildcards.split not in sets:
+        raise WorkflowError(f"error: params.yaml: lnet.split_sets has no split '{wildcards.split}'")
+    folds = sets[wildcards.split]
+    fold = int(wildcards.fold)
+    if not 0 <= fold < len(folds):
+        raise WorkflowError(f"error: params.yaml: lnet.split_sets.{wildcards.split} has folds "
+                            f"0..{len(folds) - 1}, not {fold}")
+    return ",".join(folds[fold])
+
+
+def lnet_fold_file(wildcards):
+    return lnet_split_file(wildcards.dataset, wildcards.split, wildcards.fold)
+
+
+def lnet_seg_inputs(wildcards):
+    return {
+        "labels": IMAGE_LABELS.format(dataset=wildcards.dataset),
+        "root": dataset_root(wildcards),
+        "fold": lnet_fold_file(wildcards),
+        "pseudo": lnet_pseudo_dir(wildcards.dataset, wildcards.split, wildcards.fold, wildcards.row),
+        **seg_feature_inputs("train")(wildcards),
+    }
+
+
+def lnet_result_inputs(wildcards):
+    split = lnet_split(wildcards.dataset)
+    base = lnet_dir(wildcards.dataset, split, wildcards.fold)
+    inputs = dict(lnet_metric_files(wildcards.dataset, split, wildcards.fold, wildcards.target))
+    inputs.update({
+        "fold": lnet_split_file(wildcards.dataset, split, wildcards.fold),
+        "labels": IMAGE_LABELS.format(dataset=wildcards.dataset),
+        "cams": f"{CAM_DIR}/cams".format(dataset=wildcards.dataset),
+        "maps": f"{base}/lnet/maps",
+        "pseudo": f"{base}/pseudo",
+    })
+    return inputs
+
+
+def lnet_report_metric_args(wildcards, input):
+    split = lnet_split(wildcards.dataset)
+    names = lnet_metric_files(wildcards.dataset, split, wildcards.fold, wildcards.target)
+    return " ".join(f"--metrics {name}={input[name]}" for name in names)
 
 
 rule lnet_split_fold:
     # Fold file of a named split-set: make_folds with the split's weak classes as novel.
     input:
-        labels="work/{dataset}/image_labels.json",
+        labels=IMAGE_LABELS,
     output:
         "work/{dataset}/lnet_splits/{split}/fold{fold}.json",
     wildcard_constraints:
@@ -47,8 +147,8 @@ rule lnet_split_fold:
     conda:
         CONDA_ENV
     shell:
-        "{params.py} -m pipeline.stages.make_folds --params {params.params_file} --dataset {wildcards.dataset}"
-        " --labels {input.labels} --fold {wildcards.fold} --novel-classes {params.weak:q} --out {output} 2> {log}"
+        stage_shell("pipeline.stages.make_folds",
+                    "--labels {input.labels} --fold {wildcards.fold} --novel-classes {params.weak:q} --out {output}")
 
 
 rule train_lnet:
@@ -56,8 +156,8 @@ rule train_lnet:
         root=dataset_root,
         fold=lnet_fold_file,
     output:
-        model=f"{LNET}/lnet/model.pt",
-        history=f"{LNET}/lnet/history.tsv",
+        model=f"{LNET_DIR}/lnet/model.pt",
+        history=f"{LNET_DIR}/lnet/history.tsv",
     wildcard_constraints:
         split=r"[A-Za-z0-9_]+",
     params:
@@ -76,16 +176,16 @@ rule train_lnet:
     conda:
         CONDA_ENV
     shell:
-        "{params.py} -m pipeline.stages.train_lnet --params {params.params_file} --dataset {wildcards.dataset}"
-        " --fold-file {input.fold} --out {output.model} --history {output.history} --threads {threads} 2> {log}"
+        stage_shell("pipeline.methods.lnet.train_lnet",
+                    "--fold-file {input.fold} --out {output.model} --history {output.history} --threads {threads}")
 
 
 rule infer_lnet:
     input:
-        model=f"{LNET}/lnet/model.pt",
+        model=f"{LNET_DIR}/lnet/model.pt",
         fold=lnet_fold_file,
     output:
-        directory(f"{LNET}/lnet/maps"),
+        directory(f"{LNET_DIR}/lnet/maps"),
     wildcard_constraints:
         split=r"[A-Za-z0-9_]+",
     params:
@@ -103,19 +203,19 @@ rule infer_lnet:
     conda:
         CONDA_ENV
     shell:
-        "{params.py} -m pipeline.stages.infer_lnet --params {params.params_file} --dataset {wildcards.dataset}"
-        " --model {input.model} --fold-file {input.fold} --out {output} --threads {threads} 2> {log}"
+        stage_shell("pipeline.methods.lnet.infer_lnet",
+                    "--model {input.model} --fold-file {input.fold} --out {output} --threads {threads}")
 
 
 rule self_diffusion:
     # Eq. 2: SLIC superpixels, CAM seeds, L-Net background seeds, harmonic diffusion -> L_w.
     input:
-        cams="work/{dataset}/shared/cam/cams",
-        maps=f"{LNET}/lnet/maps",
-        labels="work/{dataset}/image_labels.json",
+        cams=f"{CAM_DIR}/cams",
+        maps=f"{LNET_DIR}/lnet/maps",
+        labels=IMAGE_LABELS,
         fold=lnet_fold_file,
     output:
-        directory(f"{LNET}/pseudo"),
+        directory(f"{LNET_DIR}/pseudo"),
     wildcard_constraints:
         split=r"[A-Za-z0-9_]+",
     params:
@@ -132,57 +232,43 @@ rule self_diffusion:
     conda:
         CONDA_ENV
     shell:
-        "{params.py} -m pipeline.stages.self_diffusion --params {params.params_file} --dataset {wildcards.dataset}"
-        " --cams {input.cams} --maps {input.maps} --labels {input.labels} --fold-file {input.fold}"
-        " --out {output} 2> {log}"
+        stage_shell("pipeline.methods.lnet.self_diffusion",
+                    "--cams {input.cams} --maps {input.maps} --labels {input.labels} --fold-file {input.fold}"
+                    " --out {output}")
 
 
-rule lnet_train_seg:
+use rule train_seg as lnet_train_seg with:
     # The shared segmentation stage, mixed supervision: GT for strong (base) samples, the
     # row's pseudo labels for weak (novel) samples.
     input:
         unpack(lnet_seg_inputs),
     output:
-        model=f"{LNET}/seg/{{row}}/model.pt",
-        history=f"{LNET}/seg/{{row}}/history.tsv",
+        model=f"{LNET_DIR}/seg/{{row}}/model.pt",
+        history=f"{LNET_DIR}/seg/{{row}}/history.tsv",
     wildcard_constraints:
         split=r"[A-Za-z0-9_]+",
         row="cam_seggt|lnet",
     params:
-        **STAGE_PARAMS,
-        features=seg_features_arg,
-        segmentation=lambda w: section(w.dataset, "segmentation"),
-        backbone=lambda w: section(w.dataset, "backbone"),
+        supervision="mixed",
     log:
         "logs/{dataset}/fold{fold}/lnet/{split}/train_seg_{row}.log",
     benchmark:
         "benchmarks/out/{dataset}/fold{fold}/lnet/{split}/train_seg_{row}.tsv"
-    threads: TRAIN_THREADS
-    resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=480,
-    conda:
-        CONDA_ENV
-    shell:
-        "{params.py} -m pipeline.stages.train_seg --params {params.params_file} --dataset {wildcards.dataset}"
-        " --supervision mixed --pseudo {input.pseudo} --fold-file {input.fold} --labels {input.labels}"
-        " {params.features} --out {output.model} --history {output.history} --threads {threads} 2> {log}"
 
 
 rule train_pnet:
     # Eqs. 3-5: P-Net pre-trained on strong categories (unless pnet.pretrain: false), then
     # the L-Net row's segmentation net and the P-Net fine-tuned together on every image.
     input:
-        seg=f"{LNET}/seg/lnet/model.pt",
-        pseudo=f"{LNET}/pseudo",
+        seg=f"{LNET_DIR}/seg/lnet/model.pt",
+        pseudo=f"{LNET_DIR}/pseudo",
         fold=lnet_fold_file,
-        labels="work/{dataset}/image_labels.json",
+        labels=IMAGE_LABELS,
         root=dataset_root,
     output:
-        model=f"{LNET}/seg/pnet/model.pt",
-        discriminator=f"{LNET}/seg/pnet/discriminator.pt",
-        history=f"{LNET}/seg/pnet/history.tsv",
+        model=f"{LNET_DIR}/seg/pnet/model.pt",
+        discriminator=f"{LNET_DIR}/seg/pnet/discriminator.pt",
+        history=f"{LNET_DIR}/seg/pnet/history.tsv",
     wildcard_constraints:
         split=r"[A-Za-z0-9_]+",
     params:
@@ -202,95 +288,58 @@ rule train_pnet:
     conda:
         CONDA_ENV
     shell:
-        "{params.py} -m pipeline.stages.train_pnet --params {params.params_file} --dataset {wildcards.dataset}"
-        " --seg-model {input.seg} --pseudo {input.pseudo} --fold-file {input.fold} --labels {input.labels}"
-        " --out {output.model} --out-discriminator {output.discriminator} --history {output.history}"
-        " --threads {threads} 2> {log}"
+        stage_shell("pipeline.methods.lnet.train_pnet",
+                    "--seg-model {input.seg} --pseudo {input.pseudo} --fold-file {input.fold} --labels {input.labels}"
+                    " --out {output.model} --out-discriminator {output.discriminator} --history {output.history}"
+                    " --threads {threads}")
 
 
-rule lnet_predict_seg:
+use rule predict_seg as lnet_predict_seg with:
     input:
         unpack(seg_feature_inputs("val")),
-        model=f"{LNET}/seg/{{row}}/model.pt",
+        model=f"{LNET_DIR}/seg/{{row}}/model.pt",
         root=dataset_root,
     output:
-        directory(f"{LNET}/seg/{{row}}/pred_val"),
+        directory(f"{LNET_DIR}/seg/{{row}}/pred_val"),
     wildcard_constraints:
         split=r"[A-Za-z0-9_]+",
         row="cam_seggt|lnet|pnet",
-    params:
-        **STAGE_PARAMS,
-        features=seg_features_arg,
-        segmentation=lambda w: section(w.dataset, "segmentation"),
     log:
         "logs/{dataset}/fold{fold}/lnet/{split}/predict_seg_{row}.log",
     benchmark:
         "benchmarks/out/{dataset}/fold{fold}/lnet/{split}/predict_seg_{row}.tsv"
-    threads: TRAIN_THREADS
-    resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=60,
-    conda:
-        CONDA_ENV
-    shell:
-        "{params.py} -m pipeline.stages.predict_seg --params {params.params_file} --dataset {wildcards.dataset}"
-        " --model {input.model} --split val {params.features} --out {output} --threads {threads} 2> {log}"
 
 
-rule lnet_evaluate_val:
+use rule evaluate_seg as lnet_evaluate_val with:
     # all / strong / weak mIoU on val = miou / miou_base / miou_novel of the split's fold file.
     input:
         pred=lambda w: lnet_seg_pred_dir(w.dataset, w.split, w.fold, w.row),
         fold=lnet_fold_file,
     output:
-        f"{LNET}/eval/{{row}}_val.json",
+        f"{LNET_DIR}/eval/{{row}}_val.json",
     wildcard_constraints:
         split=r"[A-Za-z0-9_]+",
-        row="|".join(LNET_ROWS),
-    params:
-        **STAGE_PARAMS,
+        row="|".join(LNET.rows),
     log:
         "logs/{dataset}/fold{fold}/lnet/{split}/evaluate_{row}_val.log",
     benchmark:
         "benchmarks/out/{dataset}/fold{fold}/lnet/{split}/evaluate_{row}_val.tsv"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    conda:
-        CONDA_ENV
-    shell:
-        "{params.py} -m pipeline.stages.evaluate --params {params.params_file} --dataset {wildcards.dataset}"
-        " --split val --pred {input.pred} --fold-file {input.fold} --out {output} 2> {log}"
 
 
-rule lnet_evaluate_pseudo:
+use rule evaluate_pseudo as lnet_evaluate_pseudo with:
     # Pseudo-label quality on the weak train images (what the segmentation net is fed).
     input:
         pred=lambda w: lnet_pseudo_dir(w.dataset, w.split, w.fold, w.row),
         fold=lnet_fold_file,
     output:
-        f"{LNET}/eval/{{row}}_pseudo.json",
+        f"{LNET_DIR}/eval/{{row}}_pseudo.json",
     wildcard_constraints:
         split=r"[A-Za-z0-9_]+",
-        row="|".join(LNET_PSEUDO_ROWS),
-    params:
-        **STAGE_PARAMS,
+        row="|".join(LNET.pseudo_rows()),
     log:
         "logs/{dataset}/fold{fold}/lnet/{split}/evaluate_{row}_pseudo.log",
     benchmark:
         "benchmarks/out/{dataset}/fold{fold}/lnet/{split}/evaluate_{row}_pseudo.tsv"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    conda:
-        CONDA_ENV
-    shell:
-        "{params.py} -m pipeline.stages.evaluate --params {params.params_file} --dataset {wildcards.dataset}"
-        " --split train --ids-from novel_samples --void-pred --pred {input.pred} --fold-file {input.fold}"
-        " --out {output} 2> {log}"
 
 
 rule lnet_result:
@@ -299,9 +348,9 @@ rule lnet_result:
     input:
         unpack(lnet_result_inputs),
     output:
-        directory("results/{dataset}/{method}_fold{fold}"),
+        directory("results/{dataset}/{target}_fold{fold}"),
     wildcard_constraints:
-        method="|".join(LNET_METHODS),
+        target="|".join(LNET.targets),
     params:
         **STAGE_PARAMS,
         metrics=lnet_report_metric_args,
@@ -310,9 +359,9 @@ rule lnet_result:
         diffusion=lambda w: section(w.dataset, "self_diffusion"),
         report=lambda w: fold_report_params(w.dataset),
     log:
-        "logs/{dataset}/fold{fold}/result_{method}.log",
+        "logs/{dataset}/fold{fold}/result_{target}.log",
     benchmark:
-        "benchmarks/out/{dataset}/fold{fold}/result_{method}.tsv"
+        "benchmarks/out/{dataset}/fold{fold}/result_{target}.tsv"
     threads: 1
     resources:
         mem_mb=2000,
@@ -320,7 +369,7 @@ rule lnet_result:
     conda:
         CONDA_ENV
     shell:
-        "{params.py} -m pipeline.stages.report_lnet --params {params.params_file} --dataset {wildcards.dataset}"
-        " --method {wildcards.method} --fold {wildcards.fold} --split {params.split} {params.metrics}"
-        " --fold-file {input.fold} --labels {input.labels} --cams {input.cams} --maps {input.maps}"
-        " --pseudo {input.pseudo} --out {output} 2> {log}"
+        stage_shell(LNET.report_stage,
+                    "--method {wildcards.target} --fold {wildcards.fold} --split {params.split} {params.metrics}"
+                    " --fold-file {input.fold} --labels {input.labels} --cams {input.cams} --maps {input.maps}"
+                    " --pseudo {input.pseudo} --out {output}")

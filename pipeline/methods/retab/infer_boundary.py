@@ -1,6 +1,6 @@
 """Stage infer_boundary: boundary probability maps for every image of a split.
 
-    python -m pipeline.stages.infer_boundary --params params.yaml --dataset D \\
+    python -m pipeline.methods.retab.infer_boundary --params params.yaml --dataset D \\
         --model work/D/fold0/boundary/model.pt --labels work/D/image_labels.json \\
         --split train --out work/D/fold0/boundary/maps --threads 2
 
@@ -15,15 +15,13 @@ directory is written under a temporary name and renamed when every map is done.
 """
 from __future__ import annotations
 
-import argparse
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from pipeline.boundary import boundary_net_backbone_cfg, check_boundary_params, prob_to_uint8
+from pipeline.boundary import boundary_net_backbone_cfg, check_boundary_params
 from pipeline.config import load_params, section
 from pipeline.data.batches import normalize_batch
 from pipeline.data.labels import read_image_labels_file
@@ -31,10 +29,11 @@ from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir
 from pipeline.models import BoundaryNet, backbone_normalization
-from pipeline.runtime import choose_device, progress, seed_everything, set_threads, stage_run
+from pipeline.runtime import progress, seed_everything, stage_run
 from pipeline.training import load_model
+from pipeline.data.probability_png import MAP_SUFFIX, write_map
+from pipeline.stage import stage_device, stage_parser
 
-MAP_SUFFIX = ".png"
 # Images of one size go through the network together (the embedded default's are all
 # 128x128; VOC's vary and mostly go one by one). Results do not depend on it (up to float rounding): the
 # backbone BatchNorm runs on fixed statistics and GroupNorm is per image.
@@ -84,20 +83,12 @@ def same_size_batches(ids: list[str], load_image: Callable[[str], np.ndarray],
         yield chunk_ids, np.stack(images)
 
 
-def write_map(path, prob: np.ndarray) -> None:
-    """One map as an 8-bit greyscale PNG (inside the stage's temporary directory)."""
-    Image.fromarray(prob_to_uint8(prob), mode="L").save(path, format="PNG")
-
-
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--dataset", default=None, help="dataset name (default: params' dataset)")
+    ap = stage_parser(__doc__, threads=True)
     ap.add_argument("--model", required=True, help="model file (stage train_boundary)")
     ap.add_argument("--labels", required=True, help="image-labels JSON (stage image_labels): the split's ids")
     ap.add_argument("--split", default="train")
     ap.add_argument("--out", required=True, help="directory of <id>.png maps to write")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args(argv)
 
     params = load_params(args.params, args.dataset)
@@ -109,8 +100,7 @@ def main(argv=None):
     if missing:
         raise PipelineError(args.labels, f"'splits.{args.split}' lists {len(missing)} id(s) not in "
                             f"{dataset.list_path} (first: '{missing[0]}'; labels made for another dataset?)")
-    set_threads(args.threads)
-    device = choose_device(params.get("device", "auto"))
+    device = stage_device(args, params)
     seed_everything(int(params["seed"]))
 
     # The trained weights replace everything: never load (or download) ImageNet weights here.

@@ -1,7 +1,7 @@
 """Stage self_diffusion: pseudo labels L_w of the weak-category images (Xiao et al., AAAI
 2018, Eq. 2) from the shared CAMs and the L-Net's object map M.
 
-    python -m pipeline.stages.self_diffusion --params params.yaml --dataset D \\
+    python -m pipeline.methods.lnet.self_diffusion --params params.yaml --dataset D \\
         --cams work/D/shared/cam/cams --maps work/D/fold0/lnet/pascal5i/lnet/maps \\
         --labels work/D/image_labels.json --fold-file work/D/folds/fold0.json \\
         --out work/D/fold0/lnet/pascal5i/pseudo
@@ -14,7 +14,7 @@ does SLIC, the superpixel graph, the per-class harmonic solve and the labelling.
 image-level class of the image is diffused (weak-category images may also hold strong
 classes; the paper's L_w labels every class of the image).
 
-Output ``<out>/<id>.png``: class-index PNG (:mod:`pipeline.metrics.label_png`), the
+Output ``<out>/<id>.png``: class-index PNG (:mod:`pipeline.data.label_png`), the
 dataset's background where no class claimed a superpixel (``ignore_index`` on datasets
 without background). ``<out>/info.json``: the per-image ``info`` of ``diffuse_image``
 plus a summary (images, mean superpixels, images without any class, classes whose CAM
@@ -31,43 +31,29 @@ Defined behaviour on degenerate input (tests/test_lnet_stages.py):
 """
 from __future__ import annotations
 
-import argparse
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.cam import cam_path, check_cam_files_exist, read_cam_file, upsample_cams
+from pipeline.cam import cam_path, check_cam_files_exist, read_cam_file
 from pipeline.config import load_params, section
 from pipeline.data.folds import load_fold
 from pipeline.data.labels import load_image_labels
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir, write_json
-from pipeline.metrics.label_png import write_label_png
+from pipeline.data.label_png import write_label_png
 from pipeline.propagation.superpixel_diffusion import diffuse_image
 from pipeline.runtime import progress, stage_run
-from pipeline.stages.infer_lnet import map_path, read_probability_map
-from pipeline.stages.train_lnet import fold_samples
+from pipeline.cam import image_cams
+from pipeline.data.folds import fold_samples
+from pipeline.data.labels import check_labels_cover
+from pipeline.data.probability_png import map_path, read_probability_map
+from pipeline.stage import stage_parser
 
 LABEL_SUFFIX = ".png"
 INFO_NAME = "info.json"
-
-
-def image_cams(cam_file: dict, path: str | Path, classes: list[int], size: tuple[int, int]) -> dict[int, np.ndarray]:
-    """{class: H x W CAM in [0, 1]} of ``classes`` from a checked CAM file (errors name ``path``)."""
-    if tuple(cam_file["size"]) != tuple(size):
-        raise PipelineError(path, f"CAMs were made for a {cam_file['size'][1]}x{cam_file['size'][0]} image, "
-                            f"but the image is {size[1]}x{size[0]} (stale CAMs? rerun stage infer_cam)")
-    missing = [c for c in classes if c not in cam_file["keys"]]
-    if missing:
-        raise PipelineError(path, f"has no CAM for class(es) {missing} of the image labels "
-                            f"(keys {cam_file['keys']}; stale CAMs? rerun stage infer_cam)")
-    rows = [cam_file["keys"].index(c) for c in classes]
-    if not rows:
-        return {}
-    full = upsample_cams(cam_file["cams"][rows], size, cam_file["stride"])
-    return {c: np.clip(full[k], 0.0, 1.0) for k, c in enumerate(classes)}
 
 
 def diffusion_summary(infos: dict[str, dict], class_names: list[str]) -> dict:
@@ -92,9 +78,7 @@ def diffusion_summary(infos: dict[str, dict], class_names: list[str]) -> dict:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--dataset", default=None, help="dataset name (default: params' dataset)")
+    ap = stage_parser(__doc__)
     ap.add_argument("--cams", required=True, help="CAM directory (stage infer_cam)")
     ap.add_argument("--maps", required=True, help="L-Net object-map directory (stage infer_lnet)")
     ap.add_argument("--labels", required=True, help="image-labels JSON (stage image_labels)")
@@ -111,10 +95,7 @@ def main(argv=None):
         raise PipelineError(args.fold_file, f"has no id list '{args.ids_from}' (--ids-from)")
     ids = fold_samples(fold, args.fold_file, dataset, params["dataset"], args.ids_from)
     labels = load_image_labels(args.labels)
-    unlabelled = [i for i in ids if i not in labels]
-    if unlabelled:
-        raise PipelineError(args.labels, f"has no image-level labels for '{unlabelled[0]}' "
-                            f"({len(unlabelled)} of {len(ids)} images; made for another dataset?)")
+    check_labels_cover(labels, ids, args.labels, "train")
     check_cam_files_exist(args.cams, ids)
     if not Path(args.maps).is_dir():
         raise PipelineError(args.maps, "object-map directory not found (run stage infer_lnet)")

@@ -1,6 +1,6 @@
 """Stage train_boundary: RETAB's boundary network, trained on one fold's base samples.
 
-    python -m pipeline.stages.train_boundary --params params.yaml --dataset D \\
+    python -m pipeline.methods.retab.train_boundary --params params.yaml --dataset D \\
         --fold-file work/D/folds/fold0.json --out work/D/fold0/boundary/model.pt \\
         --history work/D/fold0/boundary/history.tsv --threads 2
 
@@ -34,23 +34,25 @@ terms, learning rates, batches and seconds.
 """
 from __future__ import annotations
 
-import argparse
 
 import numpy as np
 import torch
 from scipy import ndimage
 
 from pipeline.boundary import boundary_net_backbone_cfg, check_boundary_params
-from pipeline.config import check_range, load_params, params_hash, section
+from pipeline.config import load_params, params_hash, section
 from pipeline.data.batches import training_batches
 from pipeline.data.boundary_labels import boundary_target
 from pipeline.data.folds import load_fold, mask_novel_pixels
 from pipeline.data.voc import VOCDataset
-from pipeline.errors import PipelineError, run_stage
+from pipeline.errors import run_stage
 from pipeline.losses import BL_IGNORE, boundary_loss_parts, boundary_loss_target, boundary_target_at_stride
 from pipeline.models import BoundaryNet, backbone_normalization
-from pipeline.runtime import choose_device, seed_everything, set_threads, stage_run
+from pipeline.runtime import seed_everything, stage_run
 from pipeline.training import count_steps, poly_scheduler, train_and_save
+from pipeline.stage import stage_device, stage_parser
+from pipeline.training import train_config
+from pipeline.data.folds import fold_novel_classes, fold_samples
 
 
 def base_sample_loss_target(mask: np.ndarray, novel_region: np.ndarray, *, source: str, width: int,
@@ -80,57 +82,27 @@ def batch_loss_targets(masks: torch.Tensor, novel: torch.Tensor, **target_args) 
                                       for m, n in zip(masks_np, novel_np)]))
 
 
-def check_fold(fold: dict, path: str, dataset: VOCDataset, dataset_name: str) -> tuple[list[str], list[int]]:
-    """(base sample ids, novel class ids) of a fold file, checked against the dataset."""
-    if fold.get("dataset", dataset_name) != dataset_name:
-        raise PipelineError(path, f"was made for dataset '{fold['dataset']}', but params select '{dataset_name}'")
-    novel = fold["novel_classes"]
-    if not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < dataset.num_classes for c in novel):
-        raise PipelineError(path, f"'novel_classes' must hold class ids 0..{dataset.num_classes - 1}")
-    base = fold["base_samples"]
-    if not base:
-        raise PipelineError(path, "'base_samples' is empty: nothing to train the boundary net on")
-    known = set(dataset.ids)
-    outside = [i for i in base if not isinstance(i, str) or i not in known]
-    if outside:
-        raise PipelineError(path, f"'base_samples' lists {len(outside)} id(s) not in the train split "
-                            f"{dataset.list_path} (first: {outside[0]!r})")
-    return list(base), [int(c) for c in novel]
 
 
-def train_config(params: dict) -> dict:
-    """``boundary.train`` with every key present and in range (one line naming the key)."""
-    cfg = {k: section(params, f"boundary.train.{k}")
-           for k in ("crop", "scale_range", "batch_size", "epochs", "lr", "momentum", "weight_decay")}
-    low, high = cfg["scale_range"]
-    if not 0 < low <= high:
-        raise PipelineError("params.yaml", f"boundary.train.scale_range = {cfg['scale_range']} must be "
-                            "[low, high] with 0 < low <= high")
-    check_range(cfg["crop"], "boundary.train.crop", 1)
-    check_range(cfg["lr"], "boundary.train.lr", 0, low_open=True)
-    return cfg
 
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--dataset", default=None, help="dataset name (default: params' dataset)")
+    ap = stage_parser(__doc__, threads=True)
     ap.add_argument("--fold-file", required=True, help="fold JSON (stage make_folds)")
     ap.add_argument("--out", required=True, help="model file to write")
     ap.add_argument("--history", required=True, help="per-epoch history TSV to write")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args(argv)
 
     params = load_params(args.params, args.dataset)
     check_boundary_params(section(params, "boundary"))
-    cfg = train_config(params)
+    cfg = train_config(params, "boundary.train")
     data_cfg = params["data"]
     dataset = VOCDataset(data_cfg, "train")
     fold = load_fold(args.fold_file)
-    base_ids, novel = check_fold(fold, args.fold_file, dataset, params["dataset"])
-    set_threads(args.threads)
-    device = choose_device(params.get("device", "auto"))
+    base_ids = fold_samples(fold, args.fold_file, dataset, params["dataset"], "base_samples")
+    novel = fold_novel_classes(fold, args.fold_file, dataset.num_classes)
+    device = stage_device(args, params)
     seed = int(params["seed"])
     seed_everything(seed)
 

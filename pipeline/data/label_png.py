@@ -19,7 +19,7 @@ _DECODE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Imag
 
 
 def voc_palette() -> list[int]:
-    """The 256-colour VOC colour map (bit-interleaved class index), flat [r, g, b, ...]."""
+    """The 256-colour PASCAL VOC colour map (bit-interleaved class index), flat [r, g, b, ...]."""
     palette = []
     for index in range(256):
         r = g = b = 0
@@ -30,6 +30,7 @@ def voc_palette() -> list[int]:
             b |= ((c >> 2) & 1) << shift
             c >>= 3
         palette.extend((r, g, b))
+    palette[255 * 3:] = [224, 224, 192]  # VOC's own colour for 255 (ignore): its cream outline band
     return palette
 
 

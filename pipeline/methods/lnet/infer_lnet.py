@@ -1,6 +1,6 @@
 """Stage infer_lnet: the L-Net's class-agnostic object map M of every weak-category image.
 
-    python -m pipeline.stages.infer_lnet --params params.yaml --dataset D \\
+    python -m pipeline.methods.lnet.infer_lnet --params params.yaml --dataset D \\
         --model work/D/fold0/lnet/pascal5i/lnet/model.pt --fold-file work/D/folds/fold0.json \\
         --out work/D/fold0/lnet/pascal5i/lnet/maps --threads 2
 
@@ -14,16 +14,11 @@ directory is written under a temporary name and renamed when every map is done.
 """
 from __future__ import annotations
 
-import argparse
-import os
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
-from pipeline.boundary import uint8_to_prob
 from pipeline.config import load_params, section
 from pipeline.data.batches import normalize_batch
 from pipeline.data.folds import load_fold
@@ -31,12 +26,13 @@ from pipeline.data.voc import VOCDataset, image_size
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir
 from pipeline.models import DeepLabASPP, backbone_normalization
-from pipeline.runtime import choose_device, progress, seed_everything, set_threads, stage_run
-from pipeline.stages.infer_boundary import write_map
-from pipeline.stages.train_lnet import fold_samples, lnet_meta
+from pipeline.runtime import progress, seed_everything, stage_run
 from pipeline.training import load_model
+from pipeline.data.folds import fold_samples
+from pipeline.data.probability_png import map_path, write_map
+from pipeline.stage import stage_device, stage_parser
+from pipeline.models.deeplab import deeplab_meta
 
-MAP_SUFFIX = ".png"
 
 
 def object_probability(model: torch.nn.Module, images: torch.Tensor, flip: bool) -> torch.Tensor:
@@ -57,38 +53,12 @@ def batches_by_size(ids: Sequence[str], sizes: Sequence[tuple[int, int]], batch_
             yield members[start:start + batch_size]
 
 
-def map_path(map_dir: str | os.PathLike, image_id: str) -> Path:
-    return Path(map_dir) / f"{image_id}{MAP_SUFFIX}"
-
-
-def read_probability_map(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np.ndarray:
-    """float32 ``H x W`` in [0, 1] from an 8-bit 'L' PNG; with ``size`` = (H, W) it must match."""
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            if im.mode != "L":
-                raise PipelineError(path, f"object map has mode '{im.mode}'; expected 8-bit greyscale 'L' "
-                                    "(stage infer_lnet)")
-            values = np.asarray(im, dtype=np.uint8)
-    except FileNotFoundError:
-        raise PipelineError(path, "object map not found (rerun stage infer_lnet)") from None
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-        raise PipelineError(path, f"unreadable or corrupt object map ({err})") from None
-    if size is not None and values.shape != tuple(size):
-        raise PipelineError(path, f"object map is {values.shape[1]}x{values.shape[0]} but its image is "
-                            f"{size[1]}x{size[0]} (made for another dataset or image?)")
-    return uint8_to_prob(values)
-
-
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--dataset", default=None, help="dataset name (default: params' dataset)")
+    ap = stage_parser(__doc__, threads=True)
     ap.add_argument("--model", required=True, help="L-Net model file (stage train_lnet)")
     ap.add_argument("--fold-file", required=True, help="fold JSON whose id list names the images")
     ap.add_argument("--ids-from", default="novel_samples", help="id list of the fold file (default novel_samples)")
     ap.add_argument("--out", required=True, help="directory of <id>.png object maps to write")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args(argv)
 
     params = load_params(args.params, args.dataset)
@@ -99,13 +69,12 @@ def main(argv=None):
     if args.ids_from not in fold:
         raise PipelineError(args.fold_file, f"has no id list '{args.ids_from}' (--ids-from)")
     ids = fold_samples(fold, args.fold_file, dataset, params["dataset"], args.ids_from)
-    set_threads(args.threads)
-    device = choose_device(params.get("device", "auto"))
+    device = stage_device(args, params)
     seed_everything(int(params["seed"]))
 
     # The trained weights replace everything: never load (or download) ImageNet weights here.
     model = DeepLabASPP({**params["backbone"], "pretrained": False}, num_classes=1)
-    meta = load_model(args.model, model, expected_meta=lnet_meta(model))
+    meta = load_model(args.model, model, expected_meta=deeplab_meta(model))
     if meta.get("task") != "lnet":
         raise PipelineError(args.model, f"is not an L-Net model (task {meta.get('task')!r})")
     memory_format = torch.channels_last if device == "cpu" else torch.contiguous_format

@@ -1,6 +1,6 @@
 """Stage train_affinity: the AffinityNet of PSA, trained on pixel-pair labels (RETAB Sec. 3.2).
 
-    python -m pipeline.stages.train_affinity --params params.yaml --dataset D \\
+    python -m pipeline.methods.retab.train_affinity --params params.yaml --dataset D \\
         --variant cam|gt|retab [--fold-file work/D/folds/foldK.json] [--boundary DIR] \\
         --confident work/D/shared/cam/confident --labels work/D/image_labels.json \\
         --out model.pt --history history.tsv [--threads N]
@@ -31,7 +31,6 @@ epoch (loss terms, pair counts, learning rate, seconds).
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -45,11 +44,15 @@ from pipeline.data.folds import load_fold, mask_novel_pixels
 from pipeline.data.labels import load_image_labels
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
-from pipeline.metrics.label_png import read_label_png
+from pipeline.data.label_png import read_label_png
 from pipeline.runtime import choose_device, seed_everything, set_threads, stage_run
+from pipeline.boundary import boundary_config
+from pipeline.data.labels import check_labels_cover
+from pipeline.io import check_files_exist
+from pipeline.stage import stage_parser
+from pipeline.training import train_config
 
 VARIANTS = ("cam", "gt", "retab")
-TRAIN_KEYS = ("crop", "scale_range", "batch_size", "epochs", "lr", "momentum", "weight_decay")
 # Value of the non-boundary target map: 1 = pair may be supervised; 0 = boundary pixel;
 # the crop's padding gets the ignore index (the label there is ignore anyway).
 NON_BOUNDARY = 1
@@ -59,35 +62,14 @@ NON_BOUNDARY = 1
 
 def affinity_train_config(params: dict) -> dict:
     """``affinity.train`` checked (ranges name the key) and ``affinity.radius``, ``feat_dim``."""
-    train = section(params, "affinity.train")
-    missing = [k for k in TRAIN_KEYS if k not in train]
-    if missing:
-        raise PipelineError("params.yaml", f"missing key 'affinity.train.{missing[0]}'")
-    cfg = {k: train[k] for k in TRAIN_KEYS}
+    cfg = train_config(params, "affinity.train")
     check_range(cfg["crop"], "affinity.train.crop", low=8)
-    check_range(cfg["batch_size"], "affinity.train.batch_size", low=1)
     check_range(cfg["epochs"], "affinity.train.epochs", low=1)
-    check_range(cfg["lr"], "affinity.train.lr", low=0, low_open=True)
-    check_range(cfg["momentum"], "affinity.train.momentum", low=0, high=1, high_open=True)
-    check_range(cfg["weight_decay"], "affinity.train.weight_decay", low=0)
-    low, high = cfg["scale_range"]
-    if not 0 < low <= high:
-        raise PipelineError("params.yaml", f"affinity.train.scale_range = {cfg['scale_range']} must be "
-                            "[low, high] with 0 < low <= high")
     from pipeline.propagation.affinity import check_radius
 
     cfg["radius"] = check_radius(section(params, "affinity.radius"))
     cfg["feat_dim"] = int(params["affinity"].get("feat_dim", 448))
     return cfg
-
-
-def boundary_config(params: dict) -> tuple[float, int]:
-    """``(boundary.tau, boundary.erosion)``: the non-boundary rule shared with stage propagate."""
-    from pipeline.boundary import check_boundary_params
-
-    boundary = section(params, "boundary")
-    check_boundary_params(boundary)
-    return float(boundary["tau"]), int(boundary.get("erosion", 0))
 
 
 # --------------------------------------------------------------------------- label maps
@@ -120,16 +102,6 @@ def read_non_boundary(directory: Path, image_id: str, shape: tuple[int, int], ta
     return np.asarray(non_boundary_mask(prob, tau, erosion), dtype=bool).astype(np.uint8) * NON_BOUNDARY
 
 
-def check_files(directory: Path, ids: list[str], what: str) -> None:
-    """Fail before training when ``directory`` or one ``<id>.png`` in it is missing."""
-    if not directory.is_dir():
-        raise PipelineError(directory, f"{what} directory not found")
-    with os.scandir(directory) as entries:
-        names = {entry.name for entry in entries}
-    missing = [i for i in ids if f"{i}.png" not in names]
-    if missing:
-        raise PipelineError(directory / f"{missing[0]}.png",
-                            f"{what} missing ({len(missing)} of {len(ids)} train images have none)")
 
 
 def sample_sources(variant: str, ids: list[str], fold: dict | None) -> dict[str, str]:
@@ -194,14 +166,10 @@ def affinity_step(radius: int, ignore_index: int, background_index: int | None):
     return step
 
 
-
-
 # --------------------------------------------------------------------------- main
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--dataset", default=None, help="dataset name (default: params' dataset)")
+    ap = stage_parser(__doc__)
     ap.add_argument("--variant", required=True, choices=VARIANTS)
     ap.add_argument("--fold-file", default=None, help="fold JSON (variants gt, retab)")
     ap.add_argument("--boundary", default=None, help="boundary maps <id>.png (variant retab)")
@@ -230,9 +198,7 @@ def main(argv=None):
     dataset = VOCDataset(params["data"], "train")
     ids = list(dataset.ids)
     image_labels = load_image_labels(args.labels)
-    unlabelled = [i for i in ids if i not in image_labels]
-    if unlabelled:
-        raise PipelineError(args.labels, f"no image-level labels for train image '{unlabelled[0]}' (stale?)")
+    check_labels_cover(image_labels, ids, args.labels, "train")
     fold = load_fold(args.fold_file) if args.fold_file else None
     sources = sample_sources(args.variant, ids, fold)
     outside = [i for i in ids if i not in sources]
@@ -242,10 +208,10 @@ def main(argv=None):
     novel = [int(c) for c in fold["novel_classes"]] if fold else []
     cam_ids = [i for i in ids if sources[i] == "cam"]
     confident_dir = Path(args.confident)
-    check_files(confident_dir, cam_ids, "confident labels")
+    check_files_exist(confident_dir, cam_ids, ".png", "confident labels", listed="train images")
     boundary_dir = Path(args.boundary) if args.boundary else None
     if args.variant == "retab":
-        check_files(boundary_dir, cam_ids, "boundary map")
+        check_files_exist(boundary_dir, cam_ids, ".png", "boundary map", listed="train images")
 
     from pipeline.models import AffinityNet, backbone_normalization
     from pipeline.training import poly_scheduler, train_and_save

@@ -2,13 +2,13 @@
 
 One fold::
 
-    python -m pipeline.stages.report_retab --params params.yaml --dataset D \\
+    python -m pipeline.methods.retab.report --params params.yaml --dataset D \\
         --method M --fold K --work work/D --out results/D/M_foldK
 
 reads ``work/D/fold{K}/eval/{m}_val.json`` (segmentation on val) and, for methods with
 pseudo labels, ``{m}_pseudo.json`` (pseudo labels on the fold's train novel samples),
-written by stage evaluate (paths: :func:`pipeline.layout.method_metric_files`). For
-``--method retab`` the report covers every row of :data:`pipeline.layout.SEG_METHODS`
+written by stage evaluate (paths: :func:`pipeline.layout.row_metric_files`). For
+``--method retab`` the report covers every row of :data:`pipeline.method_table.RETAB`
 (the paper's comparison table) and adds ``figure.png`` in the form of the RETAB paper's
 Fig. 3: for the ``report.figure_samples`` train novel samples with the most novel-class
 pixels, one row each of image | ground truth | CAM (max over the image's class CAMs,
@@ -17,7 +17,7 @@ pseudo label. Other methods get their own row only.
 
 Mean over folds::
 
-    python -m pipeline.stages.report_retab --params params.yaml --dataset D \\
+    python -m pipeline.methods.retab.report --params params.yaml --dataset D \\
         --aggregate results/D/retab_fold0 ... results/D/retab_fold3 --out results/D/retab_all
 
 metrics.json (scores are fractions in [0, 1], null where undefined)::
@@ -33,7 +33,6 @@ novel, in %). Every output directory appears complete or not at all.
 """
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
@@ -46,8 +45,8 @@ from pipeline.data.folds import load_fold
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir, read_json, write_json, write_text
-from pipeline.layout import METHOD_TITLES, SEG_METHODS, eval_path, pseudo_dir
-from pipeline.metrics.label_png import read_label_png
+from pipeline.layout import eval_path, pseudo_dir
+from pipeline.method_table import RETAB
 from pipeline.report import (
     NOVEL_ERROR_COLUMNS,
     blend,
@@ -63,13 +62,15 @@ from pipeline.report import (
     pick_largest,
     summarize_eval,
 )
-from pipeline.runtime import progress, stage_run
+from pipeline.runtime import stage_run
+from pipeline.report import novel_areas, read_sized_png
+from pipeline.stage import stage_parser
 
-COMPARISON_METHOD = "retab"  # its report compares every row of the table and has the figure
+COMPARISON_TARGET = "retab"  # its report compares every row of the table and has the figure
 KINDS = ("val", "pseudo")
 MISSING_TEXT = "none"
 CAM_ALPHA = 0.5  # share of the heatmap where the CAM panel is laid over the image
-FIGURE_COLUMNS = ("Image", "Ground truth", "CAM", "Boundary", METHOD_TITLES["cam_rw"], METHOD_TITLES["retab"])
+FIGURE_COLUMNS = ("Image", "Ground truth", "CAM", "Boundary", RETAB.rows["cam_rw"].title, RETAB.rows["retab"].title)
 
 
 # --------------------------------------------------------------------------- paths
@@ -79,18 +80,19 @@ def under_work(layout_path: str, dataset: str, work: str | os.PathLike) -> Path:
     return Path(work) / Path(layout_path).relative_to(f"work/{dataset}")
 
 
-def report_methods(method: str) -> list[str]:
-    """Rows of a fold report: every method for the comparison method, else the method alone."""
-    if method not in SEG_METHODS:
-        raise PipelineError("--method", f"'{method}' is not one of {', '.join(SEG_METHODS)}")
-    return list(SEG_METHODS) if method == COMPARISON_METHOD else [method]
+def report_rows(target: str) -> list[str]:
+    """Rows of a fold report (:data:`pipeline.method_table.RETAB` targets): every row for the
+    comparison, else the row alone."""
+    if target not in RETAB.targets:
+        raise PipelineError("--method", f"'{target}' is not one of {', '.join(RETAB.targets)}")
+    return list(RETAB.targets[target])
 
 
-def metric_file(dataset: str, fold: int, method: str, kind: str, work: str | os.PathLike) -> Path | None:
-    """Where the ``kind`` scores of ``method`` lie; None for pseudo scores of a method without any."""
-    if kind == "pseudo" and SEG_METHODS[method][0] is None:
+def metric_file(dataset: str, fold: int, row: str, kind: str, work: str | os.PathLike) -> Path | None:
+    """Where the ``kind`` scores of ``row`` lie; None for pseudo scores of a row without any."""
+    if kind == "pseudo" and RETAB.rows[row].pseudo_source is None:
         return None
-    return under_work(eval_path(dataset, fold, method, kind), dataset, work)
+    return under_work(eval_path(dataset, fold, row, kind), dataset, work)
 
 
 # --------------------------------------------------------------------------- reading
@@ -107,13 +109,13 @@ def read_eval(path: Path, fold: int) -> dict:
     return document
 
 
-def fold_metrics(dataset: str, fold: int, methods: list[str], work: str | os.PathLike) -> dict:
-    """``{"methods": {m: {"title", "val", "pseudo"}}}`` plus the class lists of the fold."""
+def fold_metrics(dataset: str, fold: int, rows: list[str], work: str | os.PathLike) -> dict:
+    """``{"methods": {row: {"title", "val", "pseudo"}}}`` plus the class lists of the fold."""
     out: dict = {"methods": {}}
-    for method in methods:
-        entry = {"title": METHOD_TITLES[method]}
+    for row in rows:
+        entry = {"title": RETAB.rows[row].title}
         for kind in KINDS:
-            path = metric_file(dataset, fold, method, kind, work)
+            path = metric_file(dataset, fold, row, kind, work)
             if path is None:
                 entry[kind] = None
                 continue
@@ -121,7 +123,7 @@ def fold_metrics(dataset: str, fold: int, methods: list[str], work: str | os.Pat
             entry[kind] = summarize_eval(document)
             out.setdefault("base_classes", document.get("base_classes"))
             out.setdefault("novel_classes", document.get("novel_classes"))
-        out["methods"][method] = entry
+        out["methods"][row] = entry
     return out
 
 
@@ -143,7 +145,7 @@ def val_rows(methods: dict) -> list[tuple[str, dict | None]]:
 
 
 def pseudo_rows(methods: dict) -> list[tuple[str, dict | None]]:
-    return [(entry["title"], entry["pseudo"]) for m, entry in methods.items() if SEG_METHODS[m][0] is not None]
+    return [(entry["title"], entry["pseudo"]) for m, entry in methods.items() if RETAB.rows[m].pseudo_source is not None]
 
 
 def novel_error_sections(methods: dict, scope: str) -> list[str]:
@@ -160,11 +162,11 @@ def novel_error_sections(methods: dict, scope: str) -> list[str]:
     return parts
 
 
-def fold_report_text(dataset: str, fold: int, method: str, metrics: dict, class_names: list[str],
+def fold_report_text(dataset: str, fold: int, target: str, metrics: dict, class_names: list[str],
                      figure: bool) -> str:
     """report.md of one fold: the paper's two tables, per-class IoU, the figure if any."""
     methods = metrics["methods"]
-    parts = [f"# {METHOD_TITLES[method]}: {dataset}, fold {fold}\n",
+    parts = [f"# {RETAB.rows[target].title}: {dataset}, fold {fold}\n",
              f"Novel classes: {', '.join(metrics.get('novel_classes') or []) or MISSING_TEXT}.\n",
              "## Segmentation on val (mIoU, %)\n", miou_table(val_rows(methods))]
     rows = pseudo_rows(methods)
@@ -180,7 +182,6 @@ def fold_report_text(dataset: str, fold: int, method: str, metrics: dict, class_
     return "\n".join(parts)
 
 
-
 def aggregate_metrics(reports: list[dict], sources: list[Path]) -> dict:
     """Mean over folds of every method's summaries, plus the per-fold ones."""
     datasets = {r.get("dataset") for r in reports}
@@ -190,10 +191,10 @@ def aggregate_metrics(reports: list[dict], sources: list[Path]) -> dict:
     for path, report in zip(sources, reports):
         if folds.count(report["fold"]) > 1:
             raise PipelineError(path / "metrics.json", f"fold {report['fold']} is given twice")
-    methods = [m for m in SEG_METHODS if all(m in r["methods"] for r in reports)]
+    methods = [m for m in RETAB.rows if all(m in r["methods"] for r in reports)]
     if not methods:
         raise PipelineError(sources[0] / "metrics.json", "no method is reported in every fold")
-    mean = {m: {"title": METHOD_TITLES[m],
+    mean = {m: {"title": RETAB.rows[m].title,
                 **{kind: mean_summaries([r["methods"][m].get(kind) for r in reports]) for kind in KINDS}}
             for m in methods}
     return {"dataset": reports[0].get("dataset"), "folds": folds, "mean": {"methods": mean},
@@ -221,11 +222,6 @@ def aggregate_report_text(metrics: dict) -> str:
 
 # --------------------------------------------------------------------------- figure
 
-def novel_areas(dataset: VOCDataset, ids: list[str], novel_classes: list[int]) -> dict[str, int]:
-    """Novel-class pixels in each image's ground truth."""
-    return {i: int(np.isin(dataset.load_mask(i), novel_classes).sum())
-            for i in progress(ids, desc="novel areas")}
-
 
 def cam_max_map(path: Path, height: int, width: int, num_classes: int, background_index: int | None) -> np.ndarray:
     """HxW max over an image's class CAMs (0 without any), at image size, clipped to [0, 1]."""
@@ -237,14 +233,6 @@ def cam_max_map(path: Path, height: int, width: int, num_classes: int, backgroun
         return np.zeros((height, width), np.float32)
     full = upsample_cams(cam["cams"], (height, width), cam["stride"])
     return np.clip(full.max(axis=0), 0.0, 1.0)
-
-
-def read_sized_png(path: Path, height: int, width: int, what: str) -> np.ndarray:
-    """A one-channel PNG (label map or boundary map) that must have the image's size."""
-    array = read_label_png(path)
-    if array.shape != (height, width):
-        raise PipelineError(path, f"{what} is {array.shape[1]}x{array.shape[0]}, its image is {width}x{height}")
-    return array
 
 
 def figure_row(image_id: str, dataset: VOCDataset, cams: Path, boundary: Path, rw: Path, retab: Path,
@@ -298,13 +286,13 @@ def class_names(params: dict, ids) -> list[str]:
     return [names[int(c)] if isinstance(c, int) or str(c).isdigit() else str(c) for c in (ids or [])]
 
 
-def run_fold_report(params: dict, method: str, fold: int, work: Path, out: str) -> None:
+def run_fold_report(params: dict, target: str, fold: int, work: Path, out: str) -> None:
     dataset_name = params["dataset"]
-    methods = report_methods(method)
-    metrics = fold_metrics(dataset_name, fold, methods, work)
-    figure = retab_figure(params, dataset_name, fold, work) if method == COMPARISON_METHOD else None
-    document = {"dataset": dataset_name, "fold": fold, "method": method, **metrics}
-    text = fold_report_text(dataset_name, fold, method, metrics, list(params["data"]["classes"]), figure is not None)
+    rows = report_rows(target)
+    metrics = fold_metrics(dataset_name, fold, rows, work)
+    figure = retab_figure(params, dataset_name, fold, work) if target == COMPARISON_TARGET else None
+    document = {"dataset": dataset_name, "fold": fold, "method": target, **metrics}
+    text = fold_report_text(dataset_name, fold, target, metrics, list(params["data"]["classes"]), figure is not None)
     with atomic_dir(out) as tmp:
         write_json(tmp / "metrics.json", document)
         write_text(tmp / "report.md", text)
@@ -325,11 +313,9 @@ def run_aggregate(directories: list[str], out: str) -> dict:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--dataset", default=None, help="dataset name (default: params' dataset)")
-    ap.add_argument("--method", default=None, help=f"table row ({', '.join(SEG_METHODS)}); "
-                    f"'{COMPARISON_METHOD}' reports every row and draws the figure")
+    ap = stage_parser(__doc__)
+    ap.add_argument("--method", default=None, help=f"target: a table row ({', '.join(RETAB.rows)}) or "
+                    f"'{COMPARISON_TARGET}', which reports every row and draws the figure")
     ap.add_argument("--fold", type=int, default=None)
     ap.add_argument("--work", default=None, help="the dataset's work directory (work/<dataset>)")
     ap.add_argument("--aggregate", nargs="+", default=None, metavar="DIR",

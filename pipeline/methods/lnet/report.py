@@ -1,12 +1,12 @@
 """Stage report_lnet: results/<dataset>/{lnet,pnet}_fold<k> of the L-Net / P-Net branch.
 
-    python -m pipeline.stages.report_lnet --params params.yaml --dataset D --method pnet \\
+    python -m pipeline.methods.lnet.report --params params.yaml --dataset D --method pnet \\
         --fold 0 --split pascal5i --metrics cam_seggt_val=F --metrics lnet_val=F ... \\
         --fold-file F --labels L --cams DIR --maps DIR --pseudo DIR --out results/D/pnet_fold0
 
 Inputs: the evaluate stage's metrics files, named ``<row>_val`` (segmentation on val) and
 ``<row>_pseudo`` (pseudo labels on the weak train images) for the rows of
-:data:`pipeline.layout.LNET_ROWS`; ``--method lnet`` shows CAM-only, L-Net and the oracle,
+:data:`pipeline.method_table.LNET`; ``--method lnet`` shows CAM-only, L-Net and the oracle,
 ``--method pnet`` adds the P-Net row. Tables, summaries and figure composition are the
 shared ones of :mod:`pipeline.report` (also used by report_retab).
 
@@ -26,7 +26,6 @@ Outputs (the directory appears complete or not at all):
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -41,14 +40,15 @@ from pipeline.data.labels import load_image_labels
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir, read_json, write_json, write_text
-from pipeline.layout import LNET_METHODS, LNET_PSEUDO_ROWS, LNET_ROWS
+from pipeline.method_table import LNET
 from pipeline.propagation.superpixel_diffusion import class_seed_masks, node_features, slic_superpixels
 from pipeline.report import (colorize_labels, compose_figure, fit_into_cell, format_percent, gray_to_rgb,
                              markdown_table, pick_largest, summarize_eval)
 from pipeline.runtime import stage_run
-from pipeline.stages.infer_lnet import map_path, read_probability_map
-from pipeline.stages.report_retab import novel_areas, read_sized_png
-from pipeline.stages.self_diffusion import image_cams
+from pipeline.cam import image_cams
+from pipeline.data.probability_png import map_path, read_probability_map
+from pipeline.report import novel_areas, read_sized_png
+from pipeline.stage import stage_parser
 
 TITLES = ("Image", "L-Net map M", "CAM seeds", "Superpixels", "L_w (self-diffusion)", "Ground truth")
 SEED_DIM = 0.35  # brightness of the image under the seed panel
@@ -93,7 +93,7 @@ def report_document(method: str, val: dict[str, dict], pseudo: dict[str, dict], 
     """metrics.json: the method's all / strong / weak mIoU on top, then every row (RETAB's layout:
     ``methods.<row>.{title, val, pseudo}``) with its share of the oracle's mIoU."""
     oracle = val.get("oracle", {}).get("miou")
-    rows = {row: {"title": LNET_ROWS[row], "val": summary, "pseudo": pseudo.get(row),
+    rows = {row: {"title": LNET.rows[row].title, "val": summary, "pseudo": pseudo.get(row),
                   "share_of_oracle": share_of(summary.get("miou"), oracle)} for row, summary in val.items()}
     own = val[method]
     return {"method": method, "miou": own.get("miou"), "miou_strong": own.get("miou_base"),
@@ -108,7 +108,7 @@ def report_markdown(document: dict, figure: bool) -> str:
                  format_percent(m["share_of_oracle"])] for m in methods]
     pseudo_rows = [[m["title"], format_percent(m["pseudo"].get("miou")), format_percent(m["pseudo"].get("miou_novel")),
                     format_percent(m["pseudo"].get("coverage"))] for m in methods if m["pseudo"] is not None]
-    parts = [f"# {LNET_ROWS[document['method']]}: {document['dataset']}, fold {document['fold']} "
+    parts = [f"# {LNET.rows[document['method']].title}: {document['dataset']}, fold {document['fold']} "
              f"(split {document['split']})\n",
              "Transferable semi-supervised segmentation (Xiao et al., AAAI 2018): strong categories with pixel "
              "labels, weak categories with image-level labels only.\n",
@@ -168,10 +168,8 @@ def figure_row(dataset: VOCDataset, image_id: str, classes: list[int], maps: Pat
 # --------------------------------------------------------------------------- stage
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--dataset", default=None, help="dataset name (default: params' dataset)")
-    ap.add_argument("--method", required=True, choices=sorted(LNET_METHODS))
+    ap = stage_parser(__doc__)
+    ap.add_argument("--method", required=True, choices=sorted(LNET.targets))
     ap.add_argument("--fold", required=True, type=int)
     ap.add_argument("--split", required=True, help="lnet.split the inputs were made with")
     ap.add_argument("--metrics", action="append", default=[], help="NAME=PATH of an evaluate metrics file")
@@ -185,13 +183,13 @@ def main(argv=None):
 
     params = load_params(args.params, args.dataset)
     named = parse_named_paths(args.metrics)
-    rows = LNET_METHODS[args.method]
-    needed = [f"{row}_val" for row in rows] + [f"{row}_pseudo" for row in LNET_PSEUDO_ROWS]
+    rows = LNET.targets[args.method]
+    needed = [f"{row}_val" for row in rows] + [f"{row}_pseudo" for row in LNET.pseudo_rows()]
     missing = [name for name in needed if name not in named]
     if missing:
         raise PipelineError("--metrics", f"no {missing[0]}=PATH (the {args.method} report needs {', '.join(needed)})")
     val = {row: read_summary(named[f"{row}_val"], args.fold) for row in rows}
-    pseudo = {row: read_summary(named[f"{row}_pseudo"], args.fold) for row in LNET_PSEUDO_ROWS}
+    pseudo = {row: read_summary(named[f"{row}_pseudo"], args.fold) for row in LNET.pseudo_rows()}
     fold = load_fold(args.fold_file)
     dataset = VOCDataset(params["data"], "train")
     labels = load_image_labels(args.labels)

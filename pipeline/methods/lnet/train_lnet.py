@@ -1,7 +1,7 @@
 """Stage train_lnet: the class-agnostic L-Net of Xiao et al. (AAAI 2018), trained on the
 strong categories' pixel labels with the semantics removed.
 
-    python -m pipeline.stages.train_lnet --params params.yaml --dataset D \\
+    python -m pipeline.methods.lnet.train_lnet --params params.yaml --dataset D \\
         --fold-file work/D/folds/fold0.json --out work/D/fold0/lnet/pascal5i/lnet/model.pt \\
         --history work/D/fold0/lnet/pascal5i/lnet/history.tsv --threads 2
 
@@ -31,22 +31,24 @@ once the model is written), ``history.tsv`` one row per epoch.
 """
 from __future__ import annotations
 
-import argparse
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import check_range, load_params, params_hash, section
+from pipeline.config import load_params, params_hash, section
 from pipeline.data.batches import training_batches
 from pipeline.data.folds import load_fold, mask_novel_pixels
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
 from pipeline.models import DeepLabASPP, backbone_normalization
-from pipeline.runtime import choose_device, seed_everything, set_threads, stage_run
+from pipeline.runtime import seed_everything, stage_run
 from pipeline.training import count_steps, poly_scheduler, train_and_save
+from pipeline.data.folds import fold_novel_classes, fold_samples
+from pipeline.stage import stage_device, stage_parser
+from pipeline.training import train_config
+from pipeline.models.deeplab import deeplab_meta
 
-TRAIN_KEYS = ("crop", "scale_range", "batch_size", "epochs", "lr", "momentum", "weight_decay")
 OBJECT, NOT_OBJECT = 1, 0
 
 
@@ -100,65 +102,26 @@ def objectness_bce(logits: torch.Tensor, target: torch.Tensor, ignore_index: int
     return F.binary_cross_entropy_with_logits(logits[valid], target[valid].to(logits.dtype))
 
 
-def lnet_meta(model: torch.nn.Module) -> dict:
-    """What the L-Net's weights fit (checked again by stage infer_lnet)."""
-    return {**model.meta, "head": model.head_type, "aspp_rates": list(model.rates)}
 
 
-def train_config(params: dict, name: str) -> dict:
-    """``<name>.train`` with every key present and in range (one line naming the key)."""
-    cfg = {k: section(params, f"{name}.train.{k}") for k in TRAIN_KEYS}
-    low, high = cfg["scale_range"]
-    if not 0 < low <= high:
-        raise PipelineError("params.yaml", f"{name}.train.scale_range = {cfg['scale_range']} must be "
-                            "[low, high] with 0 < low <= high")
-    check_range(cfg["crop"], f"{name}.train.crop", 1)
-    check_range(cfg["lr"], f"{name}.train.lr", 0, low_open=True)
-    return cfg
-
-
-def fold_samples(fold: dict, path: str, dataset: VOCDataset, dataset_name: str, key: str) -> list[str]:
-    """The fold file's id list ``key``, non-empty and inside the train split (errors name the file)."""
-    if fold.get("dataset", dataset_name) != dataset_name:
-        raise PipelineError(path, f"was made for dataset '{fold['dataset']}', but params select '{dataset_name}'")
-    ids = fold[key]
-    if not ids:
-        raise PipelineError(path, f"'{key}' is empty")
-    known = set(dataset.ids)
-    outside = [i for i in ids if not isinstance(i, str) or i not in known]
-    if outside:
-        raise PipelineError(path, f"'{key}' lists {len(outside)} id(s) not in the train split "
-                            f"{dataset.list_path} (first: {outside[0]!r})")
-    return list(ids)
-
-
-def fold_novel_classes(fold: dict, path: str, num_classes: int) -> list[int]:
-    novel = fold["novel_classes"]
-    if not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < num_classes for c in novel):
-        raise PipelineError(path, f"'novel_classes' must hold class ids 0..{num_classes - 1}")
-    return [int(c) for c in novel]
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--dataset", default=None, help="dataset name (default: params' dataset)")
+    ap = stage_parser(__doc__, threads=True)
     ap.add_argument("--fold-file", required=True, help="fold JSON: strong = base, weak = novel")
     ap.add_argument("--out", required=True, help="model file to write")
     ap.add_argument("--history", required=True, help="per-epoch history TSV to write")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args(argv)
 
     params = load_params(args.params, args.dataset)
-    cfg = train_config(params, "lnet")
+    cfg = train_config(params, "lnet.train")
     dataset = VOCDataset(params["data"], "train")
     object_ids = object_class_ids(section(params, "lnet.object_classes"), dataset.class_names,
                                   dataset.background_index, dataset.name)
     fold = load_fold(args.fold_file)
     base_ids = fold_samples(fold, args.fold_file, dataset, params["dataset"], "base_samples")
     novel = fold_novel_classes(fold, args.fold_file, dataset.num_classes)
-    set_threads(args.threads)
-    device = choose_device(params.get("device", "auto"))
+    device = stage_device(args, params)
     seed = int(params["seed"])
     seed_everything(seed)
 
@@ -192,7 +155,7 @@ def main(argv=None):
         optimizer = torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
         steps = count_steps(len(base_ids), cfg["batch_size"]) or 1  # fewer ids than a batch: one step
         scheduler = poly_scheduler(optimizer, steps * cfg["epochs"])
-        meta = {**lnet_meta(model), "task": "lnet", "dataset": params["dataset"], "fold": fold.get("fold"),
+        meta = {**deeplab_meta(model), "task": "lnet", "dataset": params["dataset"], "fold": fold.get("fold"),
                 "object_classes": object_ids, "novel_classes": novel,
                 "base_samples_hash": params_hash(base_ids), "params_hash": params_hash(used)}
         train_and_save(model, make_batches, step, optimizer, scheduler, cfg["epochs"], args.out, args.history,

@@ -1,6 +1,6 @@
 """Stage propagate: random walk of CAMs over the AffinityNet graph (PSA; RETAB two-stage).
 
-    python -m pipeline.stages.propagate --params params.yaml --dataset D --walk single|two_stage \\
+    python -m pipeline.methods.retab.propagate --params params.yaml --dataset D --walk single|two_stage \\
         --cams work/D/shared/cam/cams --labels work/D/image_labels.json \\
         --affinity work/D/<scope>/affinity/<variant>/model.pt [--boundary DIR] --out DIR [--threads N]
 
@@ -34,7 +34,6 @@ at all. Sparse walks (``propagation.method``) never form the dense N x N matrix 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +46,12 @@ from pipeline.data.labels import load_image_labels
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir, save_npz
-from pipeline.metrics.label_png import read_label_png
+from pipeline.data.label_png import read_label_png
 from pipeline.runtime import choose_device, progress, set_threads, stage_run
+from pipeline.boundary import boundary_config
+from pipeline.data.labels import check_labels_cover
+from pipeline.io import check_files_exist
+from pipeline.stage import stage_parser
 
 WALKS = ("single", "two_stage")
 
@@ -67,7 +70,6 @@ def propagation_config(params: dict, walk: str) -> dict:
     cfg["boundary_cell_fraction"] = float(prop.get("boundary_cell_fraction", 0.25))
     check_range(cfg["boundary_cell_fraction"], "propagation.boundary_cell_fraction", low=0, high=1, low_open=True)
     if walk == "two_stage":
-        from pipeline.stages.train_affinity import boundary_config
 
         cfg["tau"], cfg["erosion"] = boundary_config(params)
     return cfg
@@ -193,16 +195,6 @@ def revise(scores: np.ndarray, aff: np.ndarray, cfg: dict, walk: str, boundary_c
 
 # --------------------------------------------------------------------------- main
 
-def check_inputs_exist(directory: Path, ids: list[str], suffix: str, what: str) -> None:
-    """Fail before any work when ``directory`` or one ``<id><suffix>`` in it is missing."""
-    if not directory.is_dir():
-        raise PipelineError(directory, f"{what} directory not found")
-    with os.scandir(directory) as entries:
-        names = {entry.name for entry in entries}
-    missing = [i for i in ids if f"{i}{suffix}" not in names]
-    if missing:
-        raise PipelineError(directory / f"{missing[0]}{suffix}",
-                            f"{what} missing ({len(missing)} of {len(ids)} train images have none)")
 
 
 def load_affinity_model(path: str, params: dict, device: str):
@@ -242,9 +234,7 @@ def revise_one(image_id: str, size: tuple[int, int], aff: np.ndarray, grid: tupl
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--dataset", default=None, help="dataset name (default: params' dataset)")
+    ap = stage_parser(__doc__)
     ap.add_argument("--walk", required=True, choices=WALKS)
     ap.add_argument("--cams", required=True, help="CAM npz directory (stage infer_cam)")
     ap.add_argument("--labels", required=True, help="image-labels JSON (stage image_labels)")
@@ -267,14 +257,12 @@ def main(argv=None):
     dataset = VOCDataset(params["data"], "train")
     ids = list(dataset.ids)
     image_labels = load_image_labels(args.labels)
-    unlabelled = [i for i in ids if i not in image_labels]
-    if unlabelled:
-        raise PipelineError(args.labels, f"no image-level labels for train image '{unlabelled[0]}' (stale?)")
+    check_labels_cover(image_labels, ids, args.labels, "train")
     cam_dir = Path(args.cams)
     check_cam_files_exist(cam_dir, ids)
     boundary_dir = Path(args.boundary) if args.boundary else None
     if args.walk == "two_stage":
-        check_inputs_exist(boundary_dir, ids, ".png", "boundary map")
+        check_files_exist(boundary_dir, ids, ".png", "boundary map", listed="train images")
 
     from pipeline.models import backbone_normalization
     from pipeline.data.batches import normalize_batch

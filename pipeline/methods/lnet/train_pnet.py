@@ -1,7 +1,7 @@
 """Stage train_pnet: adversarial refinement of the L-Net row's segmentation network with the
 P-Net discriminator (Xiao et al., AAAI 2018, Eqs. 3-5, Table 1).
 
-    python -m pipeline.stages.train_pnet --params params.yaml --dataset D \\
+    python -m pipeline.methods.lnet.train_pnet --params params.yaml --dataset D \\
         --seg-model work/D/fold0/lnet/pascal5i/seg/lnet/model.pt \\
         --pseudo work/D/fold0/lnet/pascal5i/pseudo --fold-file work/D/folds/fold0.json \\
         --labels work/D/image_labels.json --out work/D/fold0/lnet/pascal5i/seg/pnet/model.pt \\
@@ -36,7 +36,6 @@ of both phases: phase, epoch, losses, learning rates, batches, seconds).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 from pathlib import Path
@@ -57,11 +56,13 @@ from pipeline.io import write_text
 from pipeline.losses import segmentation_ce
 from pipeline.models import backbone_normalization
 from pipeline.models.pnet import PNet
-from pipeline.runtime import choose_device, seed_everything, set_threads, stage_run
-from pipeline.stages.train_lnet import fold_novel_classes
-from pipeline.stages.train_seg import (GT, build_seg_model, check_image_labels, check_pseudo_labels,
-                                       load_target, model_meta, target_sources)
+from pipeline.runtime import seed_everything, stage_run
 from pipeline.training import checkpoint_path_for, count_steps, history_tsv, load_model, poly_scheduler, save_model, train
+from pipeline.data.folds import fold_novel_classes
+from pipeline.data.labels import check_labels_cover
+from pipeline.segmentation import GT, build_seg_model, check_pseudo_labels, load_target, model_meta, target_sources
+from pipeline.stage import stage_device, stage_parser
+from pipeline.training import train_config
 
 TRAIN_KEYS = ("crop", "scale_range", "batch_size", "epochs", "optimizer", "lr_seg", "lr_pnet", "momentum",
               "weight_decay", "samples_per_epoch")
@@ -85,16 +86,7 @@ class AdversarialPair(nn.Module):
 def pnet_config(params: dict) -> dict:
     """The ``pnet`` section, every key present and in range (one line naming the key)."""
     cfg = {k: section(params, f"pnet.{k}") for k in ("pretrain", "pretrain_epochs", "lambda_adv", "pool_size")}
-    cfg["train"] = {k: section(params, f"pnet.train.{k}") for k in TRAIN_KEYS}
-    train_cfg = cfg["train"]
-    low, high = train_cfg["scale_range"]
-    if not 0 < low <= high:
-        raise PipelineError("params.yaml", f"pnet.train.scale_range = {train_cfg['scale_range']} must be "
-                            "[low, high] with 0 < low <= high")
-    check_range(train_cfg["crop"], "pnet.train.crop", 1)
-    check_range(train_cfg["batch_size"], "pnet.train.batch_size", 2)
-    check_range(train_cfg["lr_seg"], "pnet.train.lr_seg", 0, low_open=True)
-    check_range(train_cfg["lr_pnet"], "pnet.train.lr_pnet", 0, low_open=True)
+    cfg["train"] = train_cfg = train_config(params, "pnet.train", TRAIN_KEYS, lr_keys=("lr_seg", "lr_pnet"), min_batch=2)
     check_range(cfg["lambda_adv"], "pnet.lambda_adv", 0)
     if train_cfg["samples_per_epoch"] is not None:
         check_range(train_cfg["samples_per_epoch"], "pnet.train.samples_per_epoch", 2)
@@ -171,9 +163,7 @@ def finetune_step(system: AdversarialPair, batch: dict, num_classes: int, backgr
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--dataset", default=None, help="dataset name (default: params' dataset)")
+    ap = stage_parser(__doc__, threads=True)
     ap.add_argument("--seg-model", required=True, help="segmentation model to refine (L-Net row, train_seg)")
     ap.add_argument("--pseudo", required=True, help="weak images' pseudo labels L_w (stage self_diffusion)")
     ap.add_argument("--fold-file", required=True, help="fold JSON: strong = base, weak = novel")
@@ -181,14 +171,13 @@ def main(argv=None):
     ap.add_argument("--out", required=True, help="refined segmentation model to write")
     ap.add_argument("--out-discriminator", required=True, help="P-Net model to write")
     ap.add_argument("--history", required=True, help="per-epoch history TSV to write")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args(argv)
 
     params = load_params(args.params, args.dataset)
     cfg = pnet_config(params)
     train_cfg = cfg["train"]
     dataset = VOCDataset(params["data"], "train")
-    check_image_labels(load_image_labels(args.labels), dataset.ids, args.labels)
+    check_labels_cover(load_image_labels(args.labels), dataset.ids, args.labels, "train")
     fold = load_fold(args.fold_file)
     if fold.get("dataset", params["dataset"]) != params["dataset"]:
         raise PipelineError(args.fold_file, f"was made for dataset '{fold['dataset']}', "
@@ -201,8 +190,7 @@ def main(argv=None):
     novel = fold_novel_classes(fold, args.fold_file, dataset.num_classes)
     pseudo_dir = Path(args.pseudo)
     check_pseudo_labels(dataset, sources, pseudo_dir)
-    set_threads(args.threads)
-    device = choose_device(params.get("device", "auto"))
+    device = stage_device(args, params)
     seed = int(params["seed"])
     seed_everything(seed)
 

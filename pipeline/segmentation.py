@@ -1,0 +1,222 @@
+"""The segmentation network every method trains through the shared stages, and its feature cache.
+
+Stages train_seg, predict_seg and seg_features (and L-Net's train_pnet) build the network
+with :func:`build_seg_model`, record what its weights fit with :func:`model_meta`, read
+pseudo labels with :func:`load_target` and, with ``segmentation.feature_cache`` on, run
+only the head on the frozen backbone's cached features (:func:`load_feature_cache`,
+written by stage seg_features once per split).
+
+Which label map supervises each train image is :func:`target_sources`: ``gt`` and
+``pseudo`` use one source for every image; ``mixed`` uses the ground truth for the fold's
+base samples (their novel-class pixels become ignore: weak-shot's protocol) and pseudo
+labels for its novel samples.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.config import check_range, params_hash, section
+from pipeline.data.folds import mask_novel_pixels
+from pipeline.data.label_png import read_label_png
+from pipeline.data.voc import VOCDataset, image_size
+from pipeline.errors import PipelineError
+from pipeline.models import DeepLabASPP
+from pipeline.models.deeplab import deeplab_meta
+from pipeline.runtime import progress
+from pipeline.io import check_files_exist
+
+GT, PSEUDO = "gt", "pseudo"  # label sources of target_sources
+
+
+CACHE_FORMAT = "seg-features-v1"
+
+
+
+def feature_cache_enabled(params: dict) -> bool:
+    return bool(section(params, "segmentation").get("feature_cache", False))
+
+
+
+def cache_meta(model: DeepLabASPP) -> dict:
+    """What cached features depend on: the backbone (name, stride, weights file) and the input scale.
+
+    Not ``pretrained``: predict_seg builds its net without ImageNet weights (the model file
+    brings them), the cache was made with them; with a frozen backbone they are the same.
+    """
+    cfg = model.backbone_cfg
+    return {"backbone": cfg["name"], "output_stride": cfg["output_stride"], "weights": cfg.get("weights"),
+            "input_scale": model.input_scale}
+
+
+
+def check_frozen_backbone(model: DeepLabASPP, where: str = "params.yaml") -> None:
+    """Cached features are only exact when no backbone weight trains."""
+    if any(p.requires_grad for p in model.backbone.parameters()):
+        raise PipelineError(where, "segmentation.feature_cache: true needs a backbone that does not train "
+                            "(set segmentation.frozen_blocks to every block group, e.g. 7 for efficientnet_lite0)")
+
+
+
+def load_feature_cache(path: str | Path, model: DeepLabASPP, ids: list[str]) -> dict:
+    """A cache file checked against ``model`` (same backbone / scale) and the split's ids."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(path, "feature cache not found (stage seg_features)")
+    try:
+        cache = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a damaged file
+        raise PipelineError(path, f"unreadable feature cache ({type(err).__name__}: {err})") from None
+    if not isinstance(cache, dict) or cache.get("format") != CACHE_FORMAT:
+        raise PipelineError(path, "not a feature cache of stage seg_features")
+    expected = cache_meta(model)
+    if cache["meta"] != expected:
+        diff = [f"{k}: file has {cache['meta'].get(k)!r}, the network {v!r}" for k, v in expected.items()
+                if cache["meta"].get(k) != v]
+        raise PipelineError(path, "features of another network (" + "; ".join(diff) + "); rerun seg_features")
+    if list(cache["ids"]) != list(ids):
+        raise PipelineError(path, f"holds {len(cache['ids'])} images, the split {len(ids)} (another split "
+                            "or dataset?); rerun seg_features")
+    return cache
+
+
+SUPERVISIONS = ("gt", "pseudo", "mixed")
+
+
+
+PSEUDO_SUFFIX = ".png"
+
+
+
+def seg_backbone_cfg(params: dict) -> dict:
+    """``params['backbone']`` with the segmentation net's own output stride and frozen
+    block groups, where ``segmentation`` sets them (null: the backbone's)."""
+    cfg = dict(params["backbone"])
+    seg = section(params, "segmentation")
+    for key in ("output_stride", "frozen_blocks"):
+        if seg.get(key) is not None:
+            cfg[key] = seg[key]
+    return cfg
+
+
+
+def aspp_rates(params: dict) -> tuple[int, ...] | None:
+    """``segmentation.aspp_rates`` as a tuple, or None for DeepLab-v3's rates at the stride."""
+    rates = section(params, "segmentation").get("aspp_rates")
+    return None if rates is None else tuple(int(r) for r in rates)
+
+
+
+def input_scale(params: dict) -> float:
+    """``segmentation.input_scale`` (> 0): the factor images are resized by for the network."""
+    scale = float(section(params, "segmentation").get("input_scale", 1.0))
+    check_range(scale, "segmentation.input_scale", 0, low_open=True)
+    return scale
+
+
+
+def build_seg_model(params: dict, num_classes: int) -> DeepLabASPP:
+    """The segmentation network the params describe (shared with stage predict_seg)."""
+    head = section(params, "segmentation").get("head", "v3")
+    return DeepLabASPP(seg_backbone_cfg(params), num_classes, aspp_rates(params), head=head,
+                       input_scale=input_scale(params))
+
+
+
+def model_meta(model: DeepLabASPP, dataset: VOCDataset) -> dict:
+    """What the weights fit: architecture, head, rates, input scale and the classes they predict."""
+    return {**deeplab_meta(model), "input_scale": model.input_scale, "class_names": list(dataset.class_names)}
+
+
+
+def target_sources(train_ids: list[str], supervision: str, fold: dict | None = None,
+                   fold_path: str | os.PathLike = "--fold-file") -> dict[str, str]:
+    """``{image_id: 'gt' | 'pseudo'}``: which label map supervises each train image.
+
+    ``gt``/``pseudo``: the same source for every image. ``mixed``: GT for the fold's
+    ``base_samples``, pseudo labels for its ``novel_samples``; the two lists must be
+    disjoint, lie in the train split and cover it (errors name ``fold_path``).
+    """
+    if supervision in (GT, PSEUDO):
+        return dict.fromkeys(train_ids, supervision)
+    if supervision != "mixed":
+        raise PipelineError("--supervision", f"'{supervision}' is not one of {', '.join(SUPERVISIONS)}")
+    if fold is None:
+        raise PipelineError("--fold-file", "supervision 'mixed' needs a fold file (base/novel samples)")
+    base, novel = fold["base_samples"], fold["novel_samples"]
+    both = set(base) & set(novel)
+    if both:
+        raise PipelineError(fold_path, f"'{sorted(both)[0]}' is listed as both a base and a novel sample")
+    known = set(train_ids)
+    outside = [i for i in [*base, *novel] if i not in known]
+    if outside:
+        raise PipelineError(fold_path, f"lists {len(outside)} id(s) not in the train split "
+                            f"(first: {outside[0]!r}); was it made for another dataset?")
+    sources = {**dict.fromkeys(base, GT), **dict.fromkeys(novel, PSEUDO)}
+    missing = [i for i in train_ids if i not in sources]
+    if missing:
+        raise PipelineError(fold_path, f"{len(missing)} train image(s) are neither base nor novel samples "
+                            f"(first: {missing[0]!r})")
+    return {i: sources[i] for i in train_ids}
+
+
+
+def read_pseudo_label(path: Path, height: int, width: int, num_classes: int, ignore_index: int) -> np.ndarray:
+    """A pseudo-label PNG, checked: the image's size, values class ids or ``ignore_index``."""
+    label = read_label_png(path)
+    if label.shape != (height, width):
+        raise PipelineError(path, f"pseudo label is {label.shape[1]}x{label.shape[0]} but its image is "
+                            f"{width}x{height}")
+    present = np.flatnonzero(np.bincount(label.ravel(), minlength=256))
+    bad = [int(v) for v in present if v >= num_classes and v != ignore_index]
+    if bad:
+        raise PipelineError(path, f"pseudo label holds values {bad}: not class ids 0..{num_classes - 1} "
+                            f"or the ignore index {ignore_index}")
+    return label
+
+
+
+def pseudo_path(pseudo_dir: Path, image_id: str) -> Path:
+    return pseudo_dir / f"{image_id}{PSEUDO_SUFFIX}"
+
+
+
+def check_pseudo_dir(pseudo_dir: Path, ids: list[str]) -> None:
+    """Fail before any work if the directory or one listed pseudo label is missing."""
+    check_files_exist(pseudo_dir, ids, PSEUDO_SUFFIX, "pseudo label",
+                      directory_problem="pseudo-label directory not found", listed="images that need one")
+
+
+
+def load_target(image_id: str, source: str, dataset: VOCDataset, image_shape: tuple[int, int],
+                pseudo_dir: Path | None, novel_classes: list[int]) -> np.ndarray:
+    """The HxW class map that supervises ``image_id``: its GT (novel pixels -> ignore) or pseudo label."""
+    if source == GT:
+        return mask_novel_pixels(dataset.load_mask(image_id), novel_classes, dataset.ignore_index)
+    return read_pseudo_label(pseudo_path(pseudo_dir, image_id), *image_shape, dataset.num_classes,
+                             dataset.ignore_index)
+
+
+
+def check_pseudo_labels(dataset: VOCDataset, sources: dict[str, str], pseudo_dir: Path) -> None:
+    """Every pseudo label the run needs exists and is valid (one decode each, before training)."""
+    ids = [i for i, s in sources.items() if s == PSEUDO]
+    check_pseudo_dir(pseudo_dir, ids)
+    for image_id in progress(ids, desc="check pseudo labels"):
+        width, height = image_size(dataset.image_path(image_id))
+        read_pseudo_label(pseudo_path(pseudo_dir, image_id), height, width, dataset.num_classes,
+                          dataset.ignore_index)
+
+
+
+def directory_fingerprint(directory: Path | None) -> str | None:
+    """Hash of the file names, sizes and mtimes in ``directory``: a rewritten pseudo-label
+    directory makes an old checkpoint stale."""
+    if directory is None:
+        return None
+    with os.scandir(directory) as entries:
+        stats = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries)
+    return params_hash(stats)

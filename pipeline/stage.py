@@ -1,0 +1,41 @@
+"""What every stage does before its work, in one place: the command line every stage
+shares (``--params``, ``--dataset``, ``--threads``), params loading and compute setup
+(threads, device). Logging and wall time are :func:`pipeline.runtime.stage_run`; the exit
+code and the one-line error are :func:`pipeline.errors.run_stage`.
+
+A stage module reads top to bottom as::
+
+    def main(argv=None):
+        ap = stage_parser(__doc__, threads=True)
+        ap.add_argument("--out", required=True)
+        args = ap.parse_args(argv)
+        params = load_params(args.params, args.dataset)
+        device = stage_device(args, params)
+        ...
+
+    if __name__ == "__main__":
+        run_stage(main)
+"""
+from __future__ import annotations
+
+import argparse
+
+from pipeline.runtime import choose_device, set_threads
+
+
+def stage_parser(doc: str | None, *, threads: bool = False, dataset_default: str | None = None,
+                 params_help: str | None = None) -> argparse.ArgumentParser:
+    """The parser every stage starts from: ``--params``, ``--dataset`` and, for stages that
+    run torch, ``--threads`` (the rule's threads: parallel jobs must not oversubscribe)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml", help=params_help or "params file")
+    ap.add_argument("--dataset", default=dataset_default, help="dataset name (default: params' dataset)")
+    if threads:
+        ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    return ap
+
+
+def stage_device(args: argparse.Namespace, params: dict, gpus: int | None = None) -> str:
+    """Honour ``--threads`` and choose the device (params ``device``: auto | cpu | cuda)."""
+    set_threads(getattr(args, "threads", None))
+    return choose_device(params.get("device", "auto"), gpus)

@@ -1,0 +1,142 @@
+# CAM stages and pseudo labels: shared by every method that starts from image-level
+# labels (RETAB and its baselines, L-Net / P-Net). They run once per dataset (scope
+# `shared`), except pseudo labels from a fold-dependent affinity net.
+
+
+rule train_cam:
+    input:
+        root=dataset_root,
+        labels=IMAGE_LABELS,
+    output:
+        model=f"{CAM_DIR}/model.pt",
+        history=f"{CAM_DIR}/history.tsv",
+    params:
+        **STAGE_PARAMS,
+        cam=lambda w: section(w.dataset, "cam"),
+        backbone=lambda w: section(w.dataset, "backbone"),
+    log:
+        "logs/{dataset}/shared/train_cam.log",
+    benchmark:
+        "benchmarks/out/{dataset}/shared/train_cam.tsv"
+    threads: TRAIN_THREADS
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=240,
+    conda:
+        CONDA_ENV
+    shell:
+        stage_shell("pipeline.stages.train_cam",
+                    "--labels {input.labels} --out {output.model} --history {output.history} --threads {threads}")
+
+
+rule infer_cam:
+    input:
+        model=f"{CAM_DIR}/model.pt",
+        labels=IMAGE_LABELS,
+    output:
+        directory(f"{CAM_DIR}/cams"),
+    params:
+        **STAGE_PARAMS,
+        cam=lambda w: section(w.dataset, "cam"),
+    log:
+        "logs/{dataset}/shared/infer_cam.log",
+    benchmark:
+        "benchmarks/out/{dataset}/shared/infer_cam.tsv"
+    threads: TRAIN_THREADS
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=120,
+    conda:
+        CONDA_ENV
+    shell:
+        stage_shell("pipeline.stages.infer_cam",
+                    "--model {input.model} --labels {input.labels} --split train --out {output} --threads {threads}")
+
+
+rule eval_cam:
+    # Background-threshold sweep (PSA/SEAM/RETAB CAM evaluation); the best threshold
+    # makes the `cam` row's pseudo labels.
+    input:
+        cams=f"{CAM_DIR}/cams",
+        labels=IMAGE_LABELS,
+    output:
+        f"{CAM_DIR}/eval.json",
+    params:
+        **STAGE_PARAMS,
+        cam=lambda w: section(w.dataset, "cam"),
+    log:
+        "logs/{dataset}/shared/eval_cam.log",
+    benchmark:
+        "benchmarks/out/{dataset}/shared/eval_cam.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        CONDA_ENV
+    shell:
+        stage_shell("pipeline.stages.eval_cam", "--cams {input.cams} --labels {input.labels} --out {output}")
+
+
+rule confident_labels:
+    input:
+        cams=f"{CAM_DIR}/cams",
+        labels=IMAGE_LABELS,
+    output:
+        directory(f"{CAM_DIR}/confident"),
+    params:
+        **STAGE_PARAMS,
+        confident=lambda w: section(w.dataset, "confident_labels"),
+    log:
+        "logs/{dataset}/shared/confident_labels.log",
+    benchmark:
+        "benchmarks/out/{dataset}/shared/confident_labels.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    conda:
+        CONDA_ENV
+    shell:
+        stage_shell("pipeline.stages.confident_labels", "--cams {input.cams} --labels {input.labels} --out {output}")
+
+
+def pseudo_label_inputs(wildcards):
+    inputs = {"labels": IMAGE_LABELS.format(dataset=wildcards.dataset)}
+    if wildcards.source == "cam":
+        inputs["scores"] = f"{CAM_DIR}/cams".format(dataset=wildcards.dataset)
+        inputs["cam_eval"] = f"{CAM_DIR}/eval.json".format(dataset=wildcards.dataset)
+    else:
+        inputs["scores"] = f"work/{wildcards.dataset}/{wildcards.scope}/revised/{wildcards.source}"
+    return inputs
+
+
+rule pseudo_labels:
+    # Bilinear upsampling of (revised) CAMs, argmax restricted to the image's labels
+    # plus background; `cam` thresholds raw CAMs at the best eval_cam threshold.
+    input:
+        unpack(pseudo_label_inputs),
+    output:
+        directory("work/{dataset}/{scope}/pseudo/{source}"),
+    wildcard_constraints:
+        scope=r"shared|fold\d+",
+        source="cam|rw_cam|rw_gt|retab",
+    params:
+        **STAGE_PARAMS,
+        cam_eval=lambda w, input: f"--cam-eval {input.cam_eval}" if "cam_eval" in input.keys() else "",
+        pseudo=lambda w: section(w.dataset, "pseudo_labels"),
+    log:
+        "logs/{dataset}/{scope}/pseudo_labels_{source}.log",
+    benchmark:
+        "benchmarks/out/{dataset}/{scope}/pseudo_labels_{source}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        CONDA_ENV
+    shell:
+        stage_shell("pipeline.stages.pseudo_labels",
+                    "--scores {input.scores} --labels {input.labels} {params.cam_eval} --out {output}")
