@@ -19,11 +19,14 @@ wildcard_constraints:
     target=r"[a-z][a-z0-9_]*",
 
 
+include: "workflow/rules/shared_inputs.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/cam.smk"
 include: "workflow/rules/segmentation.smk"
 include: "workflow/rules/evaluation.smk"
+include: "workflow/rules/retab_inputs.smk"
 include: "workflow/rules/retab.smk"
+include: "workflow/rules/lnet_inputs.smk"
 include: "workflow/rules/lnet.smk"
 
 

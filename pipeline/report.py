@@ -8,7 +8,6 @@ labels).
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -16,9 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.data.label_png import voc_palette
 from pipeline.metrics.semantic import NOVEL_ERROR_KEYS
-from pipeline.data.label_png import read_label_png
 from pipeline.data.voc import VOCDataset
-from pipeline.errors import PipelineError
 from pipeline.runtime import progress
 
 # Columns of the novel-error table (pipeline.metrics.novel_error_breakdown): where ground-truth
@@ -234,12 +231,3 @@ def novel_areas(dataset: VOCDataset, ids: list[str], novel_classes: list[int]) -
     """Novel-class pixels in each image's ground truth."""
     return {i: int(np.isin(dataset.load_mask(i), novel_classes).sum())
             for i in progress(ids, desc="novel areas")}
-
-
-
-def read_sized_png(path: Path, height: int, width: int, what: str) -> np.ndarray:
-    """A one-channel PNG (label map or boundary map) that must have the image's size."""
-    array = read_label_png(path)
-    if array.shape != (height, width):
-        raise PipelineError(path, f"{what} is {array.shape[1]}x{array.shape[0]}, its image is {width}x{height}")
-    return array

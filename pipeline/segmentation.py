@@ -21,13 +21,13 @@ import torch
 
 from pipeline.config import check_range, params_hash, section
 from pipeline.data.folds import mask_novel_pixels
-from pipeline.data.label_png import read_label_png
 from pipeline.data.voc import VOCDataset, image_size
 from pipeline.errors import PipelineError
 from pipeline.models import DeepLabASPP
 from pipeline.models.deeplab import deeplab_meta
 from pipeline.runtime import progress
 from pipeline.io import check_files_exist
+from pipeline.data.label_png import read_class_png
 
 GT, PSEUDO = "gt", "pseudo"  # label sources of target_sources
 
@@ -164,21 +164,6 @@ def target_sources(train_ids: list[str], supervision: str, fold: dict | None = N
 
 
 
-def read_pseudo_label(path: Path, height: int, width: int, num_classes: int, ignore_index: int) -> np.ndarray:
-    """A pseudo-label PNG, checked: the image's size, values class ids or ``ignore_index``."""
-    label = read_label_png(path)
-    if label.shape != (height, width):
-        raise PipelineError(path, f"pseudo label is {label.shape[1]}x{label.shape[0]} but its image is "
-                            f"{width}x{height}")
-    present = np.flatnonzero(np.bincount(label.ravel(), minlength=256))
-    bad = [int(v) for v in present if v >= num_classes and v != ignore_index]
-    if bad:
-        raise PipelineError(path, f"pseudo label holds values {bad}: not class ids 0..{num_classes - 1} "
-                            f"or the ignore index {ignore_index}")
-    return label
-
-
-
 def pseudo_path(pseudo_dir: Path, image_id: str) -> Path:
     return pseudo_dir / f"{image_id}{PSEUDO_SUFFIX}"
 
@@ -196,8 +181,8 @@ def load_target(image_id: str, source: str, dataset: VOCDataset, image_shape: tu
     """The HxW class map that supervises ``image_id``: its GT (novel pixels -> ignore) or pseudo label."""
     if source == GT:
         return mask_novel_pixels(dataset.load_mask(image_id), novel_classes, dataset.ignore_index)
-    return read_pseudo_label(pseudo_path(pseudo_dir, image_id), *image_shape, dataset.num_classes,
-                             dataset.ignore_index)
+    return read_class_png(pseudo_path(pseudo_dir, image_id), *image_shape, dataset.num_classes,
+                          dataset.ignore_index, "pseudo label")
 
 
 
@@ -207,8 +192,8 @@ def check_pseudo_labels(dataset: VOCDataset, sources: dict[str, str], pseudo_dir
     check_pseudo_dir(pseudo_dir, ids)
     for image_id in progress(ids, desc="check pseudo labels"):
         width, height = image_size(dataset.image_path(image_id))
-        read_pseudo_label(pseudo_path(pseudo_dir, image_id), height, width, dataset.num_classes,
-                          dataset.ignore_index)
+        read_class_png(pseudo_path(pseudo_dir, image_id), height, width, dataset.num_classes,
+                       dataset.ignore_index, "pseudo label")
 
 
 

@@ -23,15 +23,19 @@ import argparse
 from pipeline.runtime import choose_device, set_threads
 
 
-def stage_parser(doc: str | None, *, threads: bool = False, dataset_default: str | None = None,
-                 params_help: str | None = None) -> argparse.ArgumentParser:
-    """The parser every stage starts from: ``--params``, ``--dataset`` and, for stages that
-    run torch, ``--threads`` (the rule's threads: parallel jobs must not oversubscribe)."""
+def stage_parser(doc: str | None, *, threads: bool = False, training: bool = False,
+                 dataset_default: str | None = None, params_help: str | None = None) -> argparse.ArgumentParser:
+    """The parser every stage starts from: ``--params``, ``--dataset``; for stages that run
+    torch ``--threads`` (the rule's threads: parallel jobs must not oversubscribe); for
+    training stages (``training``) also their two outputs, ``--out`` and ``--history``."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml", help=params_help or "params file")
     ap.add_argument("--dataset", default=dataset_default, help="dataset name (default: params' dataset)")
-    if threads:
+    if threads or training:
         ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    if training:
+        ap.add_argument("--out", required=True, help="model file to write")
+        ap.add_argument("--history", required=True, help="per-epoch history TSV to write")
     return ap
 
 

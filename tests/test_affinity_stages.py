@@ -13,20 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from pipeline.boundary import prob_to_uint8
 from pipeline.cam import write_cam_file
-from pipeline.data.labels import write_image_labels
-from pipeline.errors import run_stage
 from pipeline.io import load_npz, write_json
-from pipeline.metrics.label_png import read_label_png, write_label_png
-from pipeline.stages import propagate, pseudo_labels, train_affinity
-from pipeline.stages.train_affinity import reduce_to_grid, sample_sources
-from workflow_utils import tiny_dataset_entry
+from pipeline.data.label_png import read_label_png, write_label_png
+from pipeline.methods.retab import propagate, train_affinity
+from pipeline.stages import pseudo_labels
+from pipeline.methods.retab.train_affinity import reduce_to_grid, sample_sources
+from conftest import run_fails, run_ok, tiny_params, write_tiny_voc, write_yaml
 
-REPO = Path(__file__).resolve().parent.parent
 SIZE = 32
 CLASSES = ["background", "red", "green", "blue"]
 # image id -> (class, top, left) of its 12x12 square object
@@ -36,60 +33,30 @@ COLOURS = {0: (40, 40, 40), 1: (220, 30, 30), 2: (30, 200, 40), 3: (30, 40, 220)
 NOVEL = [3]
 
 
-def object_mask(image_id: str) -> np.ndarray:
-    cls, top, left = OBJECTS[image_id]
-    mask = np.zeros((SIZE, SIZE), np.uint8)
-    mask[top:top + 12, left:left + 12] = cls
-    return mask
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict:
     """Dataset, params file and every upstream artifact, shared by the tests of this module."""
     root = tmp_path_factory.mktemp("tiny")
-    data = root / "VOC"
-    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (data / sub).mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for image_id in OBJECTS:
-        mask = object_mask(image_id)
-        image = np.zeros((SIZE, SIZE, 3), np.uint8)
-        for cls, colour in COLOURS.items():
-            image[mask == cls] = colour
-        image = np.clip(image + rng.integers(-10, 10, image.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(image).save(data / "JPEGImages" / f"{image_id}.jpg", quality=95)
-        Image.fromarray(mask).save(data / "SegmentationClass" / f"{image_id}.png")
-    (data / "ImageSets/Segmentation/train.txt").write_text("\n".join(OBJECTS) + "\n")
-    (data / "ImageSets/Segmentation/val.txt").write_text("i0\n")
+    data = write_tiny_voc(root / "VOC", {i: [(cls, top, top + 12, left, left + 12)]
+                                         for i, (cls, top, left) in OBJECTS.items()},
+                          val=["i0"], classes=CLASSES, colours=COLOURS)
+    params = tiny_params(data, [["blue"]], {
+        "backbone.pretrained": False, "backbone.output_stride": 16, "backbone.frozen_blocks": 0,
+        "affinity.radius": 3, "affinity.feat_dim": 28,
+        "affinity.train": {"crop": 32, "scale_range": [0.9, 1.1], "batch_size": 2, "epochs": 1, "lr": 0.01,
+                           "momentum": 0.9, "weight_decay": 0.0005},
+        "propagation.logt": 3, "boundary.tau": 0.5, "boundary.erosion": 0})
+    params_path = write_yaml(root / "params.yaml", params)
 
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["dataset"] = "tiny"
-    params["datasets"] = {"tiny": tiny_dataset_entry(data, CLASSES, [["blue"]])}
-    params["overrides"] = {}
-    params["backbone"].update({"pretrained": False, "output_stride": 16, "frozen_blocks": 0})
-    params["affinity"].update({"radius": 3, "feat_dim": 28,
-                               "train": {"crop": 32, "scale_range": [0.9, 1.1], "batch_size": 2, "epochs": 1,
-                                         "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0005}})
-    params["propagation"].update({"logt": 3})
-    params["boundary"].update({"tau": 0.5, "erosion": 0})
-    params_path = root / "params.yaml"
-    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-    labels = {i: [OBJECTS[i][0]] for i in OBJECTS}
-    labels_path = root / "image_labels.json"
-    write_image_labels(labels_path, dataset_name="tiny", class_names=CLASSES, background="background",
-                       min_pixels=1, splits={"train": list(OBJECTS), "val": ["i0"]}, labels=labels)
-    novel_samples = [i for i in OBJECTS if OBJECTS[i][0] in NOVEL]
-    fold_path = root / "fold0.json"
-    write_json(fold_path, {"fold": 0, "novel_classes": NOVEL, "base_classes": [0, 1, 2],
-                           "novel_samples": novel_samples,
-                           "base_samples": [i for i in OBJECTS if i not in novel_samples], "counts": {}})
+    assert data.labels() == {i: [OBJECTS[i][0]] for i in OBJECTS}
+    labels_path = data.write_labels(root / "image_labels.json")
+    fold_path = data.write_fold(root / "fold0.json", NOVEL)
+    assert data.fold(NOVEL)["novel_samples"] == ["i2", "i4"]
 
     cams, confident, boundary = root / "cams", root / "confident", root / "boundary"
     for d in (cams, confident, boundary):
         d.mkdir()
-    for image_id in OBJECTS:
-        mask = object_mask(image_id)
+    for image_id, mask in data.masks.items():
         cls = OBJECTS[image_id][0]
         # CAM at stride 4: 1 on the object's cells, 0.2 around them (the classic blurry CAM)
         grid = (mask[::4, ::4] == cls).astype(np.float32)
@@ -106,13 +73,6 @@ def tiny(tmp_path_factory) -> dict:
         Image.fromarray(prob_to_uint8(edge.astype(np.float32))).save(boundary / f"{image_id}.png")
     return {"root": root, "params": str(params_path), "labels": str(labels_path), "fold": str(fold_path),
             "cams": str(cams), "confident": str(confident), "boundary": str(boundary), "raw_params": params}
-
-
-def run(module, argv: list[str], capsys) -> tuple[int, str]:
-    """Run a stage in-process the way ``python -m`` does: (exit code, stderr)."""
-    with pytest.raises(SystemExit) as exit_info:
-        run_stage(module.main, argv)
-    return exit_info.value.code, capsys.readouterr().err
 
 
 def train_args(tiny, variant: str, out: Path) -> list[str]:
@@ -132,9 +92,7 @@ def trained(tiny, tmp_path_factory) -> dict:
     out = {}
     for variant in ("cam", "gt", "retab"):
         directory = tmp_path_factory.mktemp(f"aff_{variant}")
-        with pytest.raises(SystemExit) as exit_info:
-            run_stage(train_affinity.main, train_args(tiny, variant, directory))
-        assert exit_info.value.code == 0
+        run_ok(train_affinity.main, train_args(tiny, variant, directory))
         out[variant] = directory
     return out
 
@@ -158,12 +116,10 @@ def test_interrupted_training_resumes_to_identical_weights(tiny, tmp_path, capsy
 
     params = copy.deepcopy(tiny["raw_params"])
     params["affinity"]["train"]["epochs"] = 2
-    params_path = tmp_path / "params.yaml"
-    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    params_path = write_yaml(tmp_path / "params.yaml", params)
     args = {name: train_args({**tiny, "params": str(params_path)}, "cam", tmp_path / name)
             for name in ("reference", "resumed")}
-    code, err = run(train_affinity, args["reference"], capsys)
-    assert code == 0, err
+    run_ok(train_affinity.main, args["reference"])
 
     real_checkpoint = pipeline.training.save_checkpoint
     calls = []
@@ -180,8 +136,7 @@ def test_interrupted_training_resumes_to_identical_weights(tiny, tmp_path, capsy
     assert (tmp_path / "resumed/model.checkpoint.pt").exists() and not (tmp_path / "resumed/model.pt").exists()
     monkeypatch.setattr(pipeline.training, "save_checkpoint", real_checkpoint)
     with caplog.at_level("INFO", logger="pipeline"):
-        code, err = run(train_affinity, args["resumed"], capsys)
-    assert code == 0, err
+        run_ok(train_affinity.main, args["resumed"])
     assert "after epoch 1/2" in caplog.text
     resumed = torch.load(tmp_path / "resumed/model.pt", weights_only=True)["state_dict"]
     reference = torch.load(tmp_path / "reference/model.pt", weights_only=True)["state_dict"]
@@ -204,8 +159,7 @@ def test_reduce_to_grid_takes_cell_centre_pixels():
 def test_retab_variant_needs_boundary_maps(tiny, tmp_path, capsys):
     args = train_args(tiny, "retab", tmp_path / "out")
     args[args.index("--boundary") + 1] = str(tmp_path / "nowhere")
-    code, err = run(train_affinity, args, capsys)
-    assert code == 2 and err.startswith("error:") and "nowhere" in err and len(err.strip().splitlines()) == 1
+    run_fails(train_affinity.main, args, capsys, "nowhere", alone=True)
     assert not (tmp_path / "out").exists()
 
 
@@ -223,8 +177,7 @@ def propagate_args(tiny, trained, walk: str, out: Path, params: str | None = Non
 @pytest.mark.parametrize("walk", ["single", "two_stage"])
 def test_propagate_writes_revised_scores_and_pseudo_labels(tiny, trained, tmp_path, capsys, walk):
     out = tmp_path / "revised"
-    code, err = run(propagate, propagate_args(tiny, trained, walk, out), capsys)
-    assert code == 0, err
+    run_ok(propagate.main, propagate_args(tiny, trained, walk, out))
     assert sorted(p.stem for p in out.iterdir()) == sorted(OBJECTS)
     record = load_npz(out / "i2.npz")
     assert record["scores"].dtype == np.float16 and record["scores"].shape == (2, 4, 4)
@@ -233,9 +186,8 @@ def test_propagate_writes_revised_scores_and_pseudo_labels(tiny, trained, tmp_pa
     assert np.isfinite(record["scores"].astype(np.float32)).all()
 
     labels_out = tmp_path / "pseudo"
-    code, err = run(pseudo_labels, ["--params", tiny["params"], "--scores", str(out), "--labels", tiny["labels"],
-                                    "--out", str(labels_out)], capsys)
-    assert code == 0, err
+    run_ok(pseudo_labels.main, ["--params", tiny["params"], "--scores", str(out), "--labels", tiny["labels"],
+                                "--out", str(labels_out)])
     for image_id, (cls, _, _) in OBJECTS.items():
         label = read_label_png(labels_out / f"{image_id}.png")
         assert label.shape == (SIZE, SIZE)
@@ -246,9 +198,8 @@ def test_pseudo_labels_from_raw_cams_use_the_eval_threshold(tiny, tmp_path, caps
     eval_path = tmp_path / "eval.json"
     write_json(eval_path, {"best_threshold": 0.5, "miou": 0.5})
     out = tmp_path / "pseudo"
-    code, err = run(pseudo_labels, ["--params", tiny["params"], "--scores", tiny["cams"], "--labels",
-                                    tiny["labels"], "--cam-eval", str(eval_path), "--out", str(out)], capsys)
-    assert code == 0, err
+    run_ok(pseudo_labels.main, ["--params", tiny["params"], "--scores", tiny["cams"], "--labels",
+                                tiny["labels"], "--cam-eval", str(eval_path), "--out", str(out)])
     label = read_label_png(out / "i0.png")
     # The CAM is 1 on the object (rows/cols 4..15 at stride 4 -> cells 1..3) and 0.2 around:
     # above 0.5 only well inside the object, background elsewhere.
@@ -257,13 +208,6 @@ def test_pseudo_labels_from_raw_cams_use_the_eval_threshold(tiny, tmp_path, caps
 
 
 # --------------------------------------------------------------------------- bad input
-
-def assert_one_line_error(code: int, err: str, *needles: str) -> None:
-    assert code == 2
-    assert err.startswith("error:") and len(err.strip().splitlines()) == 1, err
-    for needle in needles:
-        assert needle in err, err
-
 
 def test_missing_cam_file_is_named_and_nothing_is_written(tiny, trained, tmp_path, capsys):
     cams = tmp_path / "cams"
@@ -274,8 +218,7 @@ def test_missing_cam_file_is_named_and_nothing_is_written(tiny, trained, tmp_pat
     out = tmp_path / "revised"
     args = propagate_args(tiny, trained, "single", out)
     args[args.index("--cams") + 1] = str(cams)
-    code, err = run(propagate, args, capsys)
-    assert_one_line_error(code, err, str(cams / "i3.npz"))
+    run_fails(propagate.main, args, capsys, str(cams / "i3.npz"), alone=True)
     assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
 
 
@@ -285,25 +228,23 @@ def test_missing_cam_file_is_named_and_nothing_is_written(tiny, trained, tmp_pat
 def test_bad_walk_params_are_named(tiny, trained, tmp_path, capsys, section, key, value):
     params = copy.deepcopy(tiny["raw_params"])
     params[section][key] = value
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    path = write_yaml(tmp_path / "params.yaml", params)
     out = tmp_path / "revised"
-    code, err = run(propagate, propagate_args(tiny, trained, "single", out, params=str(path)), capsys)
-    assert_one_line_error(code, err, f"{section}.{key}")
+    run_fails(propagate.main, propagate_args(tiny, trained, "single", out, params=str(path)), capsys,
+              f"{section}.{key}", alone=True)
     assert not out.exists()
 
 
 def test_missing_score_file_for_pseudo_labels(tiny, tmp_path, capsys):
     out = tmp_path / "pseudo"
-    code, err = run(pseudo_labels, ["--params", tiny["params"], "--scores", str(tmp_path / "none"),
-                                    "--labels", tiny["labels"], "--out", str(out)], capsys)
-    assert_one_line_error(code, err, str(tmp_path / "none"))
+    run_fails(pseudo_labels.main, ["--params", tiny["params"], "--scores", str(tmp_path / "none"),
+                                   "--labels", tiny["labels"], "--out", str(out)], capsys, str(tmp_path / "none"),
+              alone=True)
     assert not out.exists()
 
 
 def test_raw_cams_without_cam_eval_are_refused(tiny, tmp_path, capsys):
     out = tmp_path / "pseudo"
-    code, err = run(pseudo_labels, ["--params", tiny["params"], "--scores", tiny["cams"], "--labels",
-                                    tiny["labels"], "--out", str(out)], capsys)
-    assert_one_line_error(code, err, "--cam-eval")
+    run_fails(pseudo_labels.main, ["--params", tiny["params"], "--scores", tiny["cams"], "--labels",
+                                   tiny["labels"], "--out", str(out)], capsys, "--cam-eval", alone=True)
     assert not out.exists()

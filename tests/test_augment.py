@@ -1,8 +1,6 @@
 """Augmentation, resizing, normalization and boundary targets on hand-computed tiny arrays."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -10,8 +8,7 @@ from pipeline.data.augment import (IMAGE_PAD_VALUE, IMAGENET_MEAN, IMAGENET_STD,
                                    random_scale_crop_flip, resize_image, resize_mask)
 from pipeline.data.boundary_labels import (boundary_from_outline, boundary_from_transitions, boundary_target,
                                            label_change_pixels)
-
-CAMVID_ROOT = (Path(__file__).resolve().parent.parent / "../shared/data/camvid").resolve()
+from conftest import CAMVID_ROOT, needs_camvid
 
 
 # --- normalize / resize ------------------------------------------------------------------
@@ -164,7 +161,7 @@ def test_boundary_argument_errors():
         boundary_from_transitions(np.zeros((2, 2), np.uint8), 0, 255)
 
 
-@pytest.mark.skipif(not CAMVID_ROOT.is_dir(), reason="../shared/data/camvid not present")
+@needs_camvid
 def test_boundary_target_on_real_camvid():
     from PIL import Image
 

@@ -9,14 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-import pipeline.tv  # noqa: F401
+import pipeline.torchvision_shim  # noqa: F401
 from pipeline.config import REPO_ROOT
 from pipeline.errors import PipelineError
 from pipeline.models.backbone import (TIMM_EFFICIENTNET_ARCH, _load_state_dict_file, backbone_normalization,
                                       build_backbone, efficientnet_lite0_classifier, efficientnet_lite0_weights_file,
                                       map_state_dict_by_position)
-
-CAMVID = REPO_ROOT.parent / "shared" / "data" / "camvid"
+from conftest import CAMVID_ROOT
 # Car crop from CamVid 0001TP_009240 (the largest car region of the set, found via its
 # mask, class 8): rows 156..354, columns 196..480 of the 480 x 360 image.
 CAR_IMAGE, CAR_BOX = "0001TP_009240", (196, 156, 480, 354)
@@ -25,7 +24,7 @@ CAR_CLASSES = {407, 436, 468, 479, 511, 569, 581, 609, 627, 656, 661, 675, 705, 
 
 
 def _car_crop_tensor(mean, std) -> torch.Tensor:
-    image = Image.open(CAMVID / "JPEGImages" / f"{CAR_IMAGE}.jpg").convert("RGB")
+    image = Image.open(CAMVID_ROOT / "JPEGImages" / f"{CAR_IMAGE}.jpg").convert("RGB")
     crop = image.crop(CAR_BOX).resize((224, 224), Image.BICUBIC)
     scaled = np.asarray(crop, dtype=np.float32) / 255.0
     normalized = (scaled - np.array(mean, dtype=np.float32)) / np.array(std, dtype=np.float32)
@@ -45,7 +44,7 @@ def test_packaged_weights_match_all_296_tensors_by_position_and_shape():
         assert torch.equal(tensor, original), key
 
 
-@pytest.mark.skipif(not (CAMVID / "JPEGImages" / f"{CAR_IMAGE}.jpg").exists(), reason="CamVid not present")
+@pytest.mark.skipif(not (CAMVID_ROOT / "JPEGImages" / f"{CAR_IMAGE}.jpg").exists(), reason="CamVid not present")
 def test_pretrained_classifier_recognises_a_real_car_and_random_one_does_not():
     mean, std = backbone_normalization({"name": "efficientnet_lite0"})
     x = _car_crop_tensor(mean, std)
@@ -108,7 +107,7 @@ def test_unfrozen_batchnorm_trains_when_freeze_bn_is_false():
 
 
 def test_resnet50_loads_a_local_state_dict_and_dilates(tmp_path: Path):
-    from pipeline.tv import torchvision
+    from pipeline.torchvision_shim import torchvision
 
     torch.manual_seed(1)
     reference = torchvision.models.resnet50(weights=None)

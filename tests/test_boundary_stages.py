@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from pipeline.boundary import (
@@ -27,15 +25,13 @@ from pipeline.boundary import (
     prob_to_uint8,
     uint8_to_prob,
 )
-from pipeline.config import REPO_ROOT
-from pipeline.errors import PipelineError, run_stage
-from pipeline.metrics.label_png import write_label_png
+from pipeline.errors import PipelineError
 from pipeline.models import BoundaryNet
-from pipeline.stages import infer_boundary, train_boundary
-from pipeline.stages.train_boundary import base_sample_loss_target
+from pipeline.methods.retab import infer_boundary, train_boundary
+from pipeline.methods.retab.train_boundary import base_sample_loss_target
 from pipeline.training import checkpoint_path_for
 from pipeline.training import MODEL_FORMAT
-from workflow_utils import tiny_dataset_entry
+from conftest import make_boundary_tiny, run_fails, run_ok, write_yaml
 
 # --------------------------------------------------------------------------- pure functions
 
@@ -158,72 +154,18 @@ def test_same_size_batches_groups_consecutive_equal_sizes():
 
 # --------------------------------------------------------------------------- stages
 
-CLASSES = ["background", "cat", "dog", "bus"]
 TRAIN_IDS = ["t0", "t1", "t2", "t3", "t4", "t5"]
-
-
-def _square_class(index: int) -> int:
-    """Class of the square of mask ``index``: cat/dog (0..3) or bus (4, 5)."""
-    return 3 if index >= 4 else 1 + index % 2
-
-
-def _tiny_mask(index: int) -> np.ndarray:
-    """32x32: background, one square of cat/dog (t0..t3) or bus (t4, t5), a 1-px 255 outline."""
-    mask = np.zeros((32, 32), np.uint8)
-    r, c = 4 + 3 * index, 20 - 2 * index
-    mask[r - 1:r + 11, c - 1:c + 11] = 255
-    mask[r:r + 10, c:c + 10] = _square_class(index)
-    return mask
-
-
-def write_tiny_voc(root: Path, ids: list[str], mask_index) -> dict[str, np.ndarray]:
-    """VOC layout under ``root``: image ``ids[k]`` has mask ``_tiny_mask(mask_index(k))`` and
-    a dark noisy image with its square brightened; val is ``t0``. Returns the masks by id."""
-    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (root / sub).mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    masks = {}
-    for index, image_id in enumerate(ids):
-        masks[image_id] = mask = _tiny_mask(mask_index(index))
-        image = rng.integers(0, 60, (32, 32, 3), dtype=np.uint8)
-        image[mask == _square_class(mask_index(index))] += 150
-        Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.jpg")
-        write_label_png(root / "SegmentationClass" / f"{image_id}.png", mask)
-    (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(ids) + "\n")
-    (root / "ImageSets/Segmentation/val.txt").write_text("t0\n")
-    return masks
-
-
-def write_tiny_boundary_params(tmp_path: Path, root: Path, epochs: int) -> tuple[Path, dict]:
-    """Repo params.yaml with dataset 'tiny' at ``root`` (novel bus), CPU, no ImageNet
-    weights and a 32 px boundary-net schedule; returns (path, params)."""
-    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    raw["dataset"], raw["device"] = "tiny", "cpu"
-    raw["datasets"]["tiny"] = tiny_dataset_entry(root, CLASSES, [["bus"]])
-    raw["backbone"]["pretrained"] = False
-    raw["boundary"]["train"].update({"crop": 32, "scale_range": [0.9, 1.1], "batch_size": 2, "epochs": epochs})
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(raw))
-    return params, raw
 
 
 @pytest.fixture()
 def tiny(tmp_path):
-    root = tmp_path / "tiny"
-    masks = write_tiny_voc(root, TRAIN_IDS, lambda index: index)
-    labels = {i: [int(c) for c in np.unique(m) if c not in (0, 255)] for i, m in masks.items()}
-    pixel_counts = {i: [int((m == c).sum()) for c in range(len(CLASSES))] for i, m in masks.items()}
-    params, raw = write_tiny_boundary_params(tmp_path, root, epochs=1)
-    fold = {"fold": 0, "dataset": "tiny", "novel_classes": [3], "base_classes": [0, 1, 2],
-            "novel_samples": ["t4", "t5"], "base_samples": ["t0", "t1", "t2", "t3"], "counts": {}}
-    (tmp_path / "fold0.json").write_text(json.dumps(fold))
-    (tmp_path / "image_labels.json").write_text(json.dumps({
-        "dataset": "tiny", "classes": CLASSES, "background": "background", "min_pixels": 1,
-        "splits": {"train": TRAIN_IDS, "val": ["t0"]}, "labels": labels, "pixel_counts": pixel_counts}))
+    """conftest.make_boundary_tiny: t0..t3 cat/dog squares (base samples), t4, t5 bus (novel)."""
+    s = make_boundary_tiny(tmp_path, range(6), epochs=1)
+    s["data"].write_labels(tmp_path / "image_labels.json")
     out = tmp_path / "boundary"
-    return {"tmp": tmp_path, "raw": raw, "params": str(params), "fold": str(tmp_path / "fold0.json"),
-            "labels": str(tmp_path / "image_labels.json"), "model": str(out / "model.pt"),
-            "history": str(out / "history.tsv"), "maps": str(out / "maps"), "out": out}
+    return {**s, "params": str(s["params"]), "fold": str(s["fold"]), "labels": str(tmp_path / "image_labels.json"),
+            "model": str(out / "model.pt"), "history": str(out / "history.tsv"), "maps": str(out / "maps"),
+            "out": out}
 
 
 def _train_argv(s, params=None, fold=None):
@@ -236,21 +178,9 @@ def _infer_argv(s, model=None, params=None):
             "--split", "train", "--out", s["maps"], "--threads", "1"]
 
 
-def _run(main, argv):
-    with pytest.raises(SystemExit) as exit_info:
-        run_stage(main, argv)
-    return exit_info.value.code
-
-
-def _single_error_line(capsys) -> str:
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1 and lines[-1] == errors[0], lines
-    return errors[0]
-
-
 def test_train_then_infer(tiny, capsys):
-    assert _run(train_boundary.main, _train_argv(tiny)) == 0
+    assert tiny["data"].fold([3])["novel_samples"] == ["t4", "t5"]
+    run_ok(train_boundary.main, _train_argv(tiny))
     history = tiny["out"].joinpath("history.tsv").read_text().splitlines()
     assert history[0].split("\t") == ["epoch", "loss", "boundary", "foreground", "background",
                                       "lr_backbone", "lr_head", "batches", "seconds"]
@@ -259,7 +189,7 @@ def test_train_then_infer(tiny, capsys):
     saved = torch.load(tiny["model"], weights_only=True)
     assert saved["meta"]["novel_classes"] == [3] and saved["meta"]["output_stride"] == 16
 
-    assert _run(infer_boundary.main, _infer_argv(tiny)) == 0
+    run_ok(infer_boundary.main, _infer_argv(tiny))
     maps = sorted(p.name for p in tiny["out"].joinpath("maps").iterdir())
     assert maps == [f"{i}.png" for i in TRAIN_IDS]  # every train image, novel samples included
     with Image.open(tiny["out"] / "maps" / "t4.png") as im:
@@ -271,28 +201,22 @@ def test_infer_rejects_model_of_another_backbone(tiny, capsys):
     meta = {"model": "BoundaryNet", "backbone": "resnet50", "output_stride": 16, "num_classes": None,
             "dataset": "tiny"}
     torch.save({"format": MODEL_FORMAT, "meta": meta, "state_dict": {}}, model)
-    assert _run(infer_boundary.main, _infer_argv(tiny, model=str(model))) == 2
-    line = _single_error_line(capsys)
-    assert str(model) in line and "resnet50" in line
+    run_fails(infer_boundary.main, _infer_argv(tiny, model=str(model)), capsys, str(model), "resnet50")
     assert not tiny["out"].exists()
 
 
 @pytest.mark.parametrize("tau", [1.5, 0.0])
 def test_tau_outside_open_interval(tiny, capsys, tau):
     tiny["raw"]["boundary"]["tau"] = tau
-    params = tiny["tmp"] / "bad_tau.yaml"
-    params.write_text(yaml.safe_dump(tiny["raw"]))
-    assert _run(train_boundary.main, _train_argv(tiny, params=str(params))) == 2
-    assert "boundary.tau" in _single_error_line(capsys)
-    assert _run(infer_boundary.main, _infer_argv(tiny, params=str(params))) == 2
-    assert "boundary.tau" in _single_error_line(capsys)
+    params = write_yaml(tiny["tmp"] / "bad_tau.yaml", tiny["raw"])
+    run_fails(train_boundary.main, _train_argv(tiny, params=str(params)), capsys, "boundary.tau")
+    run_fails(infer_boundary.main, _infer_argv(tiny, params=str(params)), capsys, "boundary.tau")
     assert not tiny["out"].exists()
 
 
 def test_missing_fold_file(tiny, capsys):
     missing = str(tiny["tmp"] / "fold9.json")
-    assert _run(train_boundary.main, _train_argv(tiny, fold=missing)) == 2
-    assert missing in _single_error_line(capsys)
+    run_fails(train_boundary.main, _train_argv(tiny, fold=missing), capsys, missing)
     assert not tiny["out"].exists()
 
 
@@ -301,7 +225,5 @@ def test_fold_with_unknown_base_sample(tiny, capsys):
     fold["base_samples"].append("nope")
     bad = tiny["tmp"] / "fold_bad.json"
     bad.write_text(json.dumps(fold))
-    assert _run(train_boundary.main, _train_argv(tiny, fold=str(bad))) == 2
-    line = _single_error_line(capsys)
-    assert str(bad) in line and "'nope'" in line
+    run_fails(train_boundary.main, _train_argv(tiny, fold=str(bad)), capsys, str(bad), "'nope'")
     assert not tiny["out"].exists()

@@ -15,15 +15,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-import yaml
-from PIL import Image
 
 from pipeline.cam import cam_path, read_cam_file, write_cam_file
 from pipeline.config import REPO_ROOT
-from pipeline.errors import run_stage
-from pipeline.metrics.label_png import read_label_png, write_label_png
+from pipeline.data.label_png import read_label_png
 from pipeline.stages import confident_labels, eval_cam, image_labels, infer_cam, train_cam
-from workflow_utils import tiny_dataset_entry
+from conftest import run_fails, tiny_dataset_entry, tiny_params, write_tiny_voc, write_yaml
 
 SIZE = 32
 # id -> list of (class, row0, row1, col0, col1) squares
@@ -36,59 +33,28 @@ SCENES = {
     "t5": [(2, 3, 13, 3, 13)],
     "v0": [(1, 8, 16, 8, 16)],
 }
-COLOURS = {1: (220, 30, 30), 2: (30, 30, 220)}
+CAM_CHANGES = {
+    "device": "cpu", "backbone.pretrained": False, "backbone.output_stride": 16, "cam.output_stride": None,
+    "cam.train.crop": 32, "cam.train.scale_range": [0.9, 1.1], "cam.train.batch_size": 3, "cam.train.epochs": 2,
+    "cam.train.lr": 0.01, "cam.train.momentum": 0.9, "cam.infer.scales": [1.0, 0.5], "cam.store_stride": 4,
+    "cam.eval.thresholds": [0.5, 0.8],
+}
 
 
-def _write_dataset(root):
-    (root / "JPEGImages").mkdir(parents=True)
-    (root / "SegmentationClass").mkdir()
-    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
-    for image_id, squares in SCENES.items():
-        image = np.full((SIZE, SIZE, 3), 128, np.uint8)
-        mask = np.zeros((SIZE, SIZE), np.uint8)
-        for cls, r0, r1, c0, c1 in squares:
-            image[r0:r1, c0:c1] = COLOURS[cls]
-            mask[r0:r1, c0:c1] = cls
-        Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.jpg", quality=95)
-        write_label_png(root / "SegmentationClass" / f"{image_id}.png", mask)
-    (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(k for k in SCENES if k[0] == "t") + "\n")
-    (root / "ImageSets/Segmentation/val.txt").write_text("v0\n")
-
-
-def _dataset_entry(root, classes, background):
-    return tiny_dataset_entry(root, classes, [[classes[2]]], background=background)
-
-
-def _write_params(path, root, **changes):
-    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    raw["datasets"]["tiny"] = _dataset_entry(root, ["background", "cat", "dog"], "background")
-    raw["datasets"]["tinynb"] = _dataset_entry(root, ["sky", "cat", "dog"], None)
-    raw["dataset"] = "tiny"
-    raw["device"] = "cpu"
-    raw["backbone"].update({"pretrained": False, "output_stride": 16})
-    raw["cam"]["output_stride"] = None
-    raw["cam"]["train"].update({"crop": 32, "scale_range": [0.9, 1.1], "batch_size": 3, "epochs": 2,
-                                "lr": 0.01, "momentum": 0.9})
-    raw["cam"]["infer"]["scales"] = [1.0, 0.5]
-    raw["cam"]["store_stride"] = 4
-    raw["cam"]["eval"]["thresholds"] = [0.5, 0.8]
-    for dotted, value in changes.items():
-        node = raw
-        *parents, last = dotted.split(".")
-        for part in parents:
-            node = node[part]
-        node[last] = value
-    path.write_text(yaml.safe_dump(raw))
-    return str(path)
+def _write_params(path, data, **changes):
+    """Params with dataset 'tiny' (default) and 'tinynb' (the same files, 'sky' for background)."""
+    nb = tiny_dataset_entry(data.root, ["sky", "cat", "dog"], [["dog"]], background=None)
+    raw = tiny_params(data, [["dog"]], {"datasets.tinynb": nb, **CAM_CHANGES, **changes})
+    return str(write_yaml(path, raw))
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Dataset, params, labels files, one trained model and its CAMs (shared by the tests)."""
     tmp = tmp_path_factory.mktemp("cam")
-    root = tmp / "tiny"
-    _write_dataset(root)
-    params = _write_params(tmp / "params.yaml", root)
+    data = write_tiny_voc(tmp / "tiny", {k: v for k, v in SCENES.items() if k[0] == "t"}, {"v0": SCENES["v0"]},
+                          classes=["background", "cat", "dog"])
+    params = _write_params(tmp / "params.yaml", data)
     labels = {}
     for name in ("tiny", "tinynb"):
         labels[name] = str(tmp / f"labels_{name}.json")
@@ -99,18 +65,8 @@ def trained(tmp_path_factory):
     cams = tmp / "cam" / "cams"
     infer_cam.main(["--params", params, "--model", str(model), "--labels", labels["tiny"], "--split", "train",
                     "--out", str(cams), "--threads", "2"])
-    return {"tmp": tmp, "root": root, "params": params, "labels": labels, "model": model,
+    return {"tmp": tmp, "data": data, "params": params, "labels": labels, "model": model,
             "history": history, "cams": cams}
-
-
-def _run_failing(main, argv, capsys) -> str:
-    """Run a stage the way ``python -m`` does; assert exit 2 and one 'error:' line."""
-    with pytest.raises(SystemExit) as exc:
-        run_stage(main, argv)
-    assert exc.value.code == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1
-    return lines[0]
 
 
 def test_train_writes_model_with_metadata_and_history(trained):
@@ -182,6 +138,17 @@ def _pixels_of_class(cls):
                if c == cls)
 
 
+def _object_labels_nb(trained, name):
+    """tinynb's labels file with each image labelled by its squares' classes only (the CAM
+    keys): the stage-written labels include 'sky' (class 0) where present."""
+    labels_nb = json.loads(open(trained["labels"]["tinynb"]).read())
+    assert labels_nb["labels"]["t3"] == [0]  # t3 holds no square: all 'sky'
+    labels_nb["labels"] = {k: sorted({c for c, *_ in sq}) for k, sq in SCENES.items()}
+    labels_path = trained["tmp"] / name
+    labels_path.write_text(json.dumps(labels_nb))
+    return labels_path
+
+
 def test_eval_cam_threshold_sweep_by_hand(trained):
     cams = trained["tmp"] / "hand_cams"
     _hand_cams(cams, value=0.8)
@@ -204,11 +171,7 @@ def test_eval_cam_without_background_class(trained):
     # 'sky' (id 0) is a class here: label every image with its squares' classes only, so
     # the argmax over the labelled classes paints the whole image with them.
     _hand_cams(cams, value=0.8)
-    labels_nb = json.loads(open(trained["labels"]["tinynb"]).read())
-    # tinynb's labels include 'sky' (class 0) where present: rewrite them as the CAM keys.
-    labels_nb["labels"] = {k: sorted({c for c, *_ in sq}) for k, sq in SCENES.items()}
-    labels_path = trained["tmp"] / "labels_nb_objects.json"
-    labels_path.write_text(json.dumps(labels_nb))
+    labels_path = _object_labels_nb(trained, "labels_nb_objects.json")
     out = trained["tmp"] / "eval_nb.json"
     eval_cam.main(["--params", trained["params"], "--dataset", "tinynb", "--cams", str(cams),
                    "--labels", str(labels_path), "--out", str(out)])
@@ -242,7 +205,7 @@ def test_confident_labels_crf_method(trained):
     pytest.importorskip("pydensecrf.densecrf")     # optional package pydensecrf2
     cams = trained["tmp"] / "hand_cams_crf"
     _hand_cams(cams, value=0.9)
-    params = _write_params(trained["tmp"] / "params_crf_ok.yaml", trained["root"],
+    params = _write_params(trained["tmp"] / "params_crf_ok.yaml", trained["data"],
                            **{"confident_labels.method": "crf"})
     out = trained["tmp"] / "confident_crf_ok"
     confident_labels.main(["--params", params, "--cams", str(cams), "--labels", trained["labels"]["tiny"],
@@ -255,10 +218,7 @@ def test_confident_labels_crf_method(trained):
 def test_confident_labels_without_background_class(trained):
     cams = trained["tmp"] / "hand_cams_nb2"
     _hand_cams(cams, value=0.5, ring=0.2)
-    labels_nb = json.loads(open(trained["labels"]["tinynb"]).read())
-    labels_nb["labels"] = {k: sorted({c for c, *_ in sq}) for k, sq in SCENES.items()}
-    labels_path = trained["tmp"] / "labels_nb_objects2.json"
-    labels_path.write_text(json.dumps(labels_nb))
+    labels_path = _object_labels_nb(trained, "labels_nb_objects2.json")
     out = trained["tmp"] / "confident_nb"
     confident_labels.main(["--params", trained["params"], "--dataset", "tinynb", "--cams", str(cams),
                            "--labels", str(labels_path), "--out", str(out)])
@@ -276,9 +236,8 @@ def test_missing_cam_file_is_named(trained, capsys, stage):
     _hand_cams(cams)
     (cams / "t4.npz").unlink()
     out = trained["tmp"] / f"out_{stage.__name__.rsplit('.', 1)[1]}"
-    line = _run_failing(stage.main, ["--params", trained["params"], "--cams", str(cams), "--labels",
-                                     trained["labels"]["tiny"], "--out", str(out)], capsys)
-    assert "t4.npz" in line and "CAM file missing" in line
+    run_fails(stage.main, ["--params", trained["params"], "--cams", cams, "--labels", trained["labels"]["tiny"],
+                           "--out", out], capsys, "t4.npz", "CAM file missing")
     assert not out.exists()
 
 
@@ -286,9 +245,8 @@ def test_stale_cam_file_is_named(trained, capsys):
     cams = trained["tmp"] / "stale"
     _hand_cams(cams, keys_of=lambda squares: [1] if squares else [])   # t1 labelled dog, CAM says cat
     out = trained["tmp"] / "eval_stale.json"
-    line = _run_failing(eval_cam.main, ["--params", trained["params"], "--cams", str(cams), "--labels",
-                                        trained["labels"]["tiny"], "--out", str(out)], capsys)
-    assert "t1.npz" in line and "stale" in line
+    run_fails(eval_cam.main, ["--params", trained["params"], "--cams", cams, "--labels", trained["labels"]["tiny"],
+                              "--out", out], capsys, "t1.npz", "stale")
     assert not out.exists()
 
 
@@ -300,18 +258,16 @@ def test_model_for_other_classes_is_named(trained, capsys):
     path = trained["tmp"] / "other.pt"
     save_model(path, other, {**other.meta, "classes": list("abcde")})
     out = trained["tmp"] / "cams_other"
-    line = _run_failing(infer_cam.main, ["--params", trained["params"], "--model", str(path), "--labels",
-                                         trained["labels"]["tiny"], "--out", str(out)], capsys)
-    assert "other.pt" in line and "num_classes" in line
+    run_fails(infer_cam.main, ["--params", trained["params"], "--model", path, "--labels", trained["labels"]["tiny"],
+                               "--out", out], capsys, "other.pt", "num_classes")
     assert not out.exists()
 
 
 def test_model_for_other_stride_is_named(trained, capsys):
-    params = _write_params(trained["tmp"] / "params_os8.yaml", trained["root"], **{"cam.output_stride": 8})
+    params = _write_params(trained["tmp"] / "params_os8.yaml", trained["data"], **{"cam.output_stride": 8})
     out = trained["tmp"] / "cams_os8"
-    line = _run_failing(infer_cam.main, ["--params", params, "--model", str(trained["model"]), "--labels",
-                                         trained["labels"]["tiny"], "--out", str(out)], capsys)
-    assert "model.pt" in line and "output_stride" in line
+    run_fails(infer_cam.main, ["--params", params, "--model", trained["model"], "--labels", trained["labels"]["tiny"],
+                               "--out", out], capsys, "model.pt", "output_stride")
     assert not out.exists()
 
 
@@ -321,27 +277,24 @@ def test_model_for_other_stride_is_named(trained, capsys):
     ({"confident_labels.conf_fg": 1.5}, "confident_labels.conf_fg"),
 ])
 def test_out_of_range_confident_params_are_named(trained, capsys, changes, key):
-    params = _write_params(trained["tmp"] / "params_bad.yaml", trained["root"], **changes)
+    params = _write_params(trained["tmp"] / "params_bad.yaml", trained["data"], **changes)
     out = trained["tmp"] / "confident_bad"
-    line = _run_failing(confident_labels.main, ["--params", params, "--cams", str(trained["cams"]),
-                                                "--labels", trained["labels"]["tiny"], "--out", str(out)], capsys)
-    assert key in line
+    run_fails(confident_labels.main, ["--params", params, "--cams", trained["cams"], "--labels",
+                                      trained["labels"]["tiny"], "--out", out], capsys, key)
     assert not out.exists()
 
 
 def test_out_of_range_cam_params_are_named(trained, capsys):
-    params = _write_params(trained["tmp"] / "params_bad2.yaml", trained["root"],
+    params = _write_params(trained["tmp"] / "params_bad2.yaml", trained["data"],
                            **{"cam.train.scale_range": [1.5, 0.5]})
     out = trained["tmp"] / "bad" / "model.pt"
-    line = _run_failing(train_cam.main, ["--params", params, "--labels", trained["labels"]["tiny"], "--out",
-                                         str(out), "--history", str(out.parent / "h.tsv")], capsys)
-    assert "cam.train.scale_range" in line
+    run_fails(train_cam.main, ["--params", params, "--labels", trained["labels"]["tiny"], "--out", out, "--history",
+                               out.parent / "h.tsv"], capsys, "cam.train.scale_range")
     assert not out.parent.exists()
-    params = _write_params(trained["tmp"] / "params_bad3.yaml", trained["root"],
+    params = _write_params(trained["tmp"] / "params_bad3.yaml", trained["data"],
                            **{"cam.eval.thresholds": [0.3, 0.3]})
-    line = _run_failing(eval_cam.main, ["--params", params, "--cams", str(trained["cams"]), "--labels",
-                                        trained["labels"]["tiny"], "--out", str(trained["tmp"] / "e.json")], capsys)
-    assert "cam.eval.thresholds" in line
+    run_fails(eval_cam.main, ["--params", params, "--cams", trained["cams"], "--labels", trained["labels"]["tiny"],
+                              "--out", trained["tmp"] / "e.json"], capsys, "cam.eval.thresholds")
 
 
 def test_crf_method_without_the_package_is_named(trained):
@@ -350,7 +303,7 @@ def test_crf_method_without_the_package_is_named(trained):
         pytest.skip("pydensecrf is installed here")
     except ImportError:
         pass
-    params = _write_params(trained["tmp"] / "params_crf.yaml", trained["root"],
+    params = _write_params(trained["tmp"] / "params_crf.yaml", trained["data"],
                            **{"confident_labels.method": "crf"})
     out = trained["tmp"] / "confident_crf"
     # Through `python -m`, as snakemake runs it: exit 2, one line, no output directory.

@@ -8,82 +8,26 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.config import REPO_ROOT
 from pipeline.data.labels import class_pixel_counts, derive_image_labels, present_classes
 from pipeline.data.voc import VOCDataset, parse_split_line
 from pipeline.errors import PipelineError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CAMVID_ROOT = (REPO_ROOT / "../shared/data/camvid").resolve()
-VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-               "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-               "train", "tvmonitor"]
-CAMVID_CLASSES = ["sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car",
-                  "pedestrian", "bicyclist"]
+from conftest import (CAMVID_CLASSES, CAMVID_ROOT, VOC_CLASSES, box_mask, needs_camvid, save_mask, tiny_dataset_entry,
+                      write_tiny_voc)
 
-
-def voc_palette() -> list[int]:
-    """The PASCAL VOC colour map (bit-interleaved), 256 RGB triples flattened."""
-    palette = []
-    for index in range(256):
-        r = g = b = 0
-        c = index
-        for shift in range(7, -1, -1):
-            r |= ((c >> 0) & 1) << shift
-            g |= ((c >> 1) & 1) << shift
-            b |= ((c >> 2) & 1) << shift
-            c >>= 3
-        palette += [r, g, b]
-    return palette
-
-
-def save_mask(path: Path, mask: np.ndarray, mode: str = "P") -> None:
-    """Mask PNG as VOC stores it ('P': indices + colour palette) or plain grey ('L')."""
-    height, width = mask.shape
-    im = Image.frombytes(mode, (width, height), np.ascontiguousarray(mask, dtype=np.uint8).tobytes())
-    if mode == "P":
-        im.putpalette(voc_palette())
-    im.save(path)
-
-
-def write_voc(root: Path, splits: dict[str, dict[str, np.ndarray]], mask_mode: str = "P") -> Path:
-    """VOC layout under ``root``: JPEGImages, SegmentationClass, ImageSets/Segmentation."""
-    rng = np.random.default_rng(0)
-    (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
-    (root / "SegmentationClass").mkdir(parents=True, exist_ok=True)
-    (root / "ImageSets/Segmentation").mkdir(parents=True, exist_ok=True)
-    for split, samples in splits.items():
-        for image_id, mask in samples.items():
-            image = rng.integers(0, 256, size=mask.shape + (3,), dtype=np.uint8)
-            Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.jpg", quality=95)
-            save_mask(root / "SegmentationClass" / f"{image_id}.png", mask, mask_mode)
-        (root / "ImageSets/Segmentation" / f"{split}.txt").write_text("\n".join(samples) + "\n")
-    return root
+SHAPE = (12, 16)
 
 
 def voc_cfg(root: Path, **changes) -> dict:
-    cfg = {"name": "tiny", "root": str(root), "image_dir": "JPEGImages", "mask_dir": "SegmentationClass",
-           "splits": {"train": "ImageSets/Segmentation/train.txt", "val": "ImageSets/Segmentation/val.txt"},
-           "classes": list(VOC_CLASSES), "background": "background", "ignore_index": 255,
-           "boundary_source": "outline", "novel_classes": "pascal5i"}
-    cfg.update(changes)
-    return cfg
-
-
-def block_mask(shape=(12, 16), fill=0, blocks=()) -> np.ndarray:
-    """Mask of ``fill`` with rectangular blocks ((y0, y1, x0, x1, class), ...)."""
-    mask = np.full(shape, fill, dtype=np.uint8)
-    for y0, y1, x0, x1, c in blocks:
-        mask[y0:y1, x0:x1] = c
-    return mask
+    return {"name": "tiny", **tiny_dataset_entry(root, VOC_CLASSES, "pascal5i"), **changes}
 
 
 @pytest.fixture
 def tiny(tmp_path) -> Path:
-    return write_voc(tmp_path / "VOC", {
-        "train": {"a": block_mask(blocks=[(2, 6, 2, 6, 1), (0, 12, 15, 16, 255)]),
-                  "b": block_mask(blocks=[(0, 3, 0, 3, 7)])},
-        "val": {"c": block_mask(blocks=[(4, 8, 4, 12, 15)])},
-    })
+    """12x16, VOC classes: train a (aeroplane square, void right column), b (car); val c (person)."""
+    return write_tiny_voc(tmp_path / "VOC", {"a": [(1, 2, 6, 2, 6), (255, 0, 12, 15, 16)], "b": [(7, 0, 3, 0, 3)]},
+                          {"c": [(15, 4, 8, 4, 12)]}, classes=VOC_CLASSES, size=SHAPE).root
 
 
 def test_attributes_and_loading(tiny):
@@ -100,15 +44,22 @@ def test_attributes_and_loading(tiny):
     # Palette masks: indices are read, never the palette colours (class 1 is (128, 0, 0)).
     with Image.open(ds.mask_path("a")) as im:
         assert im.mode == "P" and im.getpalette()[3:6] == [128, 0, 0]
-    assert np.array_equal(mask, block_mask(blocks=[(2, 6, 2, 6, 1), (0, 12, 15, 16, 255)]))
+    expected = np.zeros(SHAPE, np.uint8)
+    expected[2:6, 2:6], expected[:, 15] = 1, 255
+    assert np.array_equal(mask, expected)
 
 
 def test_grey_l_mode_masks_and_no_background(tmp_path):
-    mask = block_mask(shape=(5, 7), fill=3, blocks=[(0, 2, 0, 7, 10)])
-    root = write_voc(tmp_path / "cv", {"train": {"x": mask}, "val": {"y": mask}}, mask_mode="L")
-    ds = VOCDataset(voc_cfg(root, classes=CAMVID_CLASSES, background=None), "val")
+    boxes = [(10, 0, 2, 0, 7)]
+    data = write_tiny_voc(tmp_path / "cv", {"x": boxes}, {"y": boxes}, classes=CAMVID_CLASSES, background=None,
+                          size=(5, 7), fill=3, mask_mode="L")
+    with Image.open(data.root / "SegmentationClass/y.png") as im:
+        assert im.mode == "L"
+    ds = VOCDataset(voc_cfg(data.root, classes=CAMVID_CLASSES, background=None), "val")
     assert ds.background_index is None and ds.foreground_indices == list(range(11))
-    assert np.array_equal(ds.load_mask("y"), mask)
+    expected = np.full((5, 7), 3, np.uint8)
+    expected[0:2] = 10
+    assert np.array_equal(ds.load_mask("y"), expected)
 
 
 def test_split_line_forms():
@@ -170,7 +121,7 @@ def test_size_mismatch(tiny):
 
 
 def test_label_outside_class_list(tiny):
-    save_mask(tiny / "SegmentationClass/b.png", block_mask(blocks=[(0, 1, 0, 1, 21), (1, 2, 1, 2, 40)]))
+    save_mask(tiny / "SegmentationClass/b.png", box_mask([(21, 0, 1, 0, 1), (40, 1, 2, 1, 2)], SHAPE))
     ds = VOCDataset(voc_cfg(tiny), "train")
     assert "[21, 40]" in expect_error(tiny / "SegmentationClass/b.png", ds.load_mask, "b").problem
 
@@ -198,9 +149,6 @@ def test_bad_config_keys(tiny):
 
 
 # --- real data -------------------------------------------------------------------------
-
-needs_camvid = pytest.mark.skipif(not CAMVID_ROOT.is_dir(), reason="../shared/data/camvid not present")
-
 
 def camvid_cfg() -> dict:
     import yaml

@@ -16,72 +16,33 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from pipeline.config import REPO_ROOT
-from pipeline.errors import run_stage
-from pipeline.metrics.label_png import read_label_png, write_label_png
+from pipeline.data.label_png import read_label_png, write_label_png
 from pipeline.stages import evaluate, predict_constant
-from workflow_utils import tiny_dataset_entry
+from conftest import run_fails, tiny_params, write_tiny_voc, write_yaml
 
-CLASSES = ["background", "cat", "dog", "bus"]
-
-
-def _mask(square: tuple[int, int, int, int, int], band: bool = False) -> np.ndarray:
-    """8x8 background with rows r0:r1, cols c0:c1 set to a class; optional 255 band on row 0."""
-    r0, r1, c0, c1, value = square
-    mask = np.zeros((8, 8), dtype=np.uint8)
-    mask[r0:r1, c0:c1] = value
-    if band:
-        mask[0, :] = 255
-    return mask
-
-
-MASKS = {
-    "val0": _mask((2, 4, 2, 4, 1), band=True),
-    "val1": _mask((4, 8, 4, 8, 3)),
-    "train0": _mask((1, 5, 1, 5, 2)),
-    "train1": _mask((0, 3, 0, 3, 3)),
+SCENES = {  # 8x8 images: (class, row0, row1, col0, col1) boxes on background
+    "val0": [(1, 2, 4, 2, 4), (255, 0, 1, 0, 8)],  # a cat square; row 0 is the 255 band
+    "val1": [(3, 4, 8, 4, 8)],
+    "train0": [(2, 1, 5, 1, 5)],
+    "train1": [(3, 0, 3, 0, 3)],
 }
 
 
 @pytest.fixture()
 def setup(tmp_path):
-    root = tmp_path / "tiny"
-    (root / "JPEGImages").mkdir(parents=True)
-    (root / "SegmentationClass").mkdir()
-    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for image_id, mask in MASKS.items():
-        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(root / "JPEGImages" / f"{image_id}.jpg")
-        write_label_png(root / "SegmentationClass" / f"{image_id}.png", mask)
-    (root / "ImageSets/Segmentation/train.txt").write_text("train0\ntrain1\n")
-    (root / "ImageSets/Segmentation/val.txt").write_text("val0\nval1\n")
-
-    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    raw["datasets"]["tiny"] = tiny_dataset_entry(root, CLASSES, [["bus"]])
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(raw))
-    fold = {"fold": 0, "dataset": "tiny", "novel_classes": [3], "base_classes": [0, 1, 2],
-            "novel_samples": ["train1"], "base_samples": ["train0"], "counts": {}}
-    fold_file = tmp_path / "fold0.json"
-    fold_file.write_text(json.dumps(fold))
-    return {"tmp": tmp_path, "params": str(params), "fold": str(fold_file), "root": root}
+    data = write_tiny_voc(tmp_path / "tiny", {i: SCENES[i] for i in ("train0", "train1")},
+                          {i: SCENES[i] for i in ("val0", "val1")}, size=8)
+    params = write_yaml(tmp_path / "params.yaml", tiny_params(data, [["bus"]]))
+    fold_file = data.write_fold(tmp_path / "fold0.json", [3])
+    assert data.fold([3])["novel_samples"] == ["train1"]
+    return {"tmp": tmp_path, "params": str(params), "fold": str(fold_file), "root": data.root, "masks": data.masks}
 
 
 def _common(s):
     return ["--params", s["params"], "--dataset", "tiny"]
-
-
-def _run_failing(main, argv, capsys) -> str:
-    """Run a stage the way ``python -m`` does; assert exit 2 and one 'error:' line."""
-    with pytest.raises(SystemExit) as exc:
-        run_stage(main, argv)
-    assert exc.value.code == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1
-    return lines[0]
 
 
 def test_all_background_baseline_end_to_end(setup):
@@ -125,7 +86,7 @@ def test_perfect_prediction_on_novel_samples(setup):
     pred_dir = s["tmp"] / "pred"
     pred_dir.mkdir()
     # Pseudo labels of the train novel samples, equal to the GT: every present class IoU 1.
-    write_label_png(pred_dir / "train1.png", MASKS["train1"])
+    write_label_png(pred_dir / "train1.png", s["masks"]["train1"])
     out = s["tmp"] / "m.json"
     evaluate.main(_common(s) + ["--split", "train", "--pred", str(pred_dir), "--fold-file", s["fold"],
                                 "--ids-from", "novel_samples", "--out", str(out)])
@@ -139,13 +100,12 @@ def test_void_pseudo_labels_need_the_flag(setup, capsys):
     s = setup
     pred_dir = s["tmp"] / "pred"
     pred_dir.mkdir()
-    pseudo = MASKS["train1"].copy()
+    pseudo = s["masks"]["train1"].copy()
     pseudo[0, :] = 255  # uncertain row: 3 bus + 5 background pixels left unlabelled
     write_label_png(pred_dir / "train1.png", pseudo)
     argv = _common(s) + ["--split", "train", "--pred", str(pred_dir), "--fold-file", s["fold"],
                          "--ids-from", "novel_samples", "--out", str(s["tmp"] / "m.json")]
-    line = _run_failing(evaluate.main, argv, capsys)
-    assert "train1.png" in line and "[255]" in line
+    run_fails(evaluate.main, argv, capsys, "train1.png", "[255]")
     assert not (s["tmp"] / "m.json").exists()
     evaluate.main(argv + ["--void-pred"])
     m = json.loads((s["tmp"] / "m.json").read_text())
@@ -162,9 +122,8 @@ def test_missing_prediction_is_named(setup, capsys):
     pred_dir.mkdir()
     write_label_png(pred_dir / "val0.png", np.zeros((8, 8), np.uint8))
     out = s["tmp"] / "m.json"
-    line = _run_failing(evaluate.main, _common(s) + ["--pred", str(pred_dir), "--fold-file", s["fold"],
-                                                     "--out", str(out)], capsys)
-    assert "val1.png" in line and "prediction missing" in line
+    run_fails(evaluate.main, _common(s) + ["--pred", pred_dir, "--fold-file", s["fold"], "--out", out], capsys,
+              "val1.png", "prediction missing")
     assert not out.exists()
 
 
@@ -183,9 +142,8 @@ def test_bad_prediction_files_are_named(setup, capsys, bad, expect):
     else:
         write_label_png(pred_dir / "val1.png", bad)
     out = s["tmp"] / "m.json"
-    line = _run_failing(evaluate.main, _common(s) + ["--pred", str(pred_dir), "--fold-file", s["fold"],
-                                                     "--out", str(out)], capsys)
-    assert "val1.png" in line and expect in line
+    run_fails(evaluate.main, _common(s) + ["--pred", pred_dir, "--fold-file", s["fold"], "--out", out], capsys,
+              "val1.png", expect)
     assert not out.exists()
 
 
@@ -194,15 +152,14 @@ def test_bad_fold_inputs(setup, capsys):
     pred_dir = s["tmp"] / "pred"
     pred_dir.mkdir()
     base = _common(s) + ["--pred", str(pred_dir), "--out", str(s["tmp"] / "m.json")]
-    line = _run_failing(evaluate.main, base + ["--fold-file", s["fold"], "--ids-from", "nonsense"], capsys)
-    assert "fold0.json" in line and "no id list 'nonsense'" in line
+    run_fails(evaluate.main, base + ["--fold-file", s["fold"], "--ids-from", "nonsense"], capsys, "fold0.json",
+              "no id list 'nonsense'")
     # train ids evaluated against the val split
-    line = _run_failing(evaluate.main, base + ["--fold-file", s["fold"], "--ids-from", "novel_samples"], capsys)
-    assert "not in split 'val'" in line
+    run_fails(evaluate.main, base + ["--fold-file", s["fold"], "--ids-from", "novel_samples"], capsys,
+              "not in split 'val'")
     other = s["tmp"] / "other_fold.json"
     other.write_text(json.dumps({**json.loads(Path(s["fold"]).read_text()), "novel_classes": [15]}))
-    line = _run_failing(evaluate.main, base + ["--fold-file", str(other)], capsys)
-    assert "other_fold.json" in line and "novel_classes" in line
+    run_fails(evaluate.main, base + ["--fold-file", str(other)], capsys, "other_fold.json", "novel_classes")
 
 
 def test_predict_constant_class_index(setup, capsys):
@@ -210,9 +167,8 @@ def test_predict_constant_class_index(setup, capsys):
     out = s["tmp"] / "pred"
     predict_constant.main(_common(s) + ["--split", "train", "--class-index", "2", "--out", str(out)])
     assert (read_label_png(out / "train1.png") == 2).all()
-    line = _run_failing(predict_constant.main, _common(s) + ["--class-index", "4", "--out",
-                                                             str(s["tmp"] / "p2")], capsys)
-    assert "--class-index" in line
+    run_fails(predict_constant.main, _common(s) + ["--class-index", "4", "--out", s["tmp"] / "p2"], capsys,
+              "--class-index")
     assert not (s["tmp"] / "p2").exists()
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import os
 import re
 import signal
@@ -31,8 +30,7 @@ import pytest
 import torch
 
 from pipeline.config import REPO_ROOT
-from test_boundary_stages import write_tiny_boundary_params, write_tiny_voc
-from workflow_utils import scratch_workflow
+from conftest import make_boundary_tiny, scratch_workflow
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
        "PYTHONUNBUFFERED": "1"}
@@ -70,18 +68,14 @@ EPOCHS = 3
 
 @pytest.fixture()
 def boundary_run(tmp_path):
-    """Tiny VOC-layout dataset (the masks of tests/test_boundary_stages.py), params, fold."""
-    root = tmp_path / "tiny"
-    ids = [f"t{i}" for i in range(N_IMAGES)]
-    write_tiny_voc(root, ids, lambda index: index % 4)  # cat/dog squares; 255 outline
-    params, _ = write_tiny_boundary_params(tmp_path, root, epochs=EPOCHS)
-    fold = {"fold": 0, "dataset": "tiny", "novel_classes": [3], "base_classes": [0, 1, 2],
-            "novel_samples": [], "base_samples": ids, "counts": {}}
-    (tmp_path / "fold0.json").write_text(json.dumps(fold))
+    """conftest.make_boundary_tiny (the data of tests/test_boundary_stages.py): cat/dog
+    squares with a 255 outline, so every image is a base sample of fold 0."""
+    s = make_boundary_tiny(tmp_path, [index % 4 for index in range(N_IMAGES)], epochs=EPOCHS)
+    assert s["data"].fold([3])["base_samples"] == [f"t{i}" for i in range(N_IMAGES)]
 
     def command(out_dir: Path) -> list[str]:
-        return [sys.executable, "-m", "pipeline.stages.train_boundary", "--params", str(params),
-                "--fold-file", str(tmp_path / "fold0.json"), "--out", str(out_dir / "model.pt"),
+        return [sys.executable, "-m", "pipeline.methods.retab.train_boundary", "--params", str(s["params"]),
+                "--fold-file", str(s["fold"]), "--out", str(out_dir / "model.pt"),
                 "--history", str(out_dir / "history.tsv"), "--threads", "1"]
 
     return {"tmp": tmp_path, "command": command}

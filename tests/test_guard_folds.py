@@ -18,7 +18,7 @@ from PIL import Image
 from pipeline.data.folds import load_fold
 from pipeline.stages import image_labels as image_labels_stage
 from pipeline.stages import make_folds as make_folds_stage
-from workflow_utils import ROOT, tiny_dataset_entry
+from conftest import ROOT, tiny_dataset_entry
 
 CLASSES = ["background", "cat", "dog", "bus"]
 BUS = 3

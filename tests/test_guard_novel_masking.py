@@ -28,7 +28,7 @@ from pipeline.methods.retab import train_affinity as train_affinity_stage
 from pipeline.methods.retab import train_boundary as train_boundary_stage
 from pipeline.methods.lnet import train_lnet as train_lnet_stage
 from pipeline.stages import train_seg as train_seg_stage
-from workflow_utils import ROOT, tiny_dataset_entry
+from conftest import ROOT, tiny_dataset_entry
 
 CLASSES = ["background", "cat", "dog", "bus"]
 NOVEL = 3

@@ -30,7 +30,7 @@ from pipeline.cam import write_cam_file
 from pipeline.data.labels import write_image_labels
 from pipeline.io import load_npz
 from pipeline.methods.retab import propagate as propagate_stage
-from workflow_utils import ROOT, tiny_dataset_entry
+from conftest import ROOT, tiny_dataset_entry
 
 H, W, CELL = 8, 24, 8
 WALK_PARAMS = {"propagation": {"beta": 8, "logt": 1, "alpha": 16, "method": "sparse", "flip": False,

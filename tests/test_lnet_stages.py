@@ -1,10 +1,10 @@
 """L-Net branch stages on a tiny VOC-layout dataset built in tmp_path: train_lnet,
 infer_lnet, self_diffusion (and make_folds --novel-classes for named split-sets).
 
-Dataset "tiny": classes [background, cat, dog, bus], 32x32 images, random backbone
-weights, one epoch. Train images t0..t5 hold a cat or dog square (base samples of the fold
-whose novel class is bus); t6, t7 a bus square, t8 a bus and a cat (novel samples). Val:
-v0 (cat), v1 (bus).
+Dataset "tiny" (conftest.make_lnet_tiny, shared with test_pnet.py): classes [background,
+cat, dog, bus], 32x32 images, random backbone weights, one epoch. Train images t0..t5 hold
+a cat or dog square (base samples of the fold whose novel class is bus); t6, t7 a bus
+square, t8 a bus and a cat (novel samples). Val: v0 (cat), v1 (bus).
 """
 from __future__ import annotations
 
@@ -14,100 +14,30 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from pipeline.cam import write_cam_file
-from pipeline.config import REPO_ROOT, deep_merge, load_params
-from pipeline.errors import PipelineError, run_stage
-from pipeline.metrics.label_png import read_label_png, write_label_png
-from pipeline.stages import image_labels, infer_lnet, make_folds, self_diffusion, train_lnet
-from pipeline.stages.infer_boundary import write_map
-from pipeline.stages.train_lnet import object_class_ids, object_target, objectness_bce
-from workflow_utils import tiny_dataset_entry
+from pipeline.config import REPO_ROOT, load_params
+from pipeline.errors import PipelineError
+from pipeline.data.label_png import read_label_png
+from pipeline.methods.lnet import infer_lnet, self_diffusion, train_lnet
+from pipeline.stages import make_folds
+from pipeline.data.probability_png import read_probability_map, write_map
+from pipeline.methods.lnet.train_lnet import object_class_ids, object_target, objectness_bce
+from conftest import LNET_NOVEL, LNET_SCENES, TINY_CLASSES, box_mask, make_lnet_tiny, run_fails, run_ok
 
-CLASSES = ["background", "cat", "dog", "bus"]
-COLOURS = {1: (220, 40, 40), 2: (40, 60, 220), 3: (240, 200, 30)}
 SIZE = 32
-# id -> [(class, top, left, side)]
-SCENES = {
-    "t0": [(1, 4, 4, 12)], "t1": [(2, 10, 14, 14)], "t2": [(1, 16, 2, 10)], "t3": [(2, 2, 18, 12)],
-    "t4": [(1, 8, 8, 16)], "t5": [(2, 18, 18, 12)],
-    "t6": [(3, 6, 6, 14)], "t7": [(3, 14, 12, 14)], "t8": [(3, 2, 2, 12), (1, 18, 18, 12)],
-    "v0": [(1, 10, 10, 12)], "v1": [(3, 8, 8, 14)],
-}
-TRAIN = [f"t{i}" for i in range(9)]
-NOVEL = ["t6", "t7", "t8"]
-TINY_OVERRIDES = {
-    "backbone": {"pretrained": False, "output_stride": 16, "frozen_blocks": 2},
-    "self_diffusion": {"slic_n_segments": 40},
-    "lnet": {"train": {"crop": 32, "batch_size": 2, "epochs": 1}, "infer": {"batch_size": 4}},
-    "pnet": {"pretrain_epochs": 1, "train": {"crop": 32, "batch_size": 2, "epochs": 1}},
-}
 
 
-def scene(image_id: str) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng([ord(ch) for ch in image_id])
-    image = (rng.integers(90, 130, (SIZE, SIZE, 3))).astype(np.uint8)
-    mask = np.zeros((SIZE, SIZE), dtype=np.uint8)
-    for cls, top, left, side in SCENES[image_id]:
-        image[top:top + side, left:left + side] = COLOURS[cls]
-        mask[top:top + side, left:left + side] = cls
-    return image, mask
-
-
-def write_params(path: Path, root: Path, overrides: dict | None = None, dataset: dict | None = None) -> Path:
-    """Repo params.yaml + dataset 'tiny' (fold 0: novel bus) as the default dataset."""
-    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    raw["datasets"]["tiny"] = {**tiny_dataset_entry(root, CLASSES, [["bus"]], boundary_source="transitions"),
-                              **(dataset or {})}
-    raw["dataset"] = "tiny"
-    raw.setdefault("overrides", {})["tiny"] = deep_merge(TINY_OVERRIDES, overrides or {})
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
-
-
-def make_tiny(tmp_path: Path, **params_args) -> dict:
-    """Images, masks, split lists, params, image labels and fold 0 (via the stages)."""
-    root = tmp_path / "tiny"
-    (root / "JPEGImages").mkdir(parents=True)
-    (root / "SegmentationClass").mkdir()
-    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
-    for image_id in SCENES:
-        image, mask = scene(image_id)
-        Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.jpg", quality=95)
-        write_label_png(root / "SegmentationClass" / f"{image_id}.png", mask)
-    (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(TRAIN) + "\n")
-    (root / "ImageSets/Segmentation/val.txt").write_text("v0\nv1\n")
-    params = write_params(tmp_path / "params.yaml", root, **params_args)
-    labels, fold = tmp_path / "labels.json", tmp_path / "fold0.json"
-    run_ok(image_labels.main, ["--params", str(params), "--out", str(labels)])
-    run_ok(make_folds.main, ["--params", str(params), "--labels", str(labels), "--fold", "0", "--out", str(fold)])
-    return {"root": root, "params": params, "labels": labels, "fold": fold}
-
-
-def run_ok(main, argv):
-    with pytest.raises(SystemExit) as exit_info:
-        run_stage(main, [str(a) for a in argv])
-    assert exit_info.value.code == 0
-
-
-def run_fails(main, argv, capsys) -> str:
-    """Run a stage that must fail on bad input: exit 2, one stderr line 'error: ...'."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        run_stage(main, [str(a) for a in argv])
-    assert exit_info.value.code == 2
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, lines
-    return lines[0]
+def gt_mask(image_id: str) -> np.ndarray:
+    return box_mask(LNET_SCENES[image_id], SIZE)
 
 
 def write_cams(cam_dir: Path, labels: dict[str, list[int]], zero: dict | None = None, stride: int = 4) -> None:
     """CAM files of the novel samples: each labelled class peaks on its ground-truth square."""
     cam_dir.mkdir(parents=True, exist_ok=True)
-    for image_id in NOVEL:
-        _, mask = scene(image_id)
+    for image_id in LNET_NOVEL:
+        mask = gt_mask(image_id)
         keys = sorted(labels[image_id])
         h = w = -(-SIZE // stride)
         cams = np.zeros((len(keys), h, w), dtype=np.float32)
@@ -122,9 +52,8 @@ def write_cams(cam_dir: Path, labels: dict[str, list[int]], zero: dict | None = 
 def write_object_maps(map_dir: Path, size: int = SIZE) -> None:
     """L-Net maps: 0.9 on every object square, 0.05 elsewhere."""
     map_dir.mkdir(parents=True, exist_ok=True)
-    for image_id in NOVEL:
-        _, mask = scene(image_id)
-        prob = np.where(mask > 0, 0.9, 0.05)
+    for image_id in LNET_NOVEL:
+        prob = np.where(gt_mask(image_id) > 0, 0.9, 0.05)
         if size != SIZE:
             prob = np.full((size, size), 0.5)
         write_map(map_dir / f"{image_id}.png", prob)
@@ -138,7 +67,7 @@ def test_object_target_binarises_and_keeps_ignore():
 
 
 def test_object_classes_default_and_no_background_datasets():
-    assert object_class_ids(None, CLASSES, 0, "tiny") == [1, 2, 3]
+    assert object_class_ids(None, TINY_CLASSES, 0, "tiny") == [1, 2, 3]
     camvid = ["sky", "road", "car", "pedestrian"]
     with pytest.raises(PipelineError, match="lnet.object_classes is null.*no background"):
         object_class_ids(None, camvid, None, "camvid")
@@ -148,7 +77,7 @@ def test_object_classes_default_and_no_background_datasets():
     with pytest.raises(PipelineError, match="unknown class 'cow'"):
         object_class_ids(["cow"], camvid, None, "camvid")
     with pytest.raises(PipelineError, match="background class"):
-        object_class_ids(["background"], CLASSES, 0, "tiny")
+        object_class_ids(["background"], TINY_CLASSES, 0, "tiny")
 
 
 def test_objectness_bce_hand_computed_and_ignore():
@@ -164,7 +93,7 @@ def test_objectness_bce_hand_computed_and_ignore():
 # --- train_lnet + infer_lnet ------------------------------------------------------------
 
 def test_lnet_trains_on_base_samples_and_maps_every_weak_image(tmp_path):
-    tiny = make_tiny(tmp_path)
+    tiny = make_lnet_tiny(tmp_path)
     model, history = tmp_path / "lnet/model.pt", tmp_path / "lnet/history.tsv"
     run_ok(train_lnet.main, ["--params", tiny["params"], "--fold-file", tiny["fold"], "--out", model,
                              "--history", history, "--threads", 1])
@@ -177,16 +106,16 @@ def test_lnet_trains_on_base_samples_and_maps_every_weak_image(tmp_path):
     maps = tmp_path / "lnet/maps"
     run_ok(infer_lnet.main, ["--params", tiny["params"], "--model", model, "--fold-file", tiny["fold"],
                              "--out", maps, "--threads", 1])
-    assert sorted(p.stem for p in maps.iterdir()) == NOVEL
-    for image_id in NOVEL:
+    assert sorted(p.stem for p in maps.iterdir()) == LNET_NOVEL
+    for image_id in LNET_NOVEL:
         with Image.open(maps / f"{image_id}.png") as im:
             assert im.mode == "L" and im.size == (SIZE, SIZE)
-        prob = infer_lnet.read_probability_map(maps / f"{image_id}.png", (SIZE, SIZE))
+        prob = read_probability_map(maps / f"{image_id}.png", (SIZE, SIZE))
         assert prob.dtype == np.float32 and 0 <= prob.min() <= prob.max() <= 1
 
 
 def test_lnet_on_dataset_without_background_needs_object_classes(tmp_path, capsys):
-    tiny = make_tiny(tmp_path, dataset={"background": None, "classes": ["floor", "cat", "dog", "bus"]})
+    tiny = make_lnet_tiny(tmp_path, dataset={"background": None, "classes": ["floor", "cat", "dog", "bus"]})
     line = run_fails(train_lnet.main, ["--params", tiny["params"], "--fold-file", tiny["fold"],
                                        "--out", tmp_path / "m.pt", "--history", tmp_path / "h.tsv"], capsys)
     assert "lnet.object_classes" in line and "no background" in line
@@ -194,7 +123,7 @@ def test_lnet_on_dataset_without_background_needs_object_classes(tmp_path, capsy
 
 
 def test_lnet_bad_inputs_name_the_file(tmp_path, capsys):
-    tiny = make_tiny(tmp_path)
+    tiny = make_lnet_tiny(tmp_path)
     line = run_fails(train_lnet.main, ["--params", tiny["params"], "--fold-file", tmp_path / "nope.json",
                                        "--out", tmp_path / "m.pt", "--history", tmp_path / "h.tsv"], capsys)
     assert "nope.json" in line
@@ -220,15 +149,15 @@ def diffusion_args(tiny, tmp_path, out="pseudo"):
 
 
 def test_self_diffusion_labels_the_weak_objects(tmp_path):
-    tiny = make_tiny(tmp_path)
+    tiny = make_lnet_tiny(tmp_path)
     labels = json.loads(tiny["labels"].read_text())["labels"]
     write_cams(tmp_path / "cams", labels)
     write_object_maps(tmp_path / "maps")
     run_ok(self_diffusion.main, diffusion_args(tiny, tmp_path))
     out = tmp_path / "pseudo"
-    assert sorted(p.name for p in out.iterdir()) == sorted([f"{i}.png" for i in NOVEL] + ["info.json"])
-    for image_id in NOVEL:
-        _, truth = scene(image_id)
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{i}.png" for i in LNET_NOVEL] + ["info.json"])
+    for image_id in LNET_NOVEL:
+        truth = tiny["data"].masks[image_id]
         pseudo = read_label_png(out / f"{image_id}.png")
         assert set(np.unique(pseudo)) <= {0, *labels[image_id]}
         assert (pseudo == truth).mean() > 0.8, image_id  # superpixels of a 32 px image
@@ -238,7 +167,7 @@ def test_self_diffusion_labels_the_weak_objects(tmp_path):
 
 
 def test_self_diffusion_degenerate_images_have_defined_labels(tmp_path):
-    tiny = make_tiny(tmp_path)
+    tiny = make_lnet_tiny(tmp_path)
     document = json.loads(tiny["labels"].read_text())
     labels = document["labels"]
     write_cams(tmp_path / "cams", labels, zero={"t8": [1]})  # t8: the cat's CAM is all zero
@@ -257,7 +186,7 @@ def test_self_diffusion_degenerate_images_have_defined_labels(tmp_path):
 
 
 def test_self_diffusion_bad_inputs_name_the_file_and_write_nothing(tmp_path, capsys):
-    tiny = make_tiny(tmp_path)
+    tiny = make_lnet_tiny(tmp_path)
     labels = json.loads(tiny["labels"].read_text())["labels"]
     write_cams(tmp_path / "cams", labels)
     write_object_maps(tmp_path / "maps", size=20)  # wrong size
@@ -275,7 +204,7 @@ def test_self_diffusion_bad_inputs_name_the_file_and_write_nothing(tmp_path, cap
 
 
 def test_named_split_set_fold_file(tmp_path, capsys):
-    tiny = make_tiny(tmp_path)
+    tiny = make_lnet_tiny(tmp_path)
     out = tmp_path / "split_fold0.json"
     run_ok(make_folds.main, ["--params", tiny["params"], "--labels", tiny["labels"], "--fold", "0",
                              "--novel-classes", "dog,bus", "--out", out])
@@ -301,9 +230,9 @@ def test_params_of_the_branch_validate_for_every_dataset():
 # --- report_lnet ------------------------------------------------------------------------
 
 def test_report_table_metrics_and_figure(tmp_path, capsys):
-    from pipeline.stages import report_lnet
+    from pipeline.methods.lnet import report as report_lnet
 
-    tiny = make_tiny(tmp_path)
+    tiny = make_lnet_tiny(tmp_path)
     labels = json.loads(tiny["labels"].read_text())["labels"]
     write_cams(tmp_path / "cams", labels)
     write_object_maps(tmp_path / "maps")

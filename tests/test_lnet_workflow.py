@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from workflow_utils import scratch_workflow, snakemake
+from conftest import scratch_workflow, snakemake
 
 
 def rule_counts(stdout: str) -> dict[str, int]:

@@ -1,6 +1,6 @@
 """P-Net: discriminator shapes (Table 1), the adversarial losses of Eqs. 3-5 by hand, the
-separation of the two nets' gradients, and stage train_pnet on the tiny dataset of
-test_lnet_stages (pre-training switch, outputs, bad input)."""
+separation of the two nets' gradients, and stage train_pnet on the L-Net tiny dataset
+(conftest.make_lnet_tiny; pre-training switch, outputs, bad input)."""
 from __future__ import annotations
 
 import math
@@ -14,12 +14,12 @@ from pipeline import adversarial as adv
 from pipeline.config import load_params
 from pipeline.errors import PipelineError
 from pipeline.data.voc import VOCDataset
-from pipeline.metrics.label_png import write_label_png
+from pipeline.data.label_png import write_label_png
 from pipeline.models.pnet import PNet
-from pipeline.stages import train_pnet
+from pipeline.methods.lnet import train_pnet
 from pipeline.stages.train_seg import build_seg_model, model_meta
 from pipeline.training import load_model, save_model
-from test_lnet_stages import NOVEL, make_tiny, run_fails, run_ok, scene
+from conftest import LNET_NOVEL, make_lnet_tiny, run_fails, run_ok
 
 
 @pytest.fixture(autouse=True)
@@ -193,8 +193,8 @@ def seg_start(tmp_path, tiny):
     save_model(path, model, {**meta, "supervision": "mixed"})
     pseudo = tmp_path / "pseudo"
     pseudo.mkdir()
-    for image_id in NOVEL:
-        write_label_png(pseudo / f"{image_id}.png", scene(image_id)[1])
+    for image_id in LNET_NOVEL:
+        write_label_png(pseudo / f"{image_id}.png", tiny["data"].masks[image_id])
     return path, pseudo
 
 
@@ -207,7 +207,7 @@ def pnet_args(tiny, tmp_path, seg, pseudo, tag):
 
 @pytest.mark.parametrize("pretrain", [True, False])
 def test_train_pnet_stage_and_pretrain_switch(tmp_path, pretrain):
-    tiny = make_tiny(tmp_path, overrides={"pnet": {"pretrain": pretrain}})
+    tiny = make_lnet_tiny(tmp_path, overrides={"pnet": {"pretrain": pretrain}})
     seg, pseudo = seg_start(tmp_path, tiny)
     run_ok(train_pnet.main, pnet_args(tiny, tmp_path, seg, pseudo, "out"))
     out = tmp_path / "out"
@@ -228,7 +228,7 @@ def test_train_pnet_stage_and_pretrain_switch(tmp_path, pretrain):
 
 
 def test_train_pnet_bad_inputs_name_the_file(tmp_path, capsys):
-    tiny = make_tiny(tmp_path)
+    tiny = make_lnet_tiny(tmp_path)
     seg, pseudo = seg_start(tmp_path, tiny)
     good_t7 = (pseudo / "t7.png").read_bytes()
     (pseudo / "t7.png").unlink()

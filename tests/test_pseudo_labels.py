@@ -12,7 +12,7 @@ from pipeline.pseudo_labels import (
     upsample_scores,
     with_threshold_background,
 )
-from pipeline.stages.propagate import (
+from pipeline.methods.retab.propagate import (
     boundary_on_grid,
     cams_on_grid,
     equal_size_runs,

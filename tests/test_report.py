@@ -11,14 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image, ImageFont
 
 from pipeline.cam import write_cam_file
-from pipeline.config import REPO_ROOT
-from pipeline.errors import run_stage
-from pipeline.layout import SEG_METHODS
-from pipeline.metrics.label_png import write_label_png
+from pipeline.method_table import RETAB
+from pipeline.data.label_png import write_label_png
 from pipeline.report import (
     blend,
     colorize_labels,
@@ -33,10 +30,9 @@ from pipeline.report import (
     pick_largest,
     title_band_height,
 )
-from pipeline.stages import report_retab
-from workflow_utils import tiny_dataset_entry
+from pipeline.methods.retab import report as report_retab
+from conftest import run_fails, tiny_params, write_tiny_voc, write_yaml
 
-CLASSES = ["background", "cat", "dog", "bus"]
 H, W = 24, 32
 TRAIN = {"t0": (1, 6), "t1": (3, 4), "t2": (3, 8), "t3": (2, 5)}  # id: (class, square side)
 CELL = 48
@@ -121,23 +117,10 @@ SCORES = {
 @pytest.fixture()
 def fake_work(tmp_path):
     """(params path, work dir) with eval files of fold 0 and the figure's inputs."""
-    root = tmp_path / "data"
-    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (root / sub).mkdir(parents=True)
-    for image_id, (value, side) in TRAIN.items():
-        mask = np.zeros((H, W), np.uint8)
-        mask[2:2 + side, 3:3 + side] = value
-        Image.fromarray(np.full((H, W, 3), 90, np.uint8)).save(root / "JPEGImages" / f"{image_id}.jpg")
-        write_label_png(root / "SegmentationClass" / f"{image_id}.png", mask)
-    (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(TRAIN) + "\n")
-    (root / "ImageSets/Segmentation/val.txt").write_text("t0\n")
-
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    params["dataset"] = "tiny"
-    params["datasets"]["tiny"] = tiny_dataset_entry(root, CLASSES, [["bus"]])
-    params["overrides"]["tiny"] = {"report": {"figure_samples": 4, "figure_cell": CELL}}
-    params_path = tmp_path / "params.yaml"
-    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    data = write_tiny_voc(tmp_path / "data", {i: [(value, 2, 2 + side, 3, 3 + side)]
+                                              for i, (value, side) in TRAIN.items()}, val=["t0"], size=(H, W))
+    params = tiny_params(data, [["bus"]], {"overrides.tiny": {"report": {"figure_samples": 4, "figure_cell": CELL}}})
+    params_path = write_yaml(tmp_path / "params.yaml", params)
 
     work = tmp_path / "work" / "tiny"
     (work / "fold0" / "eval").mkdir(parents=True)
@@ -146,9 +129,8 @@ def fake_work(tmp_path):
         if pseudo is not None:
             (work / "fold0" / "eval" / f"{method}_pseudo.json").write_text(json.dumps(eval_doc(0, *pseudo)))
     (work / "folds").mkdir()
-    (work / "folds" / "fold0.json").write_text(json.dumps({
-        "fold": 0, "novel_classes": [3], "base_classes": [0, 1, 2], "novel_samples": ["t1", "t2"],
-        "base_samples": ["t0", "t3"], "counts": {}}))
+    data.write_fold(work / "folds" / "fold0.json", [3])
+    assert data.fold([3])["novel_samples"] == ["t1", "t2"]
     cams, boundary = work / "shared/cam/cams", work / "fold0/boundary/maps"
     rw, retab = work / "shared/pseudo/rw_cam", work / "fold0/pseudo/retab"
     for directory in (cams, boundary, rw, retab):
@@ -199,7 +181,7 @@ def test_retab_report_table_and_figure(fake_work, tmp_path):
     out = tmp_path / "retab_fold0"
     run_report(params_path, work, out, "retab")
     metrics = json.loads((out / "metrics.json").read_text())
-    assert sorted(metrics["methods"]) == sorted(SEG_METHODS)  # JSON keys are written sorted
+    assert sorted(metrics["methods"]) == sorted(RETAB.rows)  # JSON keys are written sorted
     lines = (out / "report.md").read_text().splitlines()
     val_table = lines[lines.index("| Method | all | base | novel |") + 2:][:6]
     assert val_table == ["| CAM | 40.0 | 45.0 | 25.0 |", "| CAM+RW | 42.0 | 46.0 | 30.0 |",
@@ -220,23 +202,16 @@ def test_missing_eval_file_is_one_line(fake_work, tmp_path, capsys):
     params_path, work = fake_work
     (work / "fold0" / "eval" / "cam_rw_pseudo.json").unlink()
     out = tmp_path / "r"
-    with pytest.raises(SystemExit) as exit_info:
-        run_stage(report_retab.main, ["--params", str(params_path), "--method", "retab", "--fold", "0",
-                                      "--work", str(work), "--out", str(out)])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "cam_rw_pseudo.json" in err[0] and "not found" in err[0]
+    run_fails(report_retab.main, ["--params", params_path, "--method", "retab", "--fold", "0", "--work", work,
+                                  "--out", out], capsys, "cam_rw_pseudo.json", "not found", alone=True)
     assert not out.exists()
 
 
 def test_missing_figure_input_is_one_line(fake_work, tmp_path, capsys):
     params_path, work = fake_work
     (work / "fold0/pseudo/retab/t2.png").unlink()
-    with pytest.raises(SystemExit):
-        run_stage(report_retab.main, ["--params", str(params_path), "--method", "retab", "--fold", "0",
-                                      "--work", str(work), "--out", str(tmp_path / "r")])
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "t2.png" in err and "\n" not in err
+    run_fails(report_retab.main, ["--params", params_path, "--method", "retab", "--fold", "0", "--work", work,
+                                  "--out", tmp_path / "r"], capsys, "t2.png", alone=True)
 
 
 def test_aggregate_mean_hand_checked(fake_work, tmp_path):
@@ -265,10 +240,8 @@ def test_aggregate_mean_hand_checked(fake_work, tmp_path):
 def test_aggregate_rejects_a_fold_given_twice(fake_work, tmp_path, capsys):
     params_path, work = fake_work
     run_report(params_path, work, tmp_path / "a", "retab")
-    with pytest.raises(SystemExit):
-        run_stage(report_retab.main, ["--params", str(params_path), "--aggregate", str(tmp_path / "a"),
-                                      str(tmp_path / "a"), "--out", str(tmp_path / "all")])
-    assert "fold 0 is given twice" in capsys.readouterr().err
+    run_fails(report_retab.main, ["--params", params_path, "--aggregate", tmp_path / "a", tmp_path / "a",
+                                  "--out", tmp_path / "all"], capsys, "fold 0 is given twice")
     assert not (tmp_path / "all").exists()
 
 

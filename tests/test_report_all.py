@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 
 from pipeline.errors import PipelineError, run_stage
-from pipeline.layout import LNET_ROWS, METHOD_TITLES
+from pipeline.method_table import LNET as LNET_TABLE, RETAB as RETAB_TABLE
 from pipeline.report import fold_table, miou_table
 from pipeline.stages import report_all
 from pipeline.stages.report_all import BRANCHES, branch_markdown, branch_means, collect, figure_caption, per_fold
-from workflow_utils import scratch_workflow, snakemake
+from conftest import scratch_workflow, snakemake
 
 
 def s(miou, base, novel):
@@ -48,13 +48,13 @@ LNET_CAPTION = "Image | L-Net map M | CAM seeds | Superpixels | L_w (self-diffus
 
 
 def retab_doc(fold: int, dataset: str = "embedded", method: str = "retab") -> dict:
-    rows = {m: {"title": METHOD_TITLES[m], "val": val, "pseudo": pseudo} for m, (val, pseudo) in RETAB[fold].items()}
+    rows = {m: {"title": RETAB_TABLE.rows[m].title, "val": val, "pseudo": pseudo} for m, (val, pseudo) in RETAB[fold].items()}
     return {"dataset": dataset, "fold": fold, "method": method, "methods": rows, "novel_classes": [f"novel{fold}"],
             "base_classes": ["background", "cat"]}
 
 
 def lnet_doc(fold: int, dataset: str = "embedded", method: str = "pnet") -> dict:
-    rows = {m: {"title": LNET_ROWS[m], "val": val, "pseudo": pseudo, "share_of_oracle": None}
+    rows = {m: {"title": LNET_TABLE.rows[m].title, "val": val, "pseudo": pseudo, "share_of_oracle": None}
             for m, (val, pseudo) in LNET[fold].items() if method == "pnet" or m != "pnet"}
     return {"dataset": dataset, "fold": fold, "method": method, "methods": rows, "split": "pascal5i",
             "strong_classes": ["background", "cat"], "weak_classes": [f"weak{fold}"], "figure_images": ["t1"],
@@ -221,7 +221,7 @@ def test_missing_figure_and_wrong_branch_are_one_line(fold_reports, tmp_path, ca
     with pytest.raises(SystemExit):
         run_stage(report_all.main, ["--retab", fold_reports["lnet"][0], "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip()
-    assert "is a report of method 'pnet'" in err and "\n" not in err
+    assert "is a report of 'pnet'" in err and "\n" not in err
     assert not (tmp_path / "r").exists()
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflow_utils import scratch_workflow, snakemake
+from conftest import ROOT, scratch_workflow, snakemake
 
 TINY = {
     "workflow": {"train_threads": 1},  # two one-thread jobs at a time on --cores 2
@@ -118,8 +118,6 @@ def test_seed_spread_script_retrains_the_dag_segmentation_nets_with_other_seeds(
 
     import torch
 
-    from workflow_utils import ROOT
-
     script = str(ROOT / "scripts/seg_seed_spread.py")
     cmd = [sys.executable, script, "--methods", "retab", "--seeds", "7", "--threads", "1", "--check-dag-seed"]
     proc = subprocess.run(cmd, cwd=tiny_run, capture_output=True, text=True, timeout=900)
@@ -154,8 +152,6 @@ def test_affinity_transfer_probe_on_the_tiny_run(tiny_run):
     import subprocess
     import sys
 
-    from workflow_utils import ROOT
-
     proc = subprocess.run([sys.executable, str(ROOT / "scripts/affinity_transfer_probe.py"), "--threads", "1"],
                           cwd=tiny_run, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
@@ -171,8 +167,6 @@ def test_affinity_transfer_probe_on_the_tiny_run(tiny_run):
 def test_seed_spread_script_on_an_unfinished_fold_says_what_to_run(tmp_path):
     import subprocess
     import sys
-
-    from workflow_utils import ROOT
 
     proc = subprocess.run([sys.executable, str(ROOT / "scripts/seg_seed_spread.py"), "--fold", "2"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
@@ -193,8 +187,6 @@ def run_tool(workdir: Path, *args: str, timeout: int = 900):
     import subprocess
     import sys
 
-    from workflow_utils import ROOT
-
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")  # dvc's cmd runs snakemake
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -209,8 +201,6 @@ def test_dvc_repro_exp_run_metrics_plots_and_linked_cache(tiny_run):
     their mtime), metrics/plots commands work, and the cache holds links, not copies."""
     import shutil
     import sys
-
-    from workflow_utils import ROOT
 
     shutil.copy(ROOT / "dvc.yaml", tiny_run / "dvc.yaml")
     shutil.copy(ROOT / ".gitignore", tiny_run / ".gitignore")

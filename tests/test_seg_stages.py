@@ -13,73 +13,54 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
-from pipeline.config import REPO_ROOT, load_params
+from pipeline.config import load_params
 from pipeline.data.voc import VOCDataset
-from pipeline.errors import PipelineError, run_stage
-from pipeline.metrics.label_png import read_label_png, write_label_png
+from pipeline.errors import PipelineError
+from pipeline.data.label_png import read_label_png, write_label_png
+from pipeline import segmentation
 from pipeline.stages import predict_seg, train_seg
-from workflow_utils import tiny_dataset_entry
+from conftest import TINY_CLASSES, Box, box_mask, run_fails, tiny_params, write_tiny_voc, write_yaml
 
-CLASSES = ["background", "cat", "dog", "bus"]
+CLASSES = TINY_CLASSES
 SIZE = 32
 TRAIN = {"t0": 1, "t1": 2, "t2": 1, "t3": 3, "t4": 3}
 VAL = {"v0": 1, "v1": 3}
 BASE, NOVEL = ["t0", "t1", "t2"], ["t3", "t4"]
 
 
-def square_mask(value: int, offset: int) -> np.ndarray:
-    mask = np.zeros((SIZE, SIZE), np.uint8)
-    mask[4 + offset:20 + offset, 6:22] = value
-    return mask
+def square(value: int, offset: int) -> Box:
+    """A 16x16 square of class ``value``, ``offset`` rows down."""
+    return (value, 4 + offset, 20 + offset, 6, 22)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(params path, dataset root, work dir) of the tiny dataset."""
     base = tmp_path_factory.mktemp("seg")
-    root = base / "tiny"
-    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (root / sub).mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    colours = {0: (40, 40, 40), 1: (220, 30, 30), 2: (30, 30, 220), 3: (30, 200, 30)}
-    for i, (image_id, value) in enumerate({**TRAIN, **VAL}.items()):
-        mask = square_mask(value, i % 4)
-        image = np.array([colours[int(v)] for v in mask.ravel()], np.uint8).reshape(SIZE, SIZE, 3)
-        image = np.clip(image.astype(int) + rng.integers(-10, 10, image.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.jpg", quality=95)
-        write_label_png(root / "SegmentationClass" / f"{image_id}.png", mask)
-    (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(TRAIN) + "\n")
-    (root / "ImageSets/Segmentation/val.txt").write_text("\n".join(VAL) + "\n")
-
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    params["dataset"] = "tiny"
-    params["datasets"]["tiny"] = tiny_dataset_entry(root, CLASSES, [["bus"]])
-    params["overrides"]["tiny"] = {
+    offsets = {image_id: i % 4 for i, image_id in enumerate({**TRAIN, **VAL})}
+    data = write_tiny_voc(base / "tiny", {i: [square(v, offsets[i])] for i, v in TRAIN.items()},
+                          {i: [square(v, offsets[i])] for i, v in VAL.items()})
+    params = tiny_params(data, [["bus"]], {"overrides.tiny": {
         "backbone": {"pretrained": False, "output_stride": 16},
         "segmentation": {"train": {"crop": SIZE, "scale_range": [1.0, 1.0], "batch_size": 2, "epochs": 1,
                                    "lr": 0.001},
-                         "predict": {"scales": [1.0, 0.75], "flip": True}}}
-    params_path = base / "params.yaml"
-    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+                         "predict": {"scales": [1.0, 0.75], "flip": True}}}})
+    params_path = write_yaml(base / "params.yaml", params)
 
     work = base / "work"
     work.mkdir()
-    labels = {i: [v] for i, v in {**TRAIN, **VAL}.items()}
-    (work / "image_labels.json").write_text(json.dumps({
-        "dataset": "tiny", "classes": CLASSES, "labels": labels,
-        "splits": {"train": list(TRAIN), "val": list(VAL)}}))
-    (work / "fold0.json").write_text(json.dumps({
-        "fold": 0, "dataset": "tiny", "novel_classes": [3], "base_classes": [0, 1, 2],
-        "novel_samples": NOVEL, "base_samples": BASE, "counts": {}}))
+    assert data.labels() == {i: [v] for i, v in {**TRAIN, **VAL}.items()}
+    data.write_labels(work / "image_labels.json")
+    assert data.fold([3])["base_samples"] == BASE and data.fold([3])["novel_samples"] == NOVEL
+    data.write_fold(work / "fold0.json", [3])
     pseudo = work / "pseudo"
     pseudo.mkdir()
     for image_id in TRAIN:  # pseudo labels: every object pixel called "dog" (2), one void row
-        label = np.where(square_mask(TRAIN[image_id], 0) > 0, 2, 0).astype(np.uint8)
+        label = box_mask([square(2, 0)], SIZE)
         label[0] = 255
         write_label_png(pseudo / f"{image_id}.png", label)
-    return params_path, root, work
+    return params_path, data.root, work
 
 
 def train_args(tiny, out_dir: Path, supervision: str, pseudo: Path | None = None, fold: Path | None = None):
@@ -94,22 +75,17 @@ def train_args(tiny, out_dir: Path, supervision: str, pseudo: Path | None = None
 
 
 def run_expect_error(main, argv, capsys) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        run_stage(main, argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ")
-    return err[0]
+    return run_fails(main, argv, capsys, alone=True)
 
 
 # --------------------------------------------------------------------------- pure parts
 
 def test_target_sources_per_supervision():
     ids = ["t0", "t1", "t3"]
-    assert train_seg.target_sources(ids, "gt") == {"t0": "gt", "t1": "gt", "t3": "gt"}
-    assert train_seg.target_sources(ids, "pseudo") == {"t0": "pseudo", "t1": "pseudo", "t3": "pseudo"}
+    assert segmentation.target_sources(ids, "gt") == {"t0": "gt", "t1": "gt", "t3": "gt"}
+    assert segmentation.target_sources(ids, "pseudo") == {"t0": "pseudo", "t1": "pseudo", "t3": "pseudo"}
     fold = {"base_samples": ["t0", "t1"], "novel_samples": ["t3"]}
-    assert train_seg.target_sources(ids, "mixed", fold) == {"t0": "gt", "t1": "gt", "t3": "pseudo"}
+    assert segmentation.target_sources(ids, "mixed", fold) == {"t0": "gt", "t1": "gt", "t3": "pseudo"}
 
 
 @pytest.mark.parametrize("fold, problem", [
@@ -119,16 +95,16 @@ def test_target_sources_per_supervision():
 ])
 def test_target_sources_rejects_bad_folds(fold, problem):
     with pytest.raises(PipelineError, match=problem):
-        train_seg.target_sources(["t0", "t1", "t3"], "mixed", fold, "fold.json")
+        segmentation.target_sources(["t0", "t1", "t3"], "mixed", fold, "fold.json")
 
 
 def test_mixed_targets_are_gt_for_base_and_pseudo_for_novel(tiny):
     params_path, root, work = tiny
     params = load_params(params_path)
     dataset = VOCDataset(params["data"], "train")
-    sources = train_seg.target_sources(dataset.ids, "mixed", json.loads((work / "fold0.json").read_text()))
+    sources = segmentation.target_sources(dataset.ids, "mixed", json.loads((work / "fold0.json").read_text()))
     for image_id, source in sources.items():
-        target = train_seg.load_target(image_id, source, dataset, (SIZE, SIZE), work / "pseudo", [3])
+        target = segmentation.load_target(image_id, source, dataset, (SIZE, SIZE), work / "pseudo", [3])
         expected = dataset.load_mask(image_id) if image_id in BASE else read_label_png(work / "pseudo" / f"{image_id}.png")
         np.testing.assert_array_equal(target, expected)
     assert [sources[i] for i in BASE] == ["gt"] * 3 and [sources[i] for i in NOVEL] == ["pseudo"] * 2
@@ -137,15 +113,15 @@ def test_mixed_targets_are_gt_for_base_and_pseudo_for_novel(tiny):
 def test_mixed_base_sample_novel_pixels_become_ignore(tiny):
     params_path, _, work = tiny
     dataset = VOCDataset(load_params(params_path)["data"], "train")
-    target = train_seg.load_target("t0", "gt", dataset, (SIZE, SIZE), None, [1])  # pretend cat is novel
+    target = segmentation.load_target("t0", "gt", dataset, (SIZE, SIZE), None, [1])  # pretend cat is novel
     assert set(np.unique(target)) == {0, 255}
 
 
 def test_seg_backbone_and_head_from_params(tiny):
     params = load_params(tiny[0])
     params["segmentation"].update({"head": "v2", "output_stride": 32, "frozen_blocks": 7, "aspp_rates": [1, 2]})
-    assert train_seg.seg_backbone_cfg(params)["output_stride"] == 32
-    model = train_seg.build_seg_model(params, len(CLASSES))
+    assert segmentation.seg_backbone_cfg(params)["output_stride"] == 32
+    model = segmentation.build_seg_model(params, len(CLASSES))
     assert model.head_type == "v2" and model.rates == (1, 2)
     assert [g["name"] for g in model.param_groups(0.01)] == ["head"]  # every backbone group frozen
     opt = train_seg.make_optimizer(model.param_groups(0.01), {**params["segmentation"]["train"], "optimizer": "adamw"})
@@ -205,7 +181,7 @@ def test_predict_rejects_a_model_of_other_classes(tiny, tmp_path, capsys):
 
     params_path, _, _ = tiny
     params = load_params(params_path)
-    model = train_seg.build_seg_model(params, 5)
+    model = segmentation.build_seg_model(params, 5)
     save_model(tmp_path / "model.pt", model, {**model.meta, "aspp_rates": list(model.rates)})
     err = run_expect_error(predict_seg.main, ["--params", str(params_path), "--model", str(tmp_path / "model.pt"),
                                               "--out", str(tmp_path / "pred")], capsys)
@@ -215,7 +191,7 @@ def test_predict_rejects_a_model_of_other_classes(tiny, tmp_path, capsys):
 
 def test_class_probabilities_average_to_one(tiny):
     params = load_params(tiny[0])
-    model = train_seg.build_seg_model(params, len(CLASSES)).eval()
+    model = segmentation.build_seg_model(params, len(CLASSES)).eval()
     image = np.random.default_rng(1).integers(0, 255, (20, 28, 3), dtype=np.uint8)
     probs = predict_seg.class_probabilities(model, image, [1.0, 0.5], True, (0.5,) * 3, (0.5,) * 3, "cpu")
     assert probs.shape == (len(CLASSES), 20, 28)

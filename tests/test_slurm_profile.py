@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from workflow_utils import scratch_workflow, snakemake
+from conftest import scratch_workflow, snakemake
 
 FAKE_SLURM = Path(__file__).resolve().parent / "slurm_standins" / "fake_slurm.py"
 COMMANDS = ("sbatch", "srun", "sacct", "squeue", "sinfo", "scontrol", "sacctmgr", "sshare", "scancel")

@@ -12,8 +12,7 @@ from skimage.color import rgb2lab
 from pipeline.config import REPO_ROOT, load_params, read_params_file, validate_params
 from pipeline.errors import PipelineError
 from pipeline.propagation import superpixel_diffusion as sd
-
-CAMVID = REPO_ROOT.parent / "shared" / "data" / "camvid"
+from conftest import CAMVID_ROOT
 
 
 @pytest.fixture(scope="module")
@@ -259,12 +258,12 @@ def test_slic_params_come_from_params_yaml(monkeypatch):
     assert embedded["slic_n_segments"] == raw["overrides"]["embedded"]["self_diffusion"]["slic_n_segments"]
 
 
-@pytest.mark.skipif(not (CAMVID / "JPEGImages").is_dir(), reason="shared CamVid data not present")
+@pytest.mark.skipif(not (CAMVID_ROOT / "JPEGImages").is_dir(), reason="shared CamVid data not present")
 def test_real_photo_superpixel_count_follows_params():
     from PIL import Image
 
     section = load_params(REPO_ROOT / "params.yaml", "voc")["self_diffusion"]
-    path = sorted((CAMVID / "JPEGImages").glob("*.jpg"))[0]
+    path = sorted((CAMVID_ROOT / "JPEGImages").glob("*.jpg"))[0]
     image = np.asarray(Image.open(path).convert("RGB").resize((250, 188)))
     labels = sd.slic_superpixels(image, 150, section["slic_compactness"], section["slic_sigma"])
     n = int(labels.max()) + 1

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from workflow_utils import ROOT, scratch_workflow, snakemake
+from conftest import ROOT, scratch_workflow, snakemake
 
 TINY_DATA = {"embedded_data": {"n_train": 40, "n_val": 12, "size": 64}}
 

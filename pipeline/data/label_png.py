@@ -69,3 +69,24 @@ def read_label_png(path: str | os.PathLike) -> np.ndarray:
         raise PipelineError(path, "file not found") from None
     except _DECODE_ERRORS as err:
         raise PipelineError(path, f"unreadable or corrupt PNG ({err})") from None
+
+
+def read_sized_png(path: str | os.PathLike, height: int, width: int, what: str) -> np.ndarray:
+    """A one-channel PNG (label map, boundary or object map) that must have its image's size."""
+    array = read_label_png(path)
+    if array.shape != (height, width):
+        raise PipelineError(path, f"{what} is {array.shape[1]}x{array.shape[0]} but its image is {width}x{height}")
+    return array
+
+
+def read_class_png(path: str | os.PathLike, height: int, width: int, num_classes: int, ignore_index: int,
+                   what: str) -> np.ndarray:
+    """A class-index PNG (pseudo or confident labels) of its image's size whose values are class
+    ids 0..num_classes-1 or ``ignore_index``: the one such check of the stages."""
+    label = read_sized_png(path, height, width, what)
+    present = np.flatnonzero(np.bincount(label.ravel(), minlength=256))
+    bad = [int(v) for v in present if v >= num_classes and v != ignore_index]
+    if bad:
+        raise PipelineError(path, f"{what} holds values {bad}: not class ids 0..{num_classes - 1} "
+                            f"or the ignore index {ignore_index}")
+    return label

@@ -73,8 +73,6 @@ def ids_to_evaluate(dataset: VOCDataset, fold: dict, fold_path: str | os.PathLik
     return list(ids)
 
 
-
-
 def accumulate(dataset: VOCDataset, ids: list[str], pred_dir: Path, void_pred: bool) -> ConfusionAccumulator:
     """One confusion matrix over all ids (errors name the offending prediction file)."""
     void_index = dataset.ignore_index if void_pred else None

@@ -6,8 +6,8 @@
 
 Inputs are finished per-fold report directories, only their ``metrics.json`` (and
 ``figure.png``, ``report.md`` for the figure caption): ``--retab`` takes those of stage
-report_retab (``results/<dataset>/retab_fold<k>``, the comparison of every RETAB table
-row; a single-method report adds its row), ``--lnet`` those of stage report_lnet
+pipeline.methods.retab.report (``results/<dataset>/retab_fold<k>``, the comparison of every RETAB table
+row; a single-method report adds its row), ``--lnet`` those of pipeline.methods.lnet.report
 (``results/<dataset>/{lnet,pnet}_fold<k>``). Dataset, fold and method are read from each
 metrics.json, so reports of several datasets mix freely; two reports of the same method,
 dataset and fold are an error. Rows present in several reports of one fold (the L-Net
@@ -20,7 +20,7 @@ Outputs (the directory appears complete or not at all; it is self-contained):
   folds (rows methods; columns all / base / novel mIoU, or all / strong / weak for
   L-Net / P-Net), then one table per score (novel / weak classes, all classes) with a
   column per fold and the mean; then the per-fold figures;
-* ``figures/<dataset>_<method>_fold<k>.png``: copies of the fold reports' figures (one per
+* ``figures/<dataset>_<target>_fold<k>.png``: copies of the fold reports' figures (one per
   dataset, branch and fold), linked from report.md by relative paths;
 * ``metrics.json``: ``{"datasets": {D: {branch: {"folds", "sources", "mean": {row:
   {"title", "val", "pseudo"}}}}}, "figures": [...]}`` (fractions, null where undefined).
@@ -101,11 +101,11 @@ def read_fold_report(directory: str | Path, branch: str) -> dict:
     document = read_json(path)
     if not (isinstance(document, dict) and isinstance(document.get("methods"), dict)
             and isinstance(document.get("fold"), int) and document.get("dataset") and "method" in document):
-        raise PipelineError(path, "not a fold report of stage report_retab / report_lnet "
+        raise PipelineError(path, "not a fold report of pipeline.methods.retab.report / lnet.report "
                             "(needs 'dataset', 'fold', 'method', 'methods')")
-    method = document["method"]
-    if method not in spec.targets:
-        raise PipelineError(path, f"is a report of method '{method}', not of the {spec.title} "
+    target = document["method"]  # the results target the report shows (retab, cam, ..., pnet)
+    if target not in spec.targets:
+        raise PipelineError(path, f"is a report of '{target}', not of the {spec.title} "
                             f"({', '.join(spec.targets)})")
     for row, entry in document["methods"].items():
         if row not in spec.rows:
@@ -114,12 +114,12 @@ def read_fold_report(directory: str | Path, branch: str) -> dict:
             raise PipelineError(path, f"methods.{row} has no 'val' scores")
     figure = directory / "figure.png"
     # report_retab always draws the comparison's figure; report_lnet when it had images to show.
-    expected = method == "retab" if branch == "retab" else bool(document.get("figure_images"))
+    expected = target == "retab" if branch == "retab" else bool(document.get("figure_images"))
     if expected and not figure.is_file():
         raise PipelineError(figure, "figure not found (the fold report is incomplete)")
     report_md = directory / "report.md"
     return {"source": str(directory), "branch": branch, "dataset": str(document["dataset"]),
-            "fold": document["fold"], "method": method, "rows": document["methods"],
+            "fold": document["fold"], "method": target, "rows": document["methods"],
             "classes": document.get(spec.classes_key),
             "figure": str(figure) if figure.is_file() else None,
             "caption": figure_caption(report_md.read_text() if report_md.is_file() else None)}
@@ -199,8 +199,8 @@ def branch_markdown(folds: Mapping[int, dict], spec: Branch) -> str:
     return "\n".join(parts)
 
 
-def figure_name(dataset: str, method: str, fold: int) -> str:
-    return f"{dataset}_{method}_fold{fold}.png"
+def figure_name(dataset: str, target: str, fold: int) -> str:
+    return f"{dataset}_{target}_fold{fold}.png"
 
 
 def plan_figures(collected: Mapping[str, dict]) -> list[dict]:
@@ -279,9 +279,9 @@ def run(retab: Sequence[str], lnet: Sequence[str], out: str) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--retab", nargs="*", default=[], metavar="DIR",
-                    help="fold report directories of stage report_retab (results/<dataset>/retab_fold<k>)")
+                    help="fold report directories of pipeline.methods.retab.report (results/<dataset>/retab_fold<k>)")
     ap.add_argument("--lnet", nargs="*", default=[], metavar="DIR",
-                    help="fold report directories of stage report_lnet (results/<dataset>/{lnet,pnet}_fold<k>)")
+                    help="fold report directories of pipeline.methods.lnet.report (results/<dataset>/{lnet,pnet}_fold<k>)")
     ap.add_argument("--out", required=True, help="report directory to write (results/report)")
     args = ap.parse_args(argv)
     with stage_run("report_all", {"retab": args.retab, "lnet": args.lnet}, {}) as log:

@@ -37,8 +37,6 @@ from pipeline.stage import stage_device, stage_parser
 from pipeline.training import train_config
 
 
-
-
 def image_targets(ids: list[str], labels: dict[str, list[int]], foreground: list[int], path: str) -> dict:
     """Multi-hot classification target of every id (errors name the labels file)."""
     check_labels_cover(labels, ids, path, "train")
@@ -52,10 +50,8 @@ def image_targets(ids: list[str], labels: dict[str, list[int]], foreground: list
 
 
 def main(argv=None):
-    ap = stage_parser(__doc__, threads=True)
+    ap = stage_parser(__doc__, training=True)
     ap.add_argument("--labels", required=True, help="image-labels JSON (stage image_labels)")
-    ap.add_argument("--out", required=True, help="model file to write")
-    ap.add_argument("--history", required=True, help="per-epoch history TSV to write")
     args = ap.parse_args(argv)
 
     params = load_params(args.params, args.dataset)

@@ -63,7 +63,6 @@ OPTIMIZERS = ("sgd", "adamw")
 # --------------------------------------------------------------------------- params
 
 
-
 def make_optimizer(groups: list[dict], cfg: dict) -> torch.optim.Optimizer:
     """SGD with momentum (DeepLab/PSA/IRN) or AdamW, over the backbone/head param groups."""
     if cfg["optimizer"] == "sgd":
@@ -144,18 +143,14 @@ def cached_feature_training(cache: dict, ids: list[str], sources: dict[str, str]
     return make_batches, step
 
 
-
-
 # --------------------------------------------------------------------------- stage
 
 def main(argv=None):
-    ap = stage_parser(__doc__, threads=True)
+    ap = stage_parser(__doc__, training=True)
     ap.add_argument("--supervision", required=True, choices=SUPERVISIONS)
     ap.add_argument("--pseudo", default=None, help="directory of <id>.png pseudo labels (pseudo, mixed)")
     ap.add_argument("--fold-file", default=None, help="fold JSON with base/novel samples (mixed)")
     ap.add_argument("--labels", required=True, help="image-level labels JSON (stage image_labels)")
-    ap.add_argument("--out", required=True, help="model file to write")
-    ap.add_argument("--history", required=True, help="per-epoch history TSV to write")
     ap.add_argument("--features", default=None, help="train split's feature cache (stage seg_features; "
                     "with segmentation.feature_cache: true)")
     args = ap.parse_args(argv)

@@ -103,16 +103,6 @@ rule confident_labels:
         stage_shell("pipeline.stages.confident_labels", "--cams {input.cams} --labels {input.labels} --out {output}")
 
 
-def pseudo_label_inputs(wildcards):
-    inputs = {"labels": IMAGE_LABELS.format(dataset=wildcards.dataset)}
-    if wildcards.source == "cam":
-        inputs["scores"] = f"{CAM_DIR}/cams".format(dataset=wildcards.dataset)
-        inputs["cam_eval"] = f"{CAM_DIR}/eval.json".format(dataset=wildcards.dataset)
-    else:
-        inputs["scores"] = f"work/{wildcards.dataset}/{wildcards.scope}/revised/{wildcards.source}"
-    return inputs
-
-
 rule pseudo_labels:
     # Bilinear upsampling of (revised) CAMs, argmax restricted to the image's labels
     # plus background; `cam` thresholds raw CAMs at the best eval_cam threshold.

@@ -1,4 +1,4 @@
-# What every rule file shares: params validation, the per-dataset params, the stage
+# What every file of rules shares: params validation, the per-dataset params, the stage
 # arguments and the paths several methods read. Method wiring lives in each method's .smk.
 import sys
 from pathlib import Path
@@ -91,7 +91,7 @@ STAGE_PARAMS = dict(py=PY, params_file=PARAMS_FILE, seed=config.get("seed"))
 
 
 def stage_shell(module, args, log="2> {log}"):
-    """A rule's shell command: run stage ``module`` on the rule's dataset with the effective
+    """The shell command of a job: run stage ``module`` on the job's dataset with the effective
     params, then ``args`` (snakemake placeholders kept), stderr to the rule's log."""
     return f"{{params.py}} -m {module} --params {{params.params_file}} --dataset {{wildcards.dataset}} {args} {log}"
 

@@ -3,39 +3,6 @@
 # `dataset`), so the short targets of the README work without naming the dataset.
 
 
-# ---- results/report (rule report_all) ----
-# Which per-fold report directories it covers: params.yaml report.datasets / folds / methods
-# (top-level section; overrides.<dataset>.report does not change the selection). Each entry
-# of report.methods is a results target (retab, lnet, pnet); its method (method_table)
-# names report_all's option.
-
-
-def report_all_inputs(wildcards):
-    """{"retab": [results/<d>/retab_fold<k>...], "lnet": [results/<d>/{lnet,pnet}_fold<k>...]}."""
-    selection = config.get("report") or {}
-    datasets = selection.get("datasets") or [DEFAULT_DATASET]
-    targets = selection.get("methods") or ["retab"]
-    inputs = {name: [] for name in METHODS}
-    for dataset in datasets:
-        if dataset not in DATASETS:
-            raise WorkflowError(f"error: params.yaml: report.datasets: no dataset '{dataset}' under 'datasets' "
-                                f"(known: {', '.join(DATASETS)})")
-        available = range(num_folds(dataset))
-        wanted = selection.get("folds")
-        folds = [k for k in (available if wanted is None else wanted) if k in available]
-        if not folds:
-            raise WorkflowError(f"error: params.yaml: report.folds: dataset '{dataset}' has folds "
-                                f"0..{len(available) - 1}, none of {wanted}")
-        for target in targets:
-            inputs[method_of_target(target).name] += [f"results/{dataset}/{target}_fold{k}" for k in folds]
-    return inputs
-
-
-def report_all_args(wildcards, input):
-    """--retab DIR... --lnet DIR... (an option only when it has directories)."""
-    return " ".join(f"--{name} " + " ".join(input[name]) for name in METHODS if input[name])
-
-
 rule predict_background:
     # The trivial all-background prediction: exercises data -> folds -> evaluate end to end
     # and is the floor every method must beat.

@@ -4,41 +4,6 @@
 # their rules from these with `use rule ... with:` and their own paths (lnet.smk).
 
 
-def seg_feature_inputs(split):
-    """Input function: {"features": cache file of ``split``} when segmentation.feature_cache is
-    on for the dataset (stage seg_features), else nothing."""
-
-    def inputs(wildcards):
-        if section(wildcards.dataset, "segmentation").get("feature_cache"):
-            return {"features": f"work/{wildcards.dataset}/shared/seg/features/{split}.pt"}
-        return {}
-
-    return inputs
-
-
-def seg_features_arg(wildcards, input):
-    return f"--features {input.features}" if "features" in input.keys() else ""
-
-
-def seg_inputs(wildcards):
-    """A RETAB row's training inputs: its pseudo labels and, for mixed supervision, the fold."""
-    row = RETAB.rows[wildcards.row]
-    inputs = {"labels": IMAGE_LABELS.format(dataset=wildcards.dataset), "root": dataset_root(wildcards),
-              **seg_feature_inputs("train")(wildcards)}
-    fold = fold_of_scope(wildcards.scope)
-    if row.pseudo_source is not None:
-        inputs["pseudo"] = pseudo_dir(wildcards.dataset, row.pseudo_source, fold if fold is not None else 0)
-    if row.supervision == "mixed":
-        inputs["fold"] = FOLD_FILE.format(dataset=wildcards.dataset, fold=fold)
-    return inputs
-
-
-def seg_label_args(wildcards, input):
-    """--pseudo / --fold-file, for the inputs a row has."""
-    return " ".join(f"--{flag} {input[key]}" for key, flag in (("pseudo", "pseudo"), ("fold", "fold-file"))
-                    if key in input.keys())
-
-
 rule seg_features:
     # segmentation.feature_cache: the frozen backbone's features of a split, computed once for
     # every segmentation net of the dataset (train_seg / predict_seg run only heads on them).

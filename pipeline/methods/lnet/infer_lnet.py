@@ -34,7 +34,6 @@ from pipeline.stage import stage_device, stage_parser
 from pipeline.models.deeplab import deeplab_meta
 
 
-
 def object_probability(model: torch.nn.Module, images: torch.Tensor, flip: bool) -> torch.Tensor:
     """``B x H x W`` object probabilities M of normalised images ``B x 3 x H x W``."""
     logits = model(images)[:, 0]

@@ -1,4 +1,4 @@
-"""Stage report_lnet: results/<dataset>/{lnet,pnet}_fold<k> of the L-Net / P-Net branch.
+"""Stage pipeline.methods.lnet.report: results/<dataset>/{lnet,pnet}_fold<k> of the L-Net / P-Net method.
 
     python -m pipeline.methods.lnet.report --params params.yaml --dataset D --method pnet \\
         --fold 0 --split pascal5i --metrics cam_seggt_val=F --metrics lnet_val=F ... \\
@@ -8,7 +8,7 @@ Inputs: the evaluate stage's metrics files, named ``<row>_val`` (segmentation on
 ``<row>_pseudo`` (pseudo labels on the weak train images) for the rows of
 :data:`pipeline.method_table.LNET`; ``--method lnet`` shows CAM-only, L-Net and the oracle,
 ``--method pnet`` adds the P-Net row. Tables, summaries and figure composition are the
-shared ones of :mod:`pipeline.report` (also used by report_retab).
+shared ones of :mod:`pipeline.report` (also used by pipeline.methods.retab.report).
 
 Outputs (the directory appears complete or not at all):
 
@@ -47,7 +47,8 @@ from pipeline.report import (colorize_labels, compose_figure, fit_into_cell, for
 from pipeline.runtime import stage_run
 from pipeline.cam import image_cams
 from pipeline.data.probability_png import map_path, read_probability_map
-from pipeline.report import novel_areas, read_sized_png
+from pipeline.data.label_png import read_sized_png
+from pipeline.report import novel_areas
 from pipeline.stage import stage_parser
 
 TITLES = ("Image", "L-Net map M", "CAM seeds", "Superpixels", "L_w (self-diffusion)", "Ground truth")

@@ -102,15 +102,9 @@ def objectness_bce(logits: torch.Tensor, target: torch.Tensor, ignore_index: int
     return F.binary_cross_entropy_with_logits(logits[valid], target[valid].to(logits.dtype))
 
 
-
-
-
-
 def main(argv=None):
-    ap = stage_parser(__doc__, threads=True)
+    ap = stage_parser(__doc__, training=True)
     ap.add_argument("--fold-file", required=True, help="fold JSON: strong = base, weak = novel")
-    ap.add_argument("--out", required=True, help="model file to write")
-    ap.add_argument("--history", required=True, help="per-epoch history TSV to write")
     args = ap.parse_args(argv)
 
     params = load_params(args.params, args.dataset)

@@ -161,7 +161,6 @@ def finetune_step(system: AdversarialPair, batch: dict, num_classes: int, backgr
     return seg_loss + d_loss, parts
 
 
-
 def main(argv=None):
     ap = stage_parser(__doc__, threads=True)
     ap.add_argument("--seg-model", required=True, help="segmentation model to refine (L-Net row, train_seg)")

@@ -46,12 +46,12 @@ from pipeline.data.labels import load_image_labels
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir, save_npz
-from pipeline.data.label_png import read_label_png
 from pipeline.runtime import choose_device, progress, set_threads, stage_run
 from pipeline.boundary import boundary_config
 from pipeline.data.labels import check_labels_cover
 from pipeline.io import check_files_exist
 from pipeline.stage import stage_parser
+from pipeline.data.label_png import read_sized_png
 
 WALKS = ("single", "two_stage")
 
@@ -140,11 +140,7 @@ def read_boundary_cells(directory: Path, image_id: str, size: tuple[int, int], g
     """Boundary cells of one image from its boundary map (uint8 probability * 255)."""
     from pipeline.boundary import non_boundary_mask
 
-    path = directory / f"{image_id}.png"
-    prob = read_label_png(path)
-    if prob.shape != tuple(size):
-        raise PipelineError(path, f"boundary map is {prob.shape[1]}x{prob.shape[0]} but the image is "
-                            f"{size[1]}x{size[0]}")
+    prob = read_sized_png(directory / f"{image_id}.png", *size, "boundary map")
     boundary = ~np.asarray(non_boundary_mask(prob, cfg["tau"], cfg["erosion"]), dtype=bool)
     return boundary_on_grid(boundary, grid, cell, cfg["boundary_cell_fraction"])
 
@@ -196,7 +192,6 @@ def revise(scores: np.ndarray, aff: np.ndarray, cfg: dict, walk: str, boundary_c
 # --------------------------------------------------------------------------- main
 
 
-
 def load_affinity_model(path: str, params: dict, device: str):
     """The trained AffinityNet (no ImageNet download/load: the file holds every weight)."""
     from pipeline.models import AffinityNet
@@ -234,14 +229,13 @@ def revise_one(image_id: str, size: tuple[int, int], aff: np.ndarray, grid: tupl
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = stage_parser(__doc__)
+    ap = stage_parser(__doc__, threads=True)
     ap.add_argument("--walk", required=True, choices=WALKS)
     ap.add_argument("--cams", required=True, help="CAM npz directory (stage infer_cam)")
     ap.add_argument("--labels", required=True, help="image-labels JSON (stage image_labels)")
     ap.add_argument("--affinity", required=True, help="AffinityNet model file (stage train_affinity)")
     ap.add_argument("--boundary", default=None, help="boundary maps <id>.png (walk two_stage)")
     ap.add_argument("--out", required=True, help="output directory of <id>.npz revised scores")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads")
     args = ap.parse_args(argv)
     if args.walk == "two_stage" and not args.boundary:
         ap.error("--walk two_stage needs --boundary")

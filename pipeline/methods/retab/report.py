@@ -1,4 +1,4 @@
-"""Stage report_retab: results directories of the RETAB branch (metrics.json, report.md, figure).
+"""Stage pipeline.methods.retab.report: results directories of the RETAB method (metrics.json, report.md, figure).
 
 One fold::
 
@@ -63,7 +63,8 @@ from pipeline.report import (
     summarize_eval,
 )
 from pipeline.runtime import stage_run
-from pipeline.report import novel_areas, read_sized_png
+from pipeline.data.label_png import read_sized_png
+from pipeline.report import novel_areas
 from pipeline.stage import stage_parser
 
 COMPARISON_TARGET = "retab"  # its report compares every row of the table and has the figure
@@ -134,7 +135,7 @@ def read_fold_report(directory: Path) -> dict:
         raise PipelineError(path, "fold report not found (build results/<dataset>/retab_fold<k> first)")
     document = read_json(path)
     if not isinstance(document, dict) or not isinstance(document.get("methods"), dict) or "fold" not in document:
-        raise PipelineError(path, "not a fold report of stage report_retab (no 'fold' / 'methods')")
+        raise PipelineError(path, "not a fold report of pipeline.methods.retab.report (no 'fold' / 'methods')")
     return document
 
 

@@ -44,13 +44,13 @@ from pipeline.data.folds import load_fold, mask_novel_pixels
 from pipeline.data.labels import load_image_labels
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
-from pipeline.data.label_png import read_label_png
 from pipeline.runtime import choose_device, seed_everything, set_threads, stage_run
 from pipeline.boundary import boundary_config
 from pipeline.data.labels import check_labels_cover
 from pipeline.io import check_files_exist
 from pipeline.stage import stage_parser
 from pipeline.training import train_config
+from pipeline.data.label_png import read_class_png, read_sized_png
 
 VARIANTS = ("cam", "gt", "retab")
 # Value of the non-boundary target map: 1 = pair may be supervised; 0 = boundary pixel;
@@ -77,16 +77,7 @@ def affinity_train_config(params: dict) -> dict:
 def read_confident_labels(directory: Path, image_id: str, shape: tuple[int, int], num_classes: int,
                           ignore_index: int) -> np.ndarray:
     """The confident-label PNG of ``image_id``: image-sized, class ids or ``ignore_index``."""
-    path = directory / f"{image_id}.png"
-    labels = read_label_png(path)
-    if labels.shape != shape:
-        raise PipelineError(path, f"confident labels are {labels.shape[1]}x{labels.shape[0]} but the image is "
-                            f"{shape[1]}x{shape[0]}")
-    bad = (labels >= num_classes) & (labels != ignore_index)
-    if bad.any():
-        raise PipelineError(path, f"label value {int(labels[bad][0])} is neither a class (0..{num_classes - 1}) "
-                            f"nor ignore ({ignore_index})")
-    return labels
+    return read_class_png(directory / f"{image_id}.png", *shape, num_classes, ignore_index, "confident labels")
 
 
 def read_non_boundary(directory: Path, image_id: str, shape: tuple[int, int], tau: float,
@@ -94,14 +85,8 @@ def read_non_boundary(directory: Path, image_id: str, shape: tuple[int, int], ta
     """uint8 map, 1 where the boundary map of ``image_id`` says non-boundary, else 0."""
     from pipeline.boundary import non_boundary_mask
 
-    path = directory / f"{image_id}.png"
-    prob = read_label_png(path)
-    if prob.shape != shape:
-        raise PipelineError(path, f"boundary map is {prob.shape[1]}x{prob.shape[0]} but the image is "
-                            f"{shape[1]}x{shape[0]}")
+    prob = read_sized_png(directory / f"{image_id}.png", *shape, "boundary map")
     return np.asarray(non_boundary_mask(prob, tau, erosion), dtype=bool).astype(np.uint8) * NON_BOUNDARY
-
-
 
 
 def sample_sources(variant: str, ids: list[str], fold: dict | None) -> dict[str, str]:
@@ -169,15 +154,12 @@ def affinity_step(radius: int, ignore_index: int, background_index: int | None):
 # --------------------------------------------------------------------------- main
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = stage_parser(__doc__)
+    ap = stage_parser(__doc__, training=True)
     ap.add_argument("--variant", required=True, choices=VARIANTS)
     ap.add_argument("--fold-file", default=None, help="fold JSON (variants gt, retab)")
     ap.add_argument("--boundary", default=None, help="boundary maps <id>.png (variant retab)")
     ap.add_argument("--confident", required=True, help="confident CAM labels <id>.png (stage confident_labels)")
     ap.add_argument("--labels", required=True, help="image-labels JSON (stage image_labels)")
-    ap.add_argument("--out", required=True, help="model file to write")
-    ap.add_argument("--history", required=True, help="per-epoch history TSV to write")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads")
     args = ap.parse_args(argv)
     if args.variant != "cam" and not args.fold_file:
         ap.error(f"--variant {args.variant} needs --fold-file")

@@ -82,16 +82,9 @@ def batch_loss_targets(masks: torch.Tensor, novel: torch.Tensor, **target_args) 
                                       for m, n in zip(masks_np, novel_np)]))
 
 
-
-
-
-
-
 def main(argv=None):
-    ap = stage_parser(__doc__, threads=True)
+    ap = stage_parser(__doc__, training=True)
     ap.add_argument("--fold-file", required=True, help="fold JSON (stage make_folds)")
-    ap.add_argument("--out", required=True, help="model file to write")
-    ap.add_argument("--history", required=True, help="per-epoch history TSV to write")
     args = ap.parse_args(argv)
 
     params = load_params(args.params, args.dataset)
