@@ -14,6 +14,7 @@ labels for its novel samples.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,9 @@ from pipeline.data.label_png import read_class_png
 GT, PSEUDO = "gt", "pseudo"  # label sources of target_sources
 
 
-CACHE_FORMAT = "seg-features-v1"
+# v2: features grouped by image size (any mix of sizes); v1 held one N x C x h x w tensor.
+CACHE_FORMAT = "seg-features-v2"
+OLD_CACHE_FORMATS = ("seg-features-v1",)
 
 
 
@@ -61,8 +64,58 @@ def check_frozen_backbone(model: DeepLabASPP, where: str = "params.yaml") -> Non
 
 
 
+def size_groups(sizes: Sequence[Sequence[int]]) -> list[tuple[tuple[int, int], list[int]]]:
+    """``[((H, W), positions), ...]``: the positions of equal sizes, groups in the order of
+    their first image, positions ascending (one group, ``0..N-1``, when all sizes agree)."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for k, size in enumerate(sizes):
+        groups.setdefault((int(size[0]), int(size[1])), []).append(k)
+    return list(groups.items())
+
+
+
+def cache_positions(cache: dict) -> dict[str, tuple[int, int]]:
+    """``{image_id: (group, row)}``: where each image's features lie in a cache's ``groups``."""
+    return {cache["ids"][k]: (g, row) for g, group in enumerate(cache["groups"])
+            for row, k in enumerate(group["index"])}
+
+
+
+def cached_features(cache: dict, positions: dict[str, tuple[int, int]], image_id: str
+                    ) -> tuple[torch.Tensor, tuple[int, int]]:
+    """(``1 x C x h x w`` float16 features, the image's (H, W)) of ``image_id``."""
+    g, row = positions[image_id]
+    group = cache["groups"][g]
+    return group["features"][row:row + 1], tuple(group["image_size"])
+
+
+
+def _check_cache_groups(path: Path, cache: dict) -> None:
+    """Every id in exactly one size group, with one feature map per listed image."""
+    groups = cache.get("groups")
+    if not isinstance(groups, list) or (not groups and cache["ids"]):
+        raise PipelineError(path, "damaged feature cache (no size groups); rerun seg_features")
+    seen = []
+    for group in groups:
+        index, features = group.get("index"), group.get("features")
+        if (not isinstance(features, torch.Tensor) or features.dim() != 4 or not isinstance(index, list)
+                or features.shape[0] != len(index) or len(group.get("image_size") or ()) != 2):
+            raise PipelineError(path, "damaged feature cache (a size group's features do not match its "
+                                "images); rerun seg_features")
+        seen.extend(index)
+    if sorted(seen) != list(range(len(cache["ids"]))):
+        raise PipelineError(path, "damaged feature cache (its size groups do not cover each image once); "
+                            "rerun seg_features")
+
+
+
 def load_feature_cache(path: str | Path, model: DeepLabASPP, ids: list[str]) -> dict:
-    """A cache file checked against ``model`` (same backbone / scale) and the split's ids."""
+    """A cache file checked against ``model`` (same backbone / scale) and the split's ids.
+
+    Layout (stage seg_features): ``ids`` in split order and ``groups``, one per image size:
+    ``image_size`` (H, W), ``index`` (positions in ``ids``) and ``features``
+    (``len(index) x C x h x w`` float16); see :func:`cache_positions`.
+    """
     path = Path(path)
     if not path.is_file():
         raise PipelineError(path, "feature cache not found (stage seg_features)")
@@ -70,6 +123,9 @@ def load_feature_cache(path: str | Path, model: DeepLabASPP, ids: list[str]) -> 
         cache = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a damaged file
         raise PipelineError(path, f"unreadable feature cache ({type(err).__name__}: {err})") from None
+    if isinstance(cache, dict) and cache.get("format") in OLD_CACHE_FORMATS:
+        raise PipelineError(path, f"feature cache of an older format ({cache['format']}; this code reads "
+                            f"{CACHE_FORMAT}); rerun seg_features")
     if not isinstance(cache, dict) or cache.get("format") != CACHE_FORMAT:
         raise PipelineError(path, "not a feature cache of stage seg_features")
     expected = cache_meta(model)
@@ -78,8 +134,13 @@ def load_feature_cache(path: str | Path, model: DeepLabASPP, ids: list[str]) -> 
                 if cache["meta"].get(k) != v]
         raise PipelineError(path, "features of another network (" + "; ".join(diff) + "); rerun seg_features")
     if list(cache["ids"]) != list(ids):
-        raise PipelineError(path, f"holds {len(cache['ids'])} images, the split {len(ids)} (another split "
-                            "or dataset?); rerun seg_features")
+        if len(cache["ids"]) != len(ids):
+            raise PipelineError(path, f"holds {len(cache['ids'])} images, the split {len(ids)} (another split "
+                                "or dataset?); rerun seg_features")
+        k = next(k for k, (a, b) in enumerate(zip(cache["ids"], ids)) if a != b)
+        raise PipelineError(path, f"holds other images than the split (image {k + 1}: {cache['ids'][k]!r}, the "
+                            f"split's {ids[k]!r}; another split or dataset?); rerun seg_features")
+    _check_cache_groups(path, cache)
     return cache
 
 

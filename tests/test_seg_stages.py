@@ -284,13 +284,15 @@ def cached(tiny, tmp_path_factory):
 def test_seg_features_cache_holds_every_image(cached):
     import torch
 
-    from pipeline.stages.seg_features import CACHE_FORMAT
+    from pipeline.segmentation import CACHE_FORMAT
 
     _, caches, _ = cached
     train = torch.load(caches["train"], weights_only=True)
-    assert train["format"] == CACHE_FORMAT and train["ids"] == list(TRAIN) and train["image_size"] == [SIZE, SIZE]
+    assert train["format"] == CACHE_FORMAT and train["ids"] == list(TRAIN)
+    (group,) = train["groups"]  # one image size: one group holding every image in split order
+    assert list(group["image_size"]) == [SIZE, SIZE] and list(group["index"]) == list(range(len(TRAIN)))
     # input scale 2 at output stride 16: 64 px -> a 4x4 grid
-    assert train["features"].dtype == torch.float16 and tuple(train["features"].shape[::2]) == (len(TRAIN), 4)
+    assert group["features"].dtype == torch.float16 and tuple(group["features"].shape[::2]) == (len(TRAIN), 4)
     assert torch.load(caches["val"], weights_only=True)["ids"] == list(VAL)
 
 

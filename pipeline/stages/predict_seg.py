@@ -32,7 +32,8 @@ from pipeline.data.label_png import label_image
 from pipeline.models import backbone_normalization
 from pipeline.runtime import progress, stage_run
 from pipeline.training import load_model
-from pipeline.segmentation import build_seg_model, feature_cache_enabled, load_feature_cache, model_meta
+from pipeline.segmentation import build_seg_model, cache_positions, cached_features, feature_cache_enabled
+from pipeline.segmentation import load_feature_cache, model_meta
 from pipeline.stage import stage_device, stage_parser
 
 
@@ -115,10 +116,11 @@ def main(argv=None):
         cache = load_feature_cache(args.features, model, dataset.ids)
     with stage_run("predict_seg", inputs, used, device) as log, atomic_dir(args.out) as tmp:
         if cache is not None:
-            size = tuple(cache["image_size"])
-            for k, image_id in enumerate(progress(dataset.ids, desc="predict_seg (cached features)")):
+            positions = cache_positions(cache)
+            for image_id in progress(dataset.ids, desc="predict_seg (cached features)"):
+                features, size = cached_features(cache, positions, image_id)  # each image at its own size
                 with torch.no_grad():
-                    logits = model.logits_from_features(cache["features"][k:k + 1].float().to(device), size)
+                    logits = model.logits_from_features(features.float().to(device), size)
                 labels = logits[0].argmax(dim=0).to(torch.uint8).cpu().numpy()
                 label_image(labels).save(tmp / f"{image_id}.png", format="PNG")
         else:

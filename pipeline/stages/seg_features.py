@@ -14,12 +14,19 @@ that turns six backbone passes per epoch per net into one pass per image for the
 What the cache gives up: random rescale/crop augmentation (the features are of the whole
 image at one scale). Flip augmentation stays: train_seg also trains on the mirrored
 feature maps (not the features of mirrored images: a stride-2 network is only
-approximately flip-equivariant, which is fine for an augmentation and halves the cost). Every image of a split must have the same size (the
-features are one tensor; an image of another size is a one-line error naming it).
+approximately flip-equivariant, which is fine for an augmentation and halves the cost).
 
-File (``torch.save``; written atomically): ``format``, ``ids``, ``image_size`` (H, W),
-``features`` (N x C x h x w float16) and ``meta`` (:func:`cache_meta`: backbone, stride, input scale,
-weights) which train_seg / predict_seg compare with their own network's.
+Images of a split may differ in size (VOC, MSRC: 320x213, 213x320, 320x240, ...): the
+features are grouped by image size (:func:`pipeline.segmentation.size_groups`, groups in
+the order of their first image) and the backbone runs on batches of one group; train_seg
+batches within a group, predict_seg answers each image at its own size. A split of one
+size is one group holding every image in split order, computed in the same batches as the
+single-size format v1 (the same features).
+
+File (``torch.save``; written atomically): ``format`` (:data:`CACHE_FORMAT`), ``ids`` (split
+order), ``groups`` (per image size: ``image_size`` (H, W), ``index`` (positions in ``ids``),
+``features`` (len(index) x C x h x w float16)) and ``meta`` (:func:`cache_meta`: backbone,
+stride, input scale, weights) which train_seg / predict_seg compare with their own network's.
 """
 from __future__ import annotations
 
@@ -29,38 +36,38 @@ import torch
 
 from pipeline.config import load_params
 from pipeline.data.batches import normalize_batch
-from pipeline.data.voc import VOCDataset
+from pipeline.data.voc import VOCDataset, image_size
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_path
 from pipeline.models import DeepLabASPP, backbone_normalization
 from pipeline.runtime import progress, seed_everything, stage_run
 from pipeline.segmentation import CACHE_FORMAT, cache_meta, check_frozen_backbone, feature_cache_enabled
-from pipeline.segmentation import build_seg_model
+from pipeline.segmentation import build_seg_model, size_groups
 from pipeline.stage import stage_device, stage_parser
 
 BATCH = 16  # images per backbone pass (memory only: the features do not depend on it)
 
 
 @torch.no_grad()
-def split_features(model: DeepLabASPP, dataset: VOCDataset, mean, std, device) -> torch.Tensor:
-    """``N x C x h x w`` float16 features of every image of ``dataset``."""
-    size = None
-    chunks = []
-    for start in progress(range(0, len(dataset.ids), BATCH), desc="seg features",
-                          total=-(-len(dataset.ids) // BATCH)):
-        ids = dataset.ids[start:start + BATCH]
+def split_features(model: DeepLabASPP, dataset: VOCDataset, mean, std, device) -> list[dict]:
+    """The cache's ``groups``: per image size, the float16 features of its images (in split order)."""
+    sizes = [image_size(dataset.image_path(image_id))[::-1] for image_id in dataset.ids]  # (H, W)
+    groups = size_groups(sizes)
+    batches = [(size, index[start:start + BATCH]) for size, index in groups
+               for start in range(0, len(index), BATCH)]
+    chunks: dict[tuple[int, int], list[torch.Tensor]] = {size: [] for size, _ in groups}
+    for size, index in progress(batches, desc="seg features", total=len(batches)):
         images = []
-        for image_id in ids:
-            image = dataset.load_image(image_id)
-            size = size or image.shape[:2]
+        for k in index:
+            image = dataset.load_image(dataset.ids[k])
             if image.shape[:2] != size:
-                raise PipelineError(dataset.image_path(image_id), f"is {image.shape[1]}x{image.shape[0]}, the "
-                                    f"split's other images {size[1]}x{size[0]}: segmentation.feature_cache needs "
-                                    "one image size (set it to false for this dataset)")
+                raise PipelineError(dataset.image_path(dataset.ids[k]), f"decodes to {image.shape[1]}x"
+                                    f"{image.shape[0]} pixels, its header says {size[1]}x{size[0]}")
             images.append(image)
         x = normalize_batch(np.stack(images), mean, std).to(device)
-        chunks.append(model.features(x).to(torch.float16).cpu())
-    return torch.cat(chunks)
+        chunks[size].append(model.features(x).to(torch.float16).cpu())
+    return [{"image_size": list(size), "index": index, "features": torch.cat(chunks[size])}
+            for size, index in groups]
 
 
 def main(argv=None):
@@ -83,14 +90,14 @@ def main(argv=None):
     inputs = {"split": args.split, "images": len(dataset)}
     with stage_run("seg_features", inputs, {"segmentation": params["segmentation"], "backbone": params["backbone"]},
                    device) as log:
-        features = split_features(model, dataset, mean, std, device)
-        height, width = dataset.load_image(dataset.ids[0]).shape[:2]
-        document = {"format": CACHE_FORMAT, "ids": list(dataset.ids), "image_size": [height, width],
-                    "features": features, "meta": cache_meta(model)}
+        groups = split_features(model, dataset, mean, std, device)
+        document = {"format": CACHE_FORMAT, "ids": list(dataset.ids), "groups": groups, "meta": cache_meta(model)}
         with atomic_path(args.out) as tmp:
             torch.save(document, tmp)
-        log.info("%d images: features %s float16 (%.1f MB) -> %s", len(dataset), tuple(features.shape[1:]),
-                 features.numel() * 2 / 2 ** 20, args.out)
+        shapes = ", ".join(f"{len(g['index'])} at {g['image_size'][1]}x{g['image_size'][0]}: "
+                           f"{tuple(g['features'].shape[1:])}" for g in groups)
+        log.info("%d images, features float16 (%s; %.1f MB) -> %s", len(dataset), shapes,
+                 sum(g["features"].numel() for g in groups) * 2 / 2 ** 20, args.out)
 
 
 if __name__ == "__main__":

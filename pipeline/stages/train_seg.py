@@ -51,7 +51,7 @@ from pipeline.runtime import seed_everything, stage_run
 from pipeline.training import count_steps, poly_scheduler, train_and_save
 from pipeline.segmentation import GT, PSEUDO, SUPERVISIONS, build_seg_model, check_pseudo_labels, directory_fingerprint, load_target, model_meta, target_sources
 from pipeline.data.labels import check_labels_cover
-from pipeline.segmentation import check_frozen_backbone, feature_cache_enabled, load_feature_cache
+from pipeline.segmentation import cache_positions, check_frozen_backbone, feature_cache_enabled, load_feature_cache
 from pipeline.stage import stage_device, stage_parser
 from pipeline.training import train_config
 
@@ -114,33 +114,74 @@ def image_training(model, ids, sources, dataset, pseudo_dir, novel_classes, cfg,
 
 def cached_feature_training(cache: dict, ids: list[str], sources: dict[str, str], dataset: VOCDataset,
                             pseudo_dir: Path | None, novel_classes: list[int], batch_size: int, loss_stride: int = 1):
-    """(make_batches, step) that train only the head, on the cached features of each image and
-    their mirrored maps (flip augmentation; no rescale/crop: the features are fixed).
+    """(make_batches, step, steps per epoch) that train only the head, on the cached features of
+    each image and their mirrored maps (flip augmentation; no rescale/crop: the features are fixed).
+
+    Samples: image ``j`` of ``ids`` (``0 <= s < N``) and its mirror (``s = N + j``). Each epoch
+    draws ``rng.permutation(2N)``; the permuted samples of each image size (the cache's size
+    groups) are cut into batches of ``batch_size`` in that order (the last of a group may be
+    smaller), and the batches run in the order of their first sample. With one image size
+    that is the permutation cut into consecutive batches (the single-size format v1's).
 
     ``loss_stride`` k > 1: the loss compares logits upsampled to 1/k of the image size with
     every k-th label pixel (rows and columns); the upsampling's backward pass dominates a
     head-only step on CPU, so k = 2 about halves it.
     """
-    position = {image_id: k for k, image_id in enumerate(cache["ids"])}
-    rows = torch.as_tensor([position[i] for i in ids])
-    height, width = cache["image_size"]
-    targets = torch.from_numpy(np.stack([load_target(i, sources[i], dataset, (height, width), pseudo_dir,
-                                                     novel_classes) for i in ids]).astype(np.int64))
-    features = cache["features"][rows]
-    features = torch.cat([features, features.flip(-1)])  # flip augmentation on the feature maps
-    targets = torch.cat([targets, targets.flip(-1)])[:, ::loss_stride, ::loss_stride].contiguous()
-    loss_size = tuple(targets.shape[-2:])
+    positions = cache_positions(cache)
+    n = len(ids)
+    # per size group: its members' (sample -> local row) and features; targets as uint8
+    # (class ids and 255), the mirrors' flipped before the stride as in v1
+    group_of = np.empty(2 * n, np.int64)
+    local = np.empty(2 * n, np.int64)   # row in the group's targets: mirrors after the group's images
+    members: dict[int, list[int]] = {}
+    for j, image_id in enumerate(ids):
+        members.setdefault(positions[image_id][0], []).append(j)
+    groups = []
+    for g, js in members.items():
+        height, width = cache["groups"][g]["image_size"]
+        group_targets = []
+        for j in js:
+            target = load_target(ids[j], sources[ids[j]], dataset, (height, width), pseudo_dir, novel_classes)
+            if target.shape != (height, width):
+                raise PipelineError(dataset.mask_path(ids[j]), f"is {target.shape[1]}x{target.shape[0]}, the "
+                                    f"feature cache's image {width}x{height}; rerun seg_features")
+            group_targets.append(np.asarray(target, dtype=np.uint8))
+        targets = torch.from_numpy(np.stack(group_targets))
+        targets = torch.cat([targets, targets.flip(-1)])[:, ::loss_stride, ::loss_stride].contiguous()
+        rows = [positions[ids[j]][1] for j in js]
+        features = cache["groups"][g]["features"]
+        if rows != list(range(len(features))):  # not every cached image, or another order: a copy
+            features = features[torch.as_tensor(rows)]
+        groups.append({"features": features, "targets": targets})
+        for r, j in enumerate(js):
+            group_of[j] = group_of[n + j] = len(groups) - 1
+            local[j], local[n + j] = r, len(js) + r
+
+    def gather(group: dict, samples: np.ndarray) -> dict:
+        rows = torch.from_numpy(local[samples])
+        count = len(group["features"])
+        mirrored = rows >= count
+        features = group["features"][rows % count]
+        if mirrored.any():
+            features[mirrored] = features[mirrored].flip(-1)
+        return {"features": features.float(), "targets": group["targets"][rows].long()}
 
     def make_batches(epoch: int, rng: np.random.Generator):
-        order = torch.from_numpy(rng.permutation(len(features)))
-        return [{"features": features[order[k:k + batch_size]].float(), "targets": targets[order[k:k + batch_size]]}
-                for k in range(0, len(order), batch_size)]
+        order = rng.permutation(2 * n)
+        if len(groups) == 1:
+            return [gather(groups[0], order[k:k + batch_size]) for k in range(0, len(order), batch_size)]
+        cuts = []  # (position of the first sample in order, group, samples)
+        for g in range(len(groups)):
+            where = np.flatnonzero(group_of[order] == g)
+            cuts += [(where[k], g, order[where[k:k + batch_size]]) for k in range(0, len(where), batch_size)]
+        return [gather(groups[g], samples) for _, g, samples in sorted(cuts, key=lambda cut: cut[0])]
 
     def step(net: torch.nn.Module, batch: dict):
-        logits = net.logits_from_features(batch["features"], loss_size)
+        logits = net.logits_from_features(batch["features"], tuple(batch["targets"].shape[-2:]))
         return segmentation_ce(logits, batch["targets"], dataset.ignore_index), {}
 
-    return make_batches, step
+    steps = sum(count_steps(2 * len(js), batch_size, drop_last=False) for js in members.values())
+    return make_batches, step, steps
 
 
 # --------------------------------------------------------------------------- stage
@@ -187,19 +228,18 @@ def main(argv=None):
                                     "feature cache (stage seg_features)")
             check_frozen_backbone(model)
             cache = load_feature_cache(args.features, model, dataset.ids)
-            make_batches, step = cached_feature_training(cache, ids, sources, dataset, pseudo_dir, novel_classes,
-                                                         cfg["batch_size"], int(cfg["loss_stride"]))
-            log.info("training the head on cached features %s (%s)", tuple(cache["features"].shape[1:]),
-                     args.features)
+            make_batches, step, steps = cached_feature_training(cache, ids, sources, dataset, pseudo_dir,
+                                                                novel_classes, cfg["batch_size"],
+                                                                int(cfg["loss_stride"]))
+            log.info("training the head on cached features of %d image size(s) %s (%s)", len(cache["groups"]),
+                     [tuple(g["features"].shape[1:]) for g in cache["groups"]], args.features)
         else:
             make_batches, step, model = image_training(model, ids, sources, dataset, pseudo_dir, novel_classes, cfg,
                                                        params, device)
+            steps = count_steps(len(ids), cfg["batch_size"])  # training_batches drops the last partial batch
 
         groups = model.param_groups(cfg["lr"])
         optimizer = make_optimizer(groups, cfg)
-        cached = feature_cache_enabled(params)
-        # cached: every image and its mirror, last batch kept; else training_batches drops it
-        steps = count_steps(2 * len(ids) if cached else len(ids), cfg["batch_size"], drop_last=not cached)
         steps = steps or 1  # fewer ids than a batch: one step
         scheduler = poly_scheduler(optimizer, steps * cfg["epochs"], cfg["poly_power"])
         meta = {**model_meta(model, dataset), "dataset": params["dataset"], "supervision": args.supervision,
