@@ -12,9 +12,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from pipeline.config import check_range
+from pipeline.config import check_range, section
 from pipeline.errors import PipelineError
-from pipeline.config import section
 
 PROB_SCALE = 255  # uint8 value of probability 1
 

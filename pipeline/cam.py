@@ -45,11 +45,10 @@ import torch.nn.functional as F
 
 from pipeline.data.augment import resize_image
 from pipeline.data.batches import normalize_batch
-from pipeline.errors import PipelineError
-from pipeline.io import load_npz, save_npz
-from pipeline.metrics import confusion_matrix
 from pipeline.data.voc import VOCDataset
-from pipeline.io import check_files_exist
+from pipeline.errors import PipelineError
+from pipeline.io import check_files_exist, load_npz, save_npz
+from pipeline.metrics import confusion_matrix
 
 # IRN/PSA: divide by max + eps, so an all-zero CAM stays zero instead of dividing by 0.
 NORM_EPS = 1e-5

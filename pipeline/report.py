@@ -14,8 +14,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.data.label_png import voc_palette
-from pipeline.metrics.semantic import NOVEL_ERROR_KEYS
 from pipeline.data.voc import VOCDataset
+from pipeline.metrics.semantic import NOVEL_ERROR_KEYS
 from pipeline.runtime import progress
 
 # Columns of the novel-error table (pipeline.metrics.novel_error_breakdown): where ground-truth

@@ -22,13 +22,13 @@ import torch
 
 from pipeline.config import check_range, params_hash, section
 from pipeline.data.folds import mask_novel_pixels
+from pipeline.data.label_png import read_class_png
 from pipeline.data.voc import VOCDataset, image_size
 from pipeline.errors import PipelineError
+from pipeline.io import check_files_exist
 from pipeline.models import DeepLabASPP
 from pipeline.models.deeplab import deeplab_meta
 from pipeline.runtime import progress
-from pipeline.io import check_files_exist
-from pipeline.data.label_png import read_class_png
 
 GT, PSEUDO = "gt", "pseudo"  # label sources of target_sources
 

@@ -17,11 +17,11 @@ from PIL import Image
 
 from pipeline.boundary import prob_to_uint8
 from pipeline.cam import write_cam_file
-from pipeline.io import load_npz, write_json
 from pipeline.data.label_png import read_label_png, write_label_png
+from pipeline.io import load_npz, write_json
 from pipeline.methods.retab import propagate, train_affinity
-from pipeline.stages import pseudo_labels
 from pipeline.methods.retab.train_affinity import reduce_to_grid, sample_sources
+from pipeline.stages import pseudo_labels
 from conftest import run_fails, run_ok, tiny_params, write_tiny_voc, write_yaml
 
 SIZE = 32

@@ -26,11 +26,10 @@ from pipeline.boundary import (
     uint8_to_prob,
 )
 from pipeline.errors import PipelineError
-from pipeline.models import BoundaryNet
 from pipeline.methods.retab import infer_boundary, train_boundary
 from pipeline.methods.retab.train_boundary import base_sample_loss_target
-from pipeline.training import checkpoint_path_for
-from pipeline.training import MODEL_FORMAT
+from pipeline.models import BoundaryNet
+from pipeline.training import MODEL_FORMAT, checkpoint_path_for
 from conftest import make_boundary_tiny, run_fails, run_ok, write_yaml
 
 # --------------------------------------------------------------------------- pure functions

@@ -16,8 +16,7 @@ import yaml
 from PIL import Image
 
 from pipeline.data.folds import load_fold
-from pipeline.stages import image_labels as image_labels_stage
-from pipeline.stages import make_folds as make_folds_stage
+from pipeline.stages import image_labels as image_labels_stage, make_folds as make_folds_stage
 from conftest import ROOT, tiny_dataset_entry
 
 CLASSES = ["background", "cat", "dog", "bus"]

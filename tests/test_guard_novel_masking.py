@@ -24,9 +24,8 @@ import yaml
 from PIL import Image
 
 from pipeline.data.label_png import write_label_png
-from pipeline.methods.retab import train_affinity as train_affinity_stage
-from pipeline.methods.retab import train_boundary as train_boundary_stage
 from pipeline.methods.lnet import train_lnet as train_lnet_stage
+from pipeline.methods.retab import train_affinity as train_affinity_stage, train_boundary as train_boundary_stage
 from pipeline.stages import train_seg as train_seg_stage
 from conftest import ROOT, tiny_dataset_entry
 

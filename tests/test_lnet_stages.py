@@ -18,12 +18,12 @@ from PIL import Image
 
 from pipeline.cam import write_cam_file
 from pipeline.config import REPO_ROOT, load_params
-from pipeline.errors import PipelineError
 from pipeline.data.label_png import read_label_png
-from pipeline.methods.lnet import infer_lnet, self_diffusion, train_lnet
-from pipeline.stages import make_folds
 from pipeline.data.probability_png import read_probability_map, write_map
+from pipeline.errors import PipelineError
+from pipeline.methods.lnet import infer_lnet, self_diffusion, train_lnet
 from pipeline.methods.lnet.train_lnet import object_class_ids, object_target, objectness_bce
+from pipeline.stages import make_folds
 from conftest import LNET_NOVEL, LNET_SCENES, TINY_CLASSES, box_mask, make_lnet_tiny, run_fails, run_ok
 
 SIZE = 32

@@ -12,11 +12,11 @@ import torch.nn as nn
 
 from pipeline import adversarial as adv
 from pipeline.config import load_params
-from pipeline.errors import PipelineError
-from pipeline.data.voc import VOCDataset
 from pipeline.data.label_png import write_label_png
-from pipeline.models.pnet import PNet
+from pipeline.data.voc import VOCDataset
+from pipeline.errors import PipelineError
 from pipeline.methods.lnet import train_pnet
+from pipeline.models.pnet import PNet
 from pipeline.stages.train_seg import build_seg_model, model_meta
 from pipeline.training import load_model, save_model
 from conftest import LNET_NOVEL, make_lnet_tiny, run_fails, run_ok

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image, ImageFont
 
 from pipeline.cam import write_cam_file
-from pipeline.method_table import RETAB
 from pipeline.data.label_png import write_label_png
+from pipeline.method_table import RETAB
 from pipeline.report import (
     blend,
     colorize_labels,

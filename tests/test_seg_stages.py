@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import yaml
 
+from pipeline import segmentation
 from pipeline.config import load_params
+from pipeline.data.label_png import read_label_png, write_label_png
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError
-from pipeline.data.label_png import read_label_png, write_label_png
-from pipeline import segmentation
 from pipeline.stages import predict_seg, train_seg
 from conftest import TINY_CLASSES, Box, box_mask, run_fails, tiny_params, write_tiny_voc, write_yaml
 

@@ -69,8 +69,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from pipeline.errors import PipelineError
 from pipeline.data.label_png import voc_palette
+from pipeline.errors import PipelineError
 
 NUM_OBJECT_CLASSES = 20
 FOLD_SIZE = 5                       # PASCAL-5i: novel of fold i = ids 5i+1..5i+5

@@ -25,9 +25,9 @@ import os
 
 import numpy as np
 
+from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError
 from pipeline.io import read_json
-from pipeline.data.voc import VOCDataset
 
 PASCAL5I_FOLDS = 4
 PASCAL5I_CLASSES_PER_FOLD = 5

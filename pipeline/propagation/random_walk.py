@@ -27,6 +27,7 @@ for one image (a leading batch axis of size 1 is accepted).
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Literal
 
@@ -52,10 +53,29 @@ def check_beta(beta: float) -> float:
     return float(beta)
 
 
-def check_logt(logt: int) -> int:
-    """``propagation.logt`` (the walk takes 2**logt steps) must be an integer >= 0."""
+# The papers' walk (PSA, RETAB on VOC): radius 5 and 2**8 steps on the ~56-cell grid of a
+# 448 px crop at stride 8. A walk of n steps of radius r spreads ~ r * sqrt(n) cells, so its
+# reach relative to the grid is 5 * sqrt(2**8) / 56 = 1.43 there.
+VOC_REACH = 5 * 2 ** (8 / 2) / 56
+
+
+def logt_for_reach(grid: tuple[int, int], radius: int, reach: float = VOC_REACH) -> int:
+    """``logt`` whose walk reaches ``reach`` grid sides on an ``h x w`` grid (side sqrt(h w)):
+    ``radius * sqrt(2**logt) / side = reach``, rounded (``propagation.logt: auto``). Needs
+    no labels: the image size alone. VOC's 56-cell grid at radius 5 gives 8 (the papers'),
+    the embedded 16-cell grid at radius 3 gives 6, MSRC's ~40x27 grid at radius 5 gives 6."""
+    side = math.sqrt(grid[0] * grid[1])
+    logt = 2 * math.log2(max(reach * side / radius, 1.0))
+    return int(min(max(round(logt), 1), 20))
+
+
+def check_logt(logt: int | str) -> int | str:
+    """``propagation.logt`` (the walk takes 2**logt steps) must be an integer >= 0, or
+    ``auto`` (:func:`logt_for_reach` per image)."""
+    if logt == "auto":
+        return logt
     if isinstance(logt, bool) or not isinstance(logt, (int, np.integer)):
-        raise PipelineError("params.yaml", f"propagation.logt = {logt!r} must be an integer >= 0")
+        raise PipelineError("params.yaml", f"propagation.logt = {logt!r} must be an integer >= 0 or auto")
     check_range(int(logt), "propagation.logt", low=0)
     # 2**31 steps would never finish; 20 (a million steps) is far past convergence.
     check_range(int(logt), "propagation.logt", high=20)

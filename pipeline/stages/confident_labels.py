@@ -32,15 +32,14 @@ import numpy as np
 
 from pipeline.cam import (check_cam_files_exist, confident_no_background, confident_threshold_labels,
                           crf_available, crf_confident_labels, upsample_cams)
+from pipeline.cam import load_checked_cams
 from pipeline.config import check_range, load_params, section
-from pipeline.data.labels import read_image_labels_file
+from pipeline.data.label_png import write_label_png
+from pipeline.data.labels import check_labels_cover, check_labels_document, read_image_labels_file
 from pipeline.data.voc import VOCDataset, image_size
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir
-from pipeline.data.label_png import write_label_png
 from pipeline.runtime import progress, stage_run
-from pipeline.cam import load_checked_cams
-from pipeline.data.labels import check_labels_cover, check_labels_document
 from pipeline.stage import stage_parser
 
 CRF_PACKAGE = "pydensecrf2==1.1"

@@ -25,16 +25,15 @@ import math
 
 import numpy as np
 
-from pipeline.cam import argmax_labels, cam_path, check_cam_files_exist, sweep_confusions, upsample_cams
+from pipeline.cam import (
+    argmax_labels, cam_path, check_cam_files_exist, load_checked_cams, sweep_confusions, upsample_cams)
 from pipeline.config import load_params, section
-from pipeline.data.labels import read_image_labels_file
+from pipeline.data.labels import check_labels_cover, check_labels_document, read_image_labels_file
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import write_json
 from pipeline.metrics import confusion_or_error, mean_iou, summarize_confusion
 from pipeline.runtime import progress, stage_run
-from pipeline.cam import load_checked_cams
-from pipeline.data.labels import check_labels_cover, check_labels_document
 from pipeline.stage import stage_parser
 
 

@@ -31,13 +31,12 @@ import numpy as np
 
 from pipeline.config import load_params
 from pipeline.data.folds import load_fold
+from pipeline.data.label_png import read_label_png
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
-from pipeline.io import atomic_path, write_json
+from pipeline.io import atomic_path, check_files_exist, write_json
 from pipeline.metrics import ConfusionAccumulator, confusion_or_error, summarize_confusion
-from pipeline.data.label_png import read_label_png
 from pipeline.runtime import progress, stage_run
-from pipeline.io import check_files_exist
 from pipeline.stage import stage_parser
 
 PRED_SUFFIX = ".png"

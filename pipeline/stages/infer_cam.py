@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.cam import cam_path, label_channels, multiscale_cams, normalize_cams, strided_size, write_cam_file
+from pipeline.cam import (
+    cam_backbone_cfg, cam_model_meta, cam_path, label_channels, multiscale_cams, normalize_cams, strided_size,
+    write_cam_file)
 from pipeline.config import load_params, section
-from pipeline.data.labels import read_image_labels_file
+from pipeline.data.labels import check_labels_cover, check_labels_document, read_image_labels_file
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir
 from pipeline.runtime import progress, seed_everything, stage_run
-from pipeline.cam import cam_backbone_cfg, cam_model_meta
-from pipeline.data.labels import check_labels_cover, check_labels_document
 from pipeline.stage import stage_device, stage_parser
 
 

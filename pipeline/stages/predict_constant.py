@@ -16,10 +16,10 @@ import io
 import numpy as np
 
 from pipeline.config import load_params
+from pipeline.data.label_png import label_image
 from pipeline.data.voc import VOCDataset, image_size
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir
-from pipeline.data.label_png import label_image
 from pipeline.runtime import progress, stage_run
 from pipeline.stage import stage_parser
 

@@ -25,16 +25,16 @@ import torch.nn.functional as F
 from pipeline.config import check_range, load_params, section
 from pipeline.data.augment import resize_image
 from pipeline.data.batches import normalize_batch
+from pipeline.data.label_png import label_image
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir
-from pipeline.data.label_png import label_image
 from pipeline.models import backbone_normalization
 from pipeline.runtime import progress, stage_run
-from pipeline.training import load_model
-from pipeline.segmentation import build_seg_model, cache_positions, cached_features, feature_cache_enabled
-from pipeline.segmentation import load_feature_cache, model_meta
+from pipeline.segmentation import (
+    build_seg_model, cache_positions, cached_features, feature_cache_enabled, load_feature_cache, model_meta)
 from pipeline.stage import stage_device, stage_parser
+from pipeline.training import load_model
 
 
 def predict_config(params: dict) -> dict:

@@ -28,15 +28,13 @@ import numpy as np
 
 from pipeline.cam import check_cam_files_exist, read_cam_file, strided_size
 from pipeline.config import load_params
-from pipeline.data.labels import load_image_labels
+from pipeline.data.label_png import write_label_png
+from pipeline.data.labels import check_labels_cover, load_image_labels
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
-from pipeline.io import atomic_dir, load_npz, read_json
-from pipeline.data.label_png import write_label_png
+from pipeline.io import atomic_dir, check_files_exist, load_npz, read_json
 from pipeline.pseudo_labels import pseudo_label_map
 from pipeline.runtime import progress, stage_run
-from pipeline.data.labels import check_labels_cover
-from pipeline.io import check_files_exist
 from pipeline.stage import stage_parser
 
 SCORE_KEYS = ("scores", "keys", "size", "stride")

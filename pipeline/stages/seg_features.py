@@ -41,8 +41,8 @@ from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_path
 from pipeline.models import DeepLabASPP, backbone_normalization
 from pipeline.runtime import progress, seed_everything, stage_run
-from pipeline.segmentation import CACHE_FORMAT, cache_meta, check_frozen_backbone, feature_cache_enabled
-from pipeline.segmentation import build_seg_model, size_groups
+from pipeline.segmentation import (
+    CACHE_FORMAT, build_seg_model, cache_meta, check_frozen_backbone, feature_cache_enabled, size_groups)
 from pipeline.stage import stage_device, stage_parser
 
 BATCH = 16  # images per backbone pass (memory only: the features do not depend on it)

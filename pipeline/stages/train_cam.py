@@ -23,16 +23,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.cam import multi_hot
+from pipeline.cam import cam_backbone_cfg, cam_model_meta, multi_hot
 from pipeline.config import load_params, params_hash, section
 from pipeline.data.batches import batches_per_epoch, training_batches
-from pipeline.data.labels import read_image_labels_file
+from pipeline.data.labels import check_labels_cover, check_labels_document, read_image_labels_file
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
 from pipeline.losses import multilabel_soft_margin
 from pipeline.runtime import seed_everything, stage_run
-from pipeline.cam import cam_backbone_cfg, cam_model_meta
-from pipeline.data.labels import check_labels_cover, check_labels_document
 from pipeline.stage import stage_device, stage_parser
 from pipeline.training import train_config
 

@@ -42,18 +42,17 @@ import torch
 from pipeline.config import load_params, params_hash
 from pipeline.data.batches import training_batches
 from pipeline.data.folds import load_fold
-from pipeline.data.labels import load_image_labels
+from pipeline.data.labels import check_labels_cover, load_image_labels
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
 from pipeline.losses import segmentation_ce
 from pipeline.models import backbone_normalization
 from pipeline.runtime import seed_everything, stage_run
-from pipeline.training import count_steps, poly_scheduler, train_and_save
-from pipeline.segmentation import GT, PSEUDO, SUPERVISIONS, build_seg_model, check_pseudo_labels, directory_fingerprint, load_target, model_meta, target_sources
-from pipeline.data.labels import check_labels_cover
-from pipeline.segmentation import cache_positions, check_frozen_backbone, feature_cache_enabled, load_feature_cache
+from pipeline.segmentation import (
+    GT, PSEUDO, SUPERVISIONS, build_seg_model, cache_positions, check_frozen_backbone, check_pseudo_labels,
+    directory_fingerprint, feature_cache_enabled, load_feature_cache, load_target, model_meta, target_sources)
 from pipeline.stage import stage_device, stage_parser
-from pipeline.training import train_config
+from pipeline.training import count_steps, poly_scheduler, train_and_save, train_config
 
 TRAIN_KEYS = ("crop", "scale_range", "batch_size", "epochs", "optimizer", "lr", "momentum", "weight_decay", "loss_stride",
               "poly_power")

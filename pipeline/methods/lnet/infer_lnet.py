@@ -21,17 +21,16 @@ import torch
 
 from pipeline.config import load_params, section
 from pipeline.data.batches import normalize_batch
-from pipeline.data.folds import load_fold
+from pipeline.data.folds import fold_samples, load_fold
+from pipeline.data.probability_png import map_path, write_map
 from pipeline.data.voc import VOCDataset, image_size
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir
 from pipeline.models import DeepLabASPP, backbone_normalization
-from pipeline.runtime import progress, seed_everything, stage_run
-from pipeline.training import load_model
-from pipeline.data.folds import fold_samples
-from pipeline.data.probability_png import map_path, write_map
-from pipeline.stage import stage_device, stage_parser
 from pipeline.models.deeplab import deeplab_meta
+from pipeline.runtime import progress, seed_everything, stage_run
+from pipeline.stage import stage_device, stage_parser
+from pipeline.training import load_model
 
 
 def object_probability(model: torch.nn.Module, images: torch.Tensor, flip: bool) -> torch.Tensor:

@@ -36,20 +36,17 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cam import cam_path, check_cam_files_exist, read_cam_file
+from pipeline.cam import cam_path, check_cam_files_exist, image_cams, read_cam_file
 from pipeline.config import load_params, section
-from pipeline.data.folds import load_fold
-from pipeline.data.labels import load_image_labels
+from pipeline.data.folds import fold_samples, load_fold
+from pipeline.data.label_png import write_label_png
+from pipeline.data.labels import check_labels_cover, load_image_labels
+from pipeline.data.probability_png import map_path, read_probability_map
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir, write_json
-from pipeline.data.label_png import write_label_png
 from pipeline.propagation.superpixel_diffusion import diffuse_image
 from pipeline.runtime import progress, stage_run
-from pipeline.cam import image_cams
-from pipeline.data.folds import fold_samples
-from pipeline.data.labels import check_labels_cover
-from pipeline.data.probability_png import map_path, read_probability_map
 from pipeline.stage import stage_parser
 
 LABEL_SUFFIX = ".png"

@@ -38,16 +38,14 @@ import torch.nn.functional as F
 
 from pipeline.config import load_params, params_hash, section
 from pipeline.data.batches import training_batches
-from pipeline.data.folds import load_fold, mask_novel_pixels
+from pipeline.data.folds import fold_novel_classes, fold_samples, load_fold, mask_novel_pixels
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
 from pipeline.models import DeepLabASPP, backbone_normalization
-from pipeline.runtime import seed_everything, stage_run
-from pipeline.training import count_steps, poly_scheduler, train_and_save
-from pipeline.data.folds import fold_novel_classes, fold_samples
-from pipeline.stage import stage_device, stage_parser
-from pipeline.training import train_config
 from pipeline.models.deeplab import deeplab_meta
+from pipeline.runtime import seed_everything, stage_run
+from pipeline.stage import stage_device, stage_parser
+from pipeline.training import count_steps, poly_scheduler, train_and_save, train_config
 
 OBJECT, NOT_OBJECT = 1, 0
 

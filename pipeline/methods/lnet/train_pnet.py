@@ -48,8 +48,8 @@ from torch.func import functional_call
 from pipeline import adversarial as adv
 from pipeline.config import check_range, load_params, params_hash, section
 from pipeline.data.batches import training_batches
-from pipeline.data.folds import load_fold
-from pipeline.data.labels import load_image_labels
+from pipeline.data.folds import fold_novel_classes, load_fold
+from pipeline.data.labels import check_labels_cover, load_image_labels
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import write_text
@@ -57,12 +57,10 @@ from pipeline.losses import segmentation_ce
 from pipeline.models import backbone_normalization
 from pipeline.models.pnet import PNet
 from pipeline.runtime import seed_everything, stage_run
-from pipeline.training import checkpoint_path_for, count_steps, history_tsv, load_model, poly_scheduler, save_model, train
-from pipeline.data.folds import fold_novel_classes
-from pipeline.data.labels import check_labels_cover
 from pipeline.segmentation import GT, build_seg_model, check_pseudo_labels, load_target, model_meta, target_sources
 from pipeline.stage import stage_device, stage_parser
-from pipeline.training import train_config
+from pipeline.training import (
+    checkpoint_path_for, count_steps, history_tsv, load_model, poly_scheduler, save_model, train, train_config)
 
 TRAIN_KEYS = ("crop", "scale_range", "batch_size", "epochs", "optimizer", "lr_seg", "lr_pnet", "momentum",
               "weight_decay", "samples_per_epoch")

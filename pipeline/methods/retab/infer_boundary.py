@@ -25,14 +25,14 @@ from pipeline.boundary import boundary_net_backbone_cfg, check_boundary_params
 from pipeline.config import load_params, section
 from pipeline.data.batches import normalize_batch
 from pipeline.data.labels import read_image_labels_file
+from pipeline.data.probability_png import MAP_SUFFIX, write_map
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir
 from pipeline.models import BoundaryNet, backbone_normalization
 from pipeline.runtime import progress, seed_everything, stage_run
-from pipeline.training import load_model
-from pipeline.data.probability_png import MAP_SUFFIX, write_map
 from pipeline.stage import stage_device, stage_parser
+from pipeline.training import load_model
 
 # Images of one size go through the network together (the embedded default's are all
 # 128x128; VOC's vary and mostly go one by one). Results do not depend on it (up to float rounding): the

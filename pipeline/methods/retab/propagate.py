@@ -34,26 +34,27 @@ at all. Sparse walks (``propagation.method``) never form the dense N x N matrix 
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.boundary import boundary_config
 from pipeline.cam import check_cam_files_exist, read_cam_file
 from pipeline.config import check_range, load_params, section
-from pipeline.data.labels import load_image_labels
+from pipeline.data.label_png import read_sized_png
+from pipeline.data.labels import check_labels_cover, load_image_labels
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
-from pipeline.io import atomic_dir, save_npz
-from pipeline.runtime import choose_device, progress, set_threads, stage_run
-from pipeline.boundary import boundary_config
-from pipeline.data.labels import check_labels_cover
-from pipeline.io import check_files_exist
-from pipeline.stage import stage_parser
-from pipeline.data.label_png import read_sized_png
+from pipeline.io import atomic_dir, check_files_exist, save_npz, write_json
+from pipeline.propagation.random_walk import logt_for_reach
+from pipeline.runtime import progress, stage_run
+from pipeline.stage import stage_device, stage_parser
 
 WALKS = ("single", "two_stage")
+WALK_INFO = "walk.json"  # the walk as run: logt per image (auto), radius
 
 
 # --------------------------------------------------------------------------- params
@@ -221,6 +222,8 @@ def revise_one(image_id: str, size: tuple[int, int], aff: np.ndarray, grid: tupl
     boundary_cells = None
     if walk == "two_stage":
         boundary_cells = read_boundary_cells(boundary_dir, image_id, size, grid, cell, cfg)
+    if cfg["logt"] == "auto":  # the reach relative to the grid of the papers' VOC walk
+        cfg = {**cfg, "logt": logt_for_reach(grid, cfg["radius"])}
     revised = revise(scores, aff, cfg, walk, boundary_cells)
     keys = ([dataset.background_index] if with_background else []) + fg_keys
     save_npz(out_dir / f"{image_id}.npz", scores=revised.astype(np.float16), keys=np.asarray(keys, dtype=np.int64),
@@ -246,7 +249,7 @@ def main(argv=None):
     args = parse_args(argv)
     params = load_params(args.params, args.dataset)
     cfg = propagation_config(params, args.walk)
-    set_threads(args.threads)
+    device = stage_device(args, params)
 
     dataset = VOCDataset(params["data"], "train")
     ids = list(dataset.ids)
@@ -261,7 +264,6 @@ def main(argv=None):
     from pipeline.models import backbone_normalization
     from pipeline.data.batches import normalize_batch
 
-    device = choose_device(params.get("device", "auto"))
     inputs = {"walk": args.walk, "cams": args.cams, "affinity": args.affinity, "boundary": args.boundary,
               "images": len(ids)}
     stage_params = {"propagation": params["propagation"], "affinity": params["affinity"],
@@ -270,7 +272,7 @@ def main(argv=None):
         model, meta = load_affinity_model(args.affinity, params, device)
         cell = int(model.out_stride)
         mean, std = backbone_normalization(params["backbone"])
-        boundary_share = []
+        boundary_share, logts = [], Counter()
         batch_size = cfg["batch_size"]
         for start in progress(range(0, len(ids), batch_size), desc=f"propagate {args.walk}",
                               total=-(-len(ids) // batch_size)):
@@ -280,6 +282,7 @@ def main(argv=None):
                 batch = normalize_batch(np.stack([images[k] for k in run]), mean, std).to(device)
                 affs, grid = predict_affinities(model, batch, cfg["radius"], cfg["flip"])
                 for aff, k in zip(affs, run):
+                    logts[logt_for_reach(grid, cfg["radius"]) if cfg["logt"] == "auto" else cfg["logt"]] += 1
                     share = revise_one(chunk[k], images[k].shape[:2], aff, grid, cell, cfg, args.walk, cam_dir,
                                        boundary_dir, image_labels[chunk[k]], dataset, tmp)
                     if share is not None:
@@ -288,6 +291,10 @@ def main(argv=None):
             log.info("boundary cells: %.1f%% of grid cells on average", 100 * float(np.mean(boundary_share)))
         log.info("%d images revised (%s walk, grid stride %d, affinity net variant %s)",
                  len(ids), args.walk, cell, meta.get("variant"))
+        # The walk's length as used (propagation.logt: auto chooses it per image from its grid).
+        log.info("logt %s: images per value %s", cfg["logt"], dict(sorted(logts.items())))
+        write_json(tmp / WALK_INFO, {"logt": cfg["logt"], "images_per_logt": {str(k): v for k, v in sorted(logts.items())},
+                                     "radius": cfg["radius"], "walk": args.walk})
 
 
 if __name__ == "__main__":

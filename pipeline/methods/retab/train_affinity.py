@@ -37,20 +37,19 @@ from typing import Callable
 import numpy as np
 import torch
 
+from pipeline.boundary import boundary_config
 from pipeline.config import check_range, load_params, params_hash, section
 from pipeline.data.augment import nearest_indices
 from pipeline.data.batches import batches_per_epoch, training_batches
 from pipeline.data.folds import load_fold, mask_novel_pixels
-from pipeline.data.labels import load_image_labels
+from pipeline.data.label_png import read_class_png, read_sized_png
+from pipeline.data.labels import check_labels_cover, load_image_labels
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
-from pipeline.runtime import choose_device, seed_everything, set_threads, stage_run
-from pipeline.boundary import boundary_config
-from pipeline.data.labels import check_labels_cover
 from pipeline.io import check_files_exist
+from pipeline.runtime import choose_device, seed_everything, set_threads, stage_run
 from pipeline.stage import stage_parser
 from pipeline.training import train_config
-from pipeline.data.label_png import read_class_png, read_sized_png
 
 VARIANTS = ("cam", "gt", "retab")
 # Value of the non-boundary target map: 1 = pair may be supervised; 0 = boundary pixel;

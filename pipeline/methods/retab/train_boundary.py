@@ -43,16 +43,14 @@ from pipeline.boundary import boundary_net_backbone_cfg, check_boundary_params
 from pipeline.config import load_params, params_hash, section
 from pipeline.data.batches import training_batches
 from pipeline.data.boundary_labels import boundary_target
-from pipeline.data.folds import load_fold, mask_novel_pixels
+from pipeline.data.folds import fold_novel_classes, fold_samples, load_fold, mask_novel_pixels
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import run_stage
 from pipeline.losses import BL_IGNORE, boundary_loss_parts, boundary_loss_target, boundary_target_at_stride
 from pipeline.models import BoundaryNet, backbone_normalization
 from pipeline.runtime import seed_everything, stage_run
-from pipeline.training import count_steps, poly_scheduler, train_and_save
 from pipeline.stage import stage_device, stage_parser
-from pipeline.training import train_config
-from pipeline.data.folds import fold_novel_classes, fold_samples
+from pipeline.training import count_steps, poly_scheduler, train_and_save, train_config
 
 
 def base_sample_loss_target(mask: np.ndarray, novel_region: np.ndarray, *, source: str, width: int,
