@@ -61,6 +61,20 @@ def test_wrong_type_names_the_key(raw):
         validate_params(raw)
 
 
+def test_novel_classes_forms_in_the_schema(raw):
+    """pascal5i, class-name lists and {k: K} validate (K's range is checked by pipeline.data.folds);
+    anything else names the key."""
+    for form in ("pascal5i", [["sky"], ["car", "pole"]], {"k": 3}, {"k": 0}):
+        raw = copy.deepcopy(raw)
+        raw["datasets"]["camvid"]["novel_classes"] = form
+        validate_params(raw)
+    for form in ({"k": 3, "n": 1}, {"k": "3"}, {}, "pascal"):
+        raw = copy.deepcopy(raw)
+        raw["datasets"]["camvid"]["novel_classes"] = form
+        with pytest.raises(PipelineError, match=r"datasets\.camvid\.novel_classes: "):
+            validate_params(raw)
+
+
 def test_unknown_dataset_is_one_clear_error(raw):
     with pytest.raises(PipelineError, match="dataset 'kitti' is not defined"):
         resolve_params(raw, "kitti")

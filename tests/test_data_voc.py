@@ -13,8 +13,9 @@ from pipeline.data.labels import class_pixel_counts, derive_image_labels, presen
 from pipeline.data.voc import VOCDataset, parse_split_line
 from pipeline.errors import PipelineError
 
-from conftest import (CAMVID_CLASSES, CAMVID_ROOT, VOC_CLASSES, box_mask, needs_camvid, save_mask, tiny_dataset_entry,
-                      write_tiny_voc)
+from pipeline.stages import image_labels
+from conftest import (CAMVID_CLASSES, CAMVID_ROOT, TINY_CLASSES, VOC_CLASSES, box_mask, needs_camvid, run_fails,
+                      save_mask, tiny_dataset_entry, tiny_params, write_tiny_voc, write_yaml)
 
 SHAPE = (12, 16)
 
@@ -92,7 +93,9 @@ def expect_error(match_where: Path | str, fn, *args):
 
 def test_missing_root(tmp_path):
     err = expect_error(tmp_path / "nowhere", VOCDataset, voc_cfg(tmp_path / "nowhere"), "train")
-    assert "root" in err.problem
+    assert "datasets.tiny.root" in err.problem and "VOC 2012 + SBD" not in err.problem
+    err = expect_error(tmp_path / "nowhere", VOCDataset, voc_cfg(tmp_path / "nowhere", name="voc"), "train")
+    assert "datasets.voc.root" in err.problem and "SegmentationClassAug/" in err.problem
 
 
 def test_missing_split_list_and_unknown_split(tiny):
@@ -123,7 +126,20 @@ def test_size_mismatch(tiny):
 def test_label_outside_class_list(tiny):
     save_mask(tiny / "SegmentationClass/b.png", box_mask([(21, 0, 1, 0, 1), (40, 1, 2, 1, 2)], SHAPE))
     ds = VOCDataset(voc_cfg(tiny), "train")
-    assert "[21, 40]" in expect_error(tiny / "SegmentationClass/b.png", ds.load_mask, "b").problem
+    problem = expect_error(tiny / "SegmentationClass/b.png", ds.load_mask, "b").problem
+    assert "[21, 40]" in problem and "datasets.tiny.classes" in problem
+
+
+def test_class_list_shorter_than_the_masks_stops_image_labels(tmp_path, capsys):
+    """The masks hold ids 0..3 (background, cat, dog, bus); params list only 3 classes: the
+    image_labels stage, which reads every mask, stops with one line naming the mask and the key."""
+    data = write_tiny_voc(tmp_path / "tiny", {"t0": [(1, 2, 8, 2, 8)], "t1": [(3, 2, 8, 2, 8)]}, ["t0"])
+    params = write_yaml(tmp_path / "params.yaml",
+                        tiny_params(data, [["cat"]], {"datasets.tiny.classes": TINY_CLASSES[:3]}))
+    line = run_fails(image_labels.main, ["--params", params, "--out", tmp_path / "labels.json"], capsys,
+                     str(data.root / "SegmentationClass/t1.png"), "datasets.tiny.classes", "[3]")
+    assert line.startswith(f"error: {data.root / 'SegmentationClass/t1.png'}: ")
+    assert not (tmp_path / "labels.json").exists()
 
 
 def test_colour_mask_rejected(tiny):

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from pipeline.config import REPO_ROOT
-from pipeline.data.folds import (base_classes_for_fold, load_fold, mask_novel_pixels, novel_classes_for_fold,
-                                 num_folds, split_samples)
+from pipeline.data.folds import (base_classes_for_fold, check_folds, load_fold, mask_novel_pixels,
+                                 novel_classes_for_fold, num_folds, split_evenly, split_samples)
 from pipeline.data.labels import load_image_labels, load_pixel_counts, read_image_labels_file, write_image_labels
 from pipeline.errors import PipelineError
 from pipeline.stages import image_labels as image_labels_stage
@@ -55,6 +55,78 @@ def test_bad_fold_specs_name_the_key(config, fold, key, words):
     with pytest.raises(PipelineError) as info:
         novel_classes_for_fold(config, fold)
     assert info.value.where == key and words in info.value.problem
+
+
+# --- {k: K}: K folds of consecutive object-class ids, sizes differing by at most one ----------
+
+def k_folds(config: dict) -> list[list[int]]:
+    return [novel_classes_for_fold(config, f) for f in range(num_folds(config))]
+
+
+def names(n: int) -> list[str]:
+    return [f"c{i}" for i in range(n)]
+
+
+def test_split_evenly_larger_runs_first():
+    assert split_evenly(list(range(1, 17)), 3) == [[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11], [12, 13, 14, 15, 16]]
+    assert split_evenly([0, 1, 2, 3, 4, 5, 6], 3) == [[0, 1, 2], [3, 4], [5, 6]]
+    assert split_evenly([4, 5], 2) == [[4], [5]]
+
+
+def test_k_folds_16_classes_in_3():
+    """Background + 16 object classes (ids 1..16), k=3: sizes 6, 5, 5."""
+    config = cfg(["background", *names(16)], novel={"k": 3})
+    assert num_folds(config) == 3
+    assert k_folds(config) == [[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11], [12, 13, 14, 15, 16]]
+    assert base_classes_for_fold(config, 1) == [0, 1, 2, 3, 4, 5, 6, 12, 13, 14, 15, 16]
+
+
+def test_k_4_on_voc_is_pascal5i():
+    k4, pascal = cfg(novel={"k": 4}), cfg()
+    assert num_folds(k4) == num_folds(pascal) == 4
+    assert k_folds(k4) == k_folds(pascal) == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10], [11, 12, 13, 14, 15],
+                                             [16, 17, 18, 19, 20]]
+    assert [base_classes_for_fold(k4, f) for f in range(4)] == [base_classes_for_fold(pascal, f) for f in range(4)]
+
+
+def test_k_folds_without_background():
+    """CamVid: 11 classes, all objects (ids 0..10), k=2: sizes 6, 5; no class is left out."""
+    config = cfg(CAMVID_CLASSES, None, {"k": 2})
+    assert k_folds(config) == [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]
+    assert base_classes_for_fold(config, 0) == [6, 7, 8, 9, 10]
+
+
+def test_k_folds_one_class_each_and_background_anywhere():
+    assert k_folds(cfg(["background", *names(5)], novel={"k": 5})) == [[1], [2], [3], [4], [5]]
+    # the background is skipped wherever it sits in the class list
+    assert k_folds(cfg(["a", "background", "b", "c"], novel={"k": 3})) == [[0], [2], [3]]
+    # k = 1: every object class is novel; the background is the only base class
+    assert k_folds(cfg(["background", *names(3)], novel={"k": 1})) == [[1, 2, 3]]
+
+
+@pytest.mark.parametrize("config, words", [
+    (cfg(["background", *names(16)], novel={"k": 0}), "k = 0 must be >= 1"),
+    (cfg(["background", *names(16)], novel={"k": -2}), "k = -2 must be >= 1"),
+    (cfg(["background", *names(16)], novel={"k": 17}), "k = 17 is more than the 16 object classes"),
+    (cfg(CAMVID_CLASSES, None, {"k": 12}), "k = 12 is more than the 11 object classes"),
+    (cfg(CAMVID_CLASSES, None, {"k": 1}), "no base classes"),
+    (cfg(novel={"k": "4"}), "must be an integer"),
+    (cfg(novel={"k": True}), "must be an integer"),
+])
+def test_bad_k_names_the_key(config, words):
+    with pytest.raises(PipelineError) as info:
+        check_folds(config)
+    assert info.value.where == "datasets.x.novel_classes.k" and words in info.value.problem, info.value
+
+
+def test_check_folds_checks_every_fold_and_the_asked_one():
+    assert check_folds(cfg(novel={"k": 4}), 3) == 4
+    with pytest.raises(PipelineError) as info:
+        check_folds(cfg(novel={"k": 4}, name="embedded"), 9)
+    assert str(info.value) == "datasets.embedded.novel_classes: dataset 'embedded' has folds 0..3, not 9"
+    with pytest.raises(PipelineError) as info:  # fold 0 is fine, fold 1 names an unknown class
+        check_folds(cfg(novel=[["cat"], ["cta"]]), 0)
+    assert info.value.where == "datasets.x.novel_classes[1]" and "unknown class 'cta'" in info.value.problem
 
 
 def test_split_samples_any_novel_pixel():
@@ -153,6 +225,16 @@ def test_make_folds_stage_pascal5i(tiny):
     assert counts["novel_pixels_ignored_in_base_samples"] == 0
 
 
+def test_make_folds_stage_k4_writes_the_pascal5i_fold(tiny):
+    labels = tiny["dir"] / "labels.json"
+    image_labels_stage.main(["--params", str(tiny["params"]), "--out", str(labels)])
+    k4 = write_params(tiny["dir"] / "k4.yaml", tiny["root"], explicit_folds={"k": 4})
+    for params, out in ((tiny["params"], "pascal5i.json"), (k4, "k4.json")):
+        make_folds_stage.main(["--params", str(params), "--labels", str(labels), "--fold", "1",
+                               "--out", str(tiny["dir"] / out)])
+    assert load_fold(tiny["dir"] / "k4.json") == load_fold(tiny["dir"] / "pascal5i.json")
+
+
 def test_make_folds_novel_min_pixels(tmp_path):
     """With novel_min_pixels 3, t3's 2 bird pixels no longer make it a novel sample."""
     root = tiny_dataset(tmp_path / "VOC")
@@ -171,11 +253,11 @@ def run_cli(module: str, *args: str, cwd: Path = REPO_ROOT) -> subprocess.Comple
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
-def assert_failed_cleanly(result: subprocess.CompletedProcess, out: Path, names: str) -> None:
-    """Exit 2, exactly one 'error:' line naming ``names``, no traceback, no output left."""
+def assert_failed_cleanly(result: subprocess.CompletedProcess, out: Path, *names: str) -> None:
+    """Exit 2, exactly one 'error:' line naming each of ``names``, no traceback, no output left."""
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and names in errors[0], result.stderr
+    assert len(errors) == 1 and all(name in errors[0] for name in names), result.stderr
     assert "Traceback" not in result.stderr
     assert not out.exists()
     if out.parent.exists():
@@ -193,10 +275,12 @@ def test_image_labels_stage_bad_label_and_missing_root(tiny):
     bad = tiny["root"] / "SegmentationClass/v1.png"
     save_mask(bad, box_mask([(99, 0, 1, 0, 1)], (12, 16)))
     out = tiny["dir"] / "work/labels.json"
-    assert_failed_cleanly(run_cli("image_labels", "--params", tiny["params"], "--out", out), out, str(bad))
+    assert_failed_cleanly(run_cli("image_labels", "--params", tiny["params"], "--out", out), out, str(bad),
+                          "datasets.tiny.classes")
     missing = tiny["dir"] / "gone"
     params = write_params(tiny["dir"] / "p2.yaml", missing)
-    assert_failed_cleanly(run_cli("image_labels", "--params", params, "--out", out), out, str(missing))
+    assert_failed_cleanly(run_cli("image_labels", "--params", params, "--out", out), out, str(missing),
+                          "datasets.tiny.root")
 
 
 @pytest.fixture

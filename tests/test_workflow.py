@@ -1,5 +1,6 @@
-"""The DAG: dry runs of the documented targets, lint, argument order, and a real small run
-of the skeleton (generate data -> image labels -> folds -> trivial prediction -> evaluate)."""
+"""The DAG: dry runs of the documented targets, lint, argument order, bad input that stops it
+before any job (folds, dataset roots), and a real small run of the skeleton (generate data ->
+image labels -> folds -> trivial prediction -> evaluate)."""
 import json
 
 import pytest
@@ -24,11 +25,62 @@ def test_dry_run_resolves_documented_targets(tmp_path, target):
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
-def test_missing_user_dataset_is_reported_by_path(tmp_path):
+def stopped_before_any_job(proc, workdir, *needles: str) -> str:
+    """A (real, not dry) run failed with exactly one line 'error: ...' naming each of ``needles``,
+    at DAG construction: no data generated, no job log, work/ holds only the effective params."""
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0, log[-3000:]
+    errors = [line.strip() for line in log.splitlines() if line.strip().startswith("error: ")]
+    assert len(errors) == 1, log[-3000:]
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+    assert not (workdir / "data").exists() and not (workdir / "logs").exists()
+    assert [p.name for p in (workdir / "work").iterdir()] == ["params"]
+    return errors[0]
+
+
+@pytest.mark.parametrize("target, fold", [("results/retab_fold9", 9), ("results/pnet_fold9", 9),
+                                          ("results/embedded/cam_fold7", 7)])
+def test_fold_the_dataset_lacks_stops_before_any_job(tmp_path, target, fold):
     workdir = scratch_workflow(tmp_path)
-    proc = snakemake(workdir, "results/voc/retab_fold0", "-n", "--cores", "2")
-    assert proc.returncode != 0
-    assert "data/VOCdevkit/VOC2012" in proc.stdout + proc.stderr
+    line = stopped_before_any_job(snakemake(workdir, target, "--cores", "1", timeout=300), workdir)
+    assert line == f"error: params.yaml: datasets.embedded.novel_classes: dataset 'embedded' has folds 0..3, not {fold}"
+
+
+@pytest.mark.parametrize("novel_classes, needles", [
+    ([["red_striped_disc"], ["nonexistent"]], ("datasets.embedded.novel_classes[1]: unknown class 'nonexistent'",)),
+    ({"k": 21}, ("datasets.embedded.novel_classes.k: k = 21 is more than the 20 object classes",)),
+    ({"k": 0}, ("datasets.embedded.novel_classes.k: k = 0 must be >= 1",)),
+])
+def test_bad_folds_stop_before_any_job(tmp_path, novel_classes, needles):
+    """Every fold is checked where a fold file is planned: fold 0 is fine here, the spec is not."""
+    workdir = scratch_workflow(tmp_path, {"datasets": {"embedded": {"novel_classes": novel_classes}}})
+    proc = snakemake(workdir, "results/baseline_fold0", "--cores", "1", timeout=300)
+    stopped_before_any_job(proc, workdir, "error: params.yaml: ", *needles)
+
+
+def test_k_folds_plan_k_folds(tmp_path):
+    workdir = scratch_workflow(tmp_path, {"datasets": {"embedded": {"novel_classes": {"k": 3}}}})
+    proc = snakemake(workdir, "results/retab_all", "-n", "--cores", "2", "--quiet", "rules")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    counts = {ln.split()[0]: int(ln.split()[1]) for ln in proc.stdout.splitlines()
+              if len(ln.split()) == 2 and ln.split()[1].isdigit()}
+    assert counts["make_folds"] == 3 and counts["train_boundary"] == 3 and counts["retab_result"] == 3
+    proc = snakemake(workdir, "results/retab_fold3", "--cores", "1", timeout=300)
+    stopped_before_any_job(proc, workdir, "datasets.embedded.novel_classes: dataset 'embedded' has folds 0..2, not 3")
+
+
+def test_missing_user_dataset_root_stops_before_any_job(tmp_path):
+    workdir = scratch_workflow(tmp_path)
+    proc = snakemake(workdir, "results/voc/retab_fold0", "--cores", "1", timeout=300)
+    stopped_before_any_job(proc, workdir, "error: params.yaml: datasets.voc.root: data/VOCdevkit/VOC2012 not found",
+                           "SegmentationClassAug/", "train_aug.txt", "README.md, 'VOC 2012 + SBD'")
+    gone = tmp_path / "nowhere"
+    (tmp_path / "camvid").mkdir()
+    workdir = scratch_workflow(tmp_path / "camvid", {"datasets": {"camvid": {"root": str(gone)}}})
+    proc = snakemake(workdir, "results/camvid/baseline_fold0", "--cores", "1", timeout=300)
+    line = stopped_before_any_job(proc, workdir, f"error: params.yaml: datasets.camvid.root: {gone} not found")
+    assert "VOC" not in line
 
 
 def test_main_target_dag_shares_the_cam_stages_across_methods(tmp_path):

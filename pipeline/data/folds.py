@@ -2,7 +2,10 @@
 
 PASCAL-5i (``novel_classes: pascal5i``): fold i has novel classes 5i+1..5i+5 (4 folds of
 the 20 VOC object classes); the other 15 and background are base classes. A dataset can
-instead list its folds explicitly as class-name lists (``[[pedestrian, bicyclist]]``).
+instead list its folds explicitly as class-name lists (``[[pedestrian, bicyclist]]``), or
+ask for ``{k: K}`` folds of any class count: the N object classes (every class except the
+background, in id order) split into K runs of consecutive ids whose sizes differ by at most
+one, larger runs first (16 classes, K=3: 6, 5, 5; VOC's 20, K=4: exactly PASCAL-5i).
 
 Sample split (PASCAL-5i rule): a train image with any pixel of a novel class is a *novel
 sample* (only its image-level labels are used); every other train image is a *base
@@ -38,46 +41,104 @@ def _novel_key(data_cfg: dict) -> str:
     return f"datasets.{data_cfg.get('name', 'dataset')}.novel_classes"
 
 
+def _background_index(data_cfg: dict) -> int | None:
+    classes = list(data_cfg["classes"])
+    background = data_cfg.get("background")
+    return classes.index(background) if background in classes else None
+
+
+def object_class_ids(data_cfg: dict) -> list[int]:
+    """Every class id except the background's (all of them when there is none), in id order."""
+    background_index = _background_index(data_cfg)
+    return [c for c in range(len(data_cfg["classes"])) if c != background_index]
+
+
+def split_evenly(ids: list[int], k: int) -> list[list[int]]:
+    """``ids`` cut into ``k`` consecutive runs whose sizes differ by at most one, larger first."""
+    size, extra = divmod(len(ids), k)
+    runs, start = [], 0
+    for i in range(k):
+        end = start + size + (1 if i < extra else 0)
+        runs.append(list(ids[start:end]))
+        start = end
+    return runs
+
+
+def _k_folds(data_cfg: dict) -> int:
+    """K of ``novel_classes: {k: K}``, checked against the number of object classes."""
+    key = f"{_novel_key(data_cfg)}.k"
+    k = data_cfg["novel_classes"].get("k")
+    if not isinstance(k, int) or isinstance(k, bool):
+        raise PipelineError(key, f"must be an integer number of folds, not {k!r}")
+    objects = len(object_class_ids(data_cfg))
+    if k < 1:
+        raise PipelineError(key, f"k = {k} must be >= 1")
+    if k > objects:
+        raise PipelineError(key, f"k = {k} is more than the {objects} object classes (each fold needs a novel class)")
+    return k
+
+
 def num_folds(data_cfg: dict) -> int:
-    """Number of folds the dataset defines (4 for pascal5i, else the number of lists)."""
+    """Number of folds the dataset defines (4 for pascal5i, K for {k: K}, else the number of lists)."""
     spec = data_cfg["novel_classes"]
     if spec == "pascal5i":
         return PASCAL5I_FOLDS
+    if isinstance(spec, dict):
+        return _k_folds(data_cfg)
     if isinstance(spec, list) and spec:
         return len(spec)
-    raise PipelineError(_novel_key(data_cfg), "must be 'pascal5i' or a non-empty list of class-name lists")
+    raise PipelineError(_novel_key(data_cfg), "must be 'pascal5i', {k: K} or a non-empty list of class-name lists")
+
+
+def _check_fold_number(data_cfg: dict, fold: int, folds: int) -> None:
+    if not 0 <= fold < folds:
+        raise PipelineError(_novel_key(data_cfg), f"dataset '{data_cfg.get('name', 'dataset')}' has folds "
+                            f"0..{folds - 1}, not {fold}")
+
+
+def check_folds(data_cfg: dict, fold: int | None = None) -> int:
+    """Check every fold of ``novel_classes`` (and that ``fold``, when given, is one of them);
+    returns the number of folds. The workflow calls it wherever it resolves a fold."""
+    folds = num_folds(data_cfg)
+    if fold is not None:
+        _check_fold_number(data_cfg, fold, folds)
+    for k in range(folds):
+        novel_classes_for_fold(data_cfg, k)
+    return folds
 
 
 def novel_classes_for_fold(data_cfg: dict, fold: int) -> list[int]:
     """Sorted novel class ids of ``fold``; errors name the params key."""
     key = _novel_key(data_cfg)
     classes = list(data_cfg["classes"])
-    background = data_cfg.get("background")
-    background_index = classes.index(background) if background in classes else None
+    background_index = _background_index(data_cfg)
     folds = num_folds(data_cfg)
-    if not 0 <= fold < folds:
-        raise PipelineError(key, f"fold {fold} does not exist (the dataset has folds 0..{folds - 1})")
+    _check_fold_number(data_cfg, fold, folds)
     spec = data_cfg["novel_classes"]
     if spec == "pascal5i":
         needed = PASCAL5I_FOLDS * PASCAL5I_CLASSES_PER_FOLD + 1
         if len(classes) != needed or background_index != 0:
             raise PipelineError(key, f"pascal5i needs {needed} classes with the background first "
-                                f"(this dataset has {len(classes)}); list the folds explicitly instead")
+                                f"(this dataset has {len(classes)}); use {{k: K}} or list the folds explicitly")
         first = PASCAL5I_CLASSES_PER_FOLD * fold + 1
         return list(range(first, first + PASCAL5I_CLASSES_PER_FOLD))
-    names = spec[fold]
-    novel = []
-    for name in names:
-        if name not in classes:
-            raise PipelineError(f"{key}[{fold}]", f"unknown class '{name}' (known: {', '.join(classes)})")
-        index = classes.index(name)
-        if index == background_index:
-            raise PipelineError(f"{key}[{fold}]", f"the background class '{name}' cannot be novel")
-        if index in novel:
-            raise PipelineError(f"{key}[{fold}]", f"class '{name}' is listed twice")
-        novel.append(index)
+    if isinstance(spec, dict):
+        where = f"{key}.k"
+        novel = split_evenly(object_class_ids(data_cfg), folds)[fold]
+    else:
+        where = f"{key}[{fold}]"
+        novel = []
+        for name in spec[fold]:
+            if name not in classes:
+                raise PipelineError(where, f"unknown class '{name}' (known: {', '.join(classes)})")
+            index = classes.index(name)
+            if index == background_index:
+                raise PipelineError(where, f"the background class '{name}' cannot be novel")
+            if index in novel:
+                raise PipelineError(where, f"class '{name}' is listed twice")
+            novel.append(index)
     if len(novel) == len(classes):
-        raise PipelineError(f"{key}[{fold}]", "every class is novel: no base classes are left")
+        raise PipelineError(where, "every class is novel: no base classes are left")
     return sorted(novel)
 
 

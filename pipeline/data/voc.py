@@ -29,6 +29,24 @@ MASK_SUFFIX = ".png"
 _DECODE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError)
 # Palette ('P') masks hold class indices; their palette colours are only for display.
 _INDEX_MASK_MODES = ("L", "P")
+# Where the data of a user-provided dataset belongs, said when its root is missing
+# (README.md, "VOC 2012 + SBD").
+ROOT_HINTS = {
+    "voc": "put VOC 2012 there, with SBD's SegmentationClassAug/ and ImageSets/Segmentation/train_aug.txt "
+           "(10,582 images) beside the VOC folders (README.md, 'VOC 2012 + SBD')",
+}
+
+
+def missing_root_problem(data_cfg: dict) -> str | None:
+    """What is wrong with ``datasets.<name>.root`` ('not found (...)'; None when it is a directory),
+    with where the data belongs for the datasets ``ROOT_HINTS`` knows. Relative roots resolve
+    from the working directory. The stages (VOCDataset) and the workflow (common.smk) say it."""
+    root = Path(data_cfg["root"])
+    if root.is_dir():
+        return None
+    what = "is not a directory" if root.exists() else "not found"
+    hint = ROOT_HINTS.get(str(data_cfg.get("name")))
+    return f"{what} (resolved from {Path.cwd()})" + (f"; {hint}" if hint else "")
 
 
 def parse_split_line(line: str) -> str | None:
@@ -108,9 +126,9 @@ class VOCDataset:
         self.foreground_indices = [c for c in range(self.num_classes) if c != self.background_index]
 
         self.root = Path(data_cfg["root"])
-        if not self.root.is_dir():
-            raise PipelineError(self.root, f"dataset root not found (params key {key}.root, "
-                                f"resolved from {Path.cwd()})")
+        problem = missing_root_problem({**data_cfg, "name": self.name})
+        if problem:
+            raise PipelineError(self.root, f"dataset root (params key {key}.root) {problem}")
         splits = data_cfg["splits"]
         if split not in splits:
             raise PipelineError(f"{key}.splits", f"no split '{split}' (known: {', '.join(sorted(splits))})")
@@ -181,8 +199,9 @@ class VOCDataset:
         present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
         unknown = [int(v) for v in present if v >= self.num_classes and v != self.ignore_index]
         if unknown:
-            raise PipelineError(path, f"label ids {unknown} are not classes of {self.name} "
-                                f"(0..{self.num_classes - 1}, ignore {self.ignore_index})")
+            raise PipelineError(path, f"holds class ids {unknown}, but datasets.{self.name}.classes names "
+                                f"{self.num_classes} classes (ids 0..{self.num_classes - 1}, ignore "
+                                f"{self.ignore_index}): the class list does not match the masks")
 
     def load_sample(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
         """(image, mask) of one id."""

@@ -3,7 +3,7 @@
     python -m pipeline.stages.make_folds --labels work/<ds>/image_labels.json --fold K \
         --out work/<ds>/folds/foldK.json
 
-Novel classes come from ``datasets.<name>.novel_classes`` (pascal5i or explicit lists).
+Novel classes come from ``datasets.<name>.novel_classes`` (pascal5i, ``{k: K}`` or explicit lists).
 A train image is a novel sample when one novel class has at least
 ``datasets.<name>.novel_min_pixels`` pixels in it (default 1: the PASCAL-5i rule), else a
 base sample. Format and rules: :mod:`pipeline.data.folds`. Deterministic (no seeding).

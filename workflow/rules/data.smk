@@ -1,9 +1,9 @@
-# Data: the embedded default dataset, image-level labels, PASCAL-5i folds.
+# Data: the embedded default dataset, image-level labels, folds (pascal5i, {k: K} or lists).
 
 
 rule make_embedded:
     output:
-        directory("data/embedded"),
+        directory(EMBEDDED_ROOT),
     params:
         **STAGE_PARAMS,
         embedded=config.get("embedded_data", {}),
@@ -45,8 +45,9 @@ rule image_labels:
 
 
 rule make_folds:
+    # Every fold-dependent target reads a fold file: its input function checks the fold.
     input:
-        labels=IMAGE_LABELS,
+        unpack(make_folds_inputs),
     output:
         FOLD_FILE,
     params:

@@ -2,6 +2,13 @@
 # evaluation.smk), which the methods' rules derive from.
 
 
+def make_folds_inputs(wildcards):
+    """The image labels, once the fold is checked: a fold the dataset does not have (or folds
+    naming an unknown class) stop the workflow at DAG construction, before any job runs."""
+    num_folds(wildcards.dataset, wildcards.fold)
+    return {"labels": IMAGE_LABELS.format(dataset=wildcards.dataset)}
+
+
 def pseudo_label_inputs(wildcards):
     inputs = {"labels": IMAGE_LABELS.format(dataset=wildcards.dataset)}
     if wildcards.source == "cam":
