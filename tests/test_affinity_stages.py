@@ -7,6 +7,8 @@ boundary maps) are written here in their documented formats.
 """
 from __future__ import annotations
 
+import json
+
 import copy
 from pathlib import Path
 
@@ -178,7 +180,10 @@ def propagate_args(tiny, trained, walk: str, out: Path, params: str | None = Non
 def test_propagate_writes_revised_scores_and_pseudo_labels(tiny, trained, tmp_path, capsys, walk):
     out = tmp_path / "revised"
     run_ok(propagate.main, propagate_args(tiny, trained, walk, out))
-    assert sorted(p.stem for p in out.iterdir()) == sorted(OBJECTS)
+    assert sorted(p.stem for p in out.glob("*.npz")) == sorted(OBJECTS)
+    walk_info = json.loads((out / "walk.json").read_text())  # the walk as run
+    assert walk_info["walk"] == walk and sum(walk_info["images_per_logt"].values()) == len(OBJECTS)
+    assert sorted(p.name for p in out.iterdir() if p.suffix != ".npz") == ["walk.json"]
     record = load_npz(out / "i2.npz")
     assert record["scores"].dtype == np.float16 and record["scores"].shape == (2, 4, 4)
     assert record["keys"].tolist() == [0, 3] and record["size"].tolist() == [SIZE, SIZE]

@@ -302,3 +302,25 @@ def test_nan_or_negative_affinity_is_rejected():
         broken[3] = bad
         with pytest.raises(ValueError, match="finite"):
             transition_from_affinity(broken, 12, 12, 5, beta=8)
+
+
+def test_logt_for_reach_keeps_the_papers_reach():
+    """radius * sqrt(2**logt) / grid side = 5 * 16 / 56 (PSA/RETAB on VOC), rounded."""
+    from pipeline.propagation.random_walk import VOC_REACH, logt_for_reach
+
+    assert VOC_REACH == pytest.approx(80 / 56)
+    assert logt_for_reach((56, 56), 5) == 8      # VOC: 2 * log2(1.4286 * 56 / 5) = 2 * log2(16) = 8
+    assert logt_for_reach((16, 16), 3) == 6      # embedded: 2 * log2(1.4286 * 16 / 3) = 5.86
+    assert logt_for_reach((27, 40), 5) == 6      # MSRC 320x213: side 32.9 -> 2 * log2(9.39) = 6.46
+    assert logt_for_reach((30, 40), 5) == 7      # MSRC 320x240: side 34.6 -> 2 * log2(9.90) = 6.61
+    assert logt_for_reach((2, 2), 5) == 1        # a tiny grid still walks (reach below one cell)
+    assert logt_for_reach((4000, 4000), 1) == 20  # capped at the schema's maximum
+
+
+def test_logt_auto_passes_the_check_and_other_strings_do_not():
+    from pipeline.errors import PipelineError
+    from pipeline.propagation.random_walk import check_logt
+
+    assert check_logt("auto") == "auto" and check_logt(6) == 6
+    with pytest.raises(PipelineError, match="propagation.logt"):
+        check_logt("six")
