@@ -65,6 +65,65 @@ def validate_params(raw: dict, source: str | os.PathLike = "params.yaml") -> Non
             raise PipelineError(source, f"overrides.{name} -> " + _key_path(errors[0]))
 
 
+DATASET_DIR = "datasets"  # one file per dataset: datasets/<name>.yaml, beside params.yaml
+DATASET_FILE_KEYS = ("data", "params")
+# What a dataset file gets where it does not say otherwise: the params that follow the data.
+DATASET_FILE_DEFAULTS = {"propagation": {"logt": "auto"}}
+
+
+def read_dataset_file(path: str | os.PathLike) -> tuple[str, dict, dict]:
+    """``(name, data, params)`` of a dataset file ``datasets/<name>.yaml``.
+
+    ``data`` is the dataset's entry (what ``datasets.<name>`` holds in params.yaml: root,
+    classes, background, folds, ...); ``params`` its changes to the defaults (what
+    ``overrides.<name>`` holds: the schedule that fits the machine, data-dependent params).
+    """
+    path = Path(path)
+    raw = read_params_file(path)
+    unknown = sorted(set(raw) - set(DATASET_FILE_KEYS))
+    if unknown:
+        raise PipelineError(path, f"{unknown[0]}: unknown key (a dataset file has 'data' and 'params')")
+    if not isinstance(raw.get("data"), dict):
+        raise PipelineError(path, "data: missing (the dataset's root, classes, background, folds, ...)")
+    params = raw.get("params") or {}
+    if not isinstance(params, dict):
+        raise PipelineError(path, "params: must be a mapping of params.yaml sections")
+    return path.stem, raw["data"], params
+
+
+def with_dataset_files(raw: dict, folder: str | os.PathLike) -> dict:
+    """``raw`` (params.yaml) with every ``folder/<name>.yaml`` added as ``datasets.<name>`` and
+    ``overrides.<name>``, each file validated on its own (errors name the file and the key).
+    A name params.yaml defines as well is an error: one dataset, one description."""
+    import jsonschema
+
+    files = sorted(Path(folder).glob("*.yaml")) if Path(folder).is_dir() else []
+    if not files:
+        return raw
+    out = copy.deepcopy(raw)
+    out.setdefault("datasets", {})
+    out["overrides"] = out.get("overrides") or {}
+    validator = jsonschema.Draft7Validator(yaml.safe_load(SCHEMA_PATH.read_text()))
+    for path in files:
+        name, data, params = read_dataset_file(path)
+        if name in out["datasets"]:
+            raise PipelineError(path, f"dataset '{name}' is also defined under 'datasets' in params.yaml; "
+                                "keep one of the two")
+        params = deep_merge(DATASET_FILE_DEFAULTS, params)
+        single = deep_merge(raw, params)
+        single.setdefault("datasets", {})[name] = data
+        single.pop("overrides", None)
+        errors = sorted(validator.iter_errors(single), key=lambda e: list(e.absolute_path))
+        if errors:
+            problem = _key_path(errors[0])
+            problem = problem.replace(f"datasets.{name}.", "data.", 1) if problem.startswith(f"datasets.{name}.") \
+                else "params." + problem
+            raise PipelineError(path, problem)
+        out["datasets"][name] = data
+        out["overrides"][name] = params
+    return out
+
+
 def read_params_file(path: str | os.PathLike) -> dict:
     path = Path(path)
     try:
@@ -94,7 +153,9 @@ def resolve_params(raw: dict, dataset: str | None = None, source: str | os.PathL
 
 
 def load_params(path: str | os.PathLike = "params.yaml", dataset: str | None = None) -> dict:
-    raw = read_params_file(path)
+    """The params a stage runs with: the file (with the dataset files beside it, if any: the
+    workflow's effective params already hold them), validated, resolved for ``dataset``."""
+    raw = with_dataset_files(read_params_file(path), Path(path).parent / DATASET_DIR)
     validate_params(raw, path)
     return resolve_params(raw, dataset, path)
 

@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import check_range, deep_merge, load_params, read_params_file, resolve_params, validate_params
+from pipeline.config import (
+    check_range,
+    deep_merge,
+    load_params,
+    read_params_file,
+    resolve_params,
+    validate_params,
+    with_dataset_files,
+)
 from pipeline.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,3 +113,61 @@ def test_stage_with_mistyped_params_exits_2_with_one_line(tmp_path, raw):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "image_labels.min_pixel" in lines[0]
     assert not out.exists()
+
+
+# --- dataset files: datasets/<name>.yaml --------------------------------------------------
+
+def write_dataset_file(folder: Path, name: str, doc: dict) -> Path:
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def msrc_like_entry(root="somewhere") -> dict:
+    return {"root": root, "image_dir": "JPEGImages", "mask_dir": "SegmentationClass",
+            "splits": {"train": "train.txt", "val": "val.txt"}, "classes": ["background", "a", "b", "c"],
+            "background": "background", "ignore_index": 255, "boundary_source": "transitions",
+            "novel_classes": {"k": 3}}
+
+
+def test_a_dataset_file_joins_datasets_and_overrides(raw, tmp_path):
+    write_dataset_file(tmp_path, "mine", {"data": msrc_like_entry(), "params": {"cam": {"train": {"epochs": 2}}}})
+    merged = with_dataset_files(raw, tmp_path)
+    assert merged["datasets"]["mine"]["novel_classes"] == {"k": 3}
+    assert merged["overrides"]["mine"]["cam"]["train"]["epochs"] == 2
+    # a param that follows the data and the file leaves unset: auto
+    assert merged["overrides"]["mine"]["propagation"]["logt"] == "auto"
+    assert "mine" not in raw["datasets"], "the params.yaml dict is not modified"
+    params = resolve_params(merged, "mine")
+    assert params["cam"]["train"]["epochs"] == 2 and params["cam"]["train"]["lr"] == raw["cam"]["train"]["lr"]
+    assert resolve_params(merged, "embedded")["propagation"]["logt"] == raw["overrides"]["embedded"]["propagation"]["logt"]
+
+
+def test_the_shipped_msrc_file_loads_with_three_folds():
+    from pipeline.data.folds import num_folds
+
+    params = load_params(ROOT / "params.yaml", "msrc")  # datasets/msrc.yaml beside it
+    assert params["data"]["classes"][:2] == ["background", "cow"] and len(params["data"]["classes"]) == 16
+    assert num_folds(params["data"]) == 3 and params["propagation"]["logt"] == "auto"
+    assert params["segmentation"]["feature_cache"] is True
+
+
+@pytest.mark.parametrize("doc, needle", [
+    ({"data": {**msrc_like_entry(), "clases": []}}, "data.clases: unknown key"),
+    ({"data": msrc_like_entry(), "params": {"cam": {"trian": {}}}}, "params.cam.trian: unknown key"),
+    ({"data": msrc_like_entry(), "extra": 1}, "extra: unknown key"),
+    ({"params": {}}, "data: missing"),
+])
+def test_a_bad_dataset_file_is_one_line_naming_the_file_and_key(raw, tmp_path, doc, needle):
+    path = write_dataset_file(tmp_path, "mine", doc)
+    with pytest.raises(PipelineError) as err:
+        with_dataset_files(raw, tmp_path)
+    assert err.value.where == str(path) and needle in err.value.problem
+
+
+def test_a_dataset_file_may_not_redefine_a_params_yaml_dataset(raw, tmp_path):
+    path = write_dataset_file(tmp_path, "camvid", {"data": msrc_like_entry()})
+    with pytest.raises(PipelineError, match="also defined") as err:
+        with_dataset_files(raw, tmp_path)
+    assert err.value.where == str(path)

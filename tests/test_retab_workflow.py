@@ -99,6 +99,34 @@ def test_a_propagation_param_edit_reruns_only_the_walk_and_what_follows(tiny_run
     assert planned_rules(tiny_run) == {}, "restoring params.yaml must leave nothing to do"
 
 
+# The fold-independent stages: they read the images and the image-level labels, never the folds.
+SHARED_CAM_STAGES = ("image_labels", "train_cam", "infer_cam", "eval_cam", "confident_labels", "seg_features")
+
+
+@pytest.mark.parametrize("edit", ["fold lists", "novel_min_pixels"])
+def test_a_fold_edit_reruns_no_cam_job(tiny_run, edit):
+    """Editing the folds (their class lists, or the novel-sample rule) redoes the folds and what
+    reads them; the CAM network, its CAMs and the segmentation features stay (at VOC scale
+    those are the hours of GPU time)."""
+    params_path = tiny_run / "params.yaml"
+    original = params_path.read_text()
+    params = yaml.safe_load(original)
+    entry = params["datasets"]["embedded"]
+    if edit == "fold lists":  # fold 0 without its last class; folds 1-3 as PASCAL-5i
+        classes = entry["classes"]
+        entry["novel_classes"] = [classes[1:5]] + [classes[5 * i + 1:5 * i + 6] for i in (1, 2, 3)]
+    else:
+        entry["novel_min_pixels"] = 50
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        planned = planned_rules(tiny_run)
+    finally:
+        params_path.write_text(original)
+    assert planned.get("make_folds") == 1 and planned.get("train_boundary") == 1, planned
+    assert not set(SHARED_CAM_STAGES) & set(planned), planned
+    assert planned_rules(tiny_run) == {}, "restoring params.yaml must leave nothing to do"
+
+
 def test_same_seed_gives_byte_identical_pseudo_labels_and_metrics(tiny_run):
     pseudo = tiny_run / "work/embedded/fold0/pseudo/retab"
     before_pseudo, before_metrics = digests(pseudo), digests(tiny_run / TARGET)

@@ -2,8 +2,10 @@
 before any job (folds, dataset roots), and a real small run of the skeleton (generate data ->
 image labels -> folds -> trivial prediction -> evaluate)."""
 import json
+import shutil
 
 import pytest
+import yaml
 
 from conftest import ROOT, scratch_workflow, snakemake
 
@@ -138,3 +140,28 @@ def test_skeleton_runs_end_to_end_and_second_run_does_nothing(tmp_path):
     again = snakemake(workdir, "results/baseline_fold0", "--cores", "2")
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_a_dataset_file_adds_a_dataset_without_editing_params_yaml(tmp_path):
+    """datasets/<name>.yaml beside the Snakefile: results/<name>/... resolve, its schedule
+    applies, and a bad file stops the run with one line naming the file and the key."""
+    workdir = scratch_workflow(tmp_path)
+    (workdir / "datasets").mkdir()
+    shutil.copy(ROOT / "datasets" / "msrc.yaml", workdir / "datasets" / "msrc.yaml")
+    doc = yaml.safe_load((workdir / "datasets" / "msrc.yaml").read_text())
+    doc["data"]["root"] = str(tmp_path / "msrc_here")  # any existing root: a dry run reads no image
+    (tmp_path / "msrc_here").mkdir()
+    (workdir / "datasets" / "msrc.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    proc = snakemake(workdir, "results/msrc/retab_fold2", "-n", "--cores", "1", "--quiet", "rules", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "train_boundary" in proc.stdout and "retab_result" in proc.stdout
+    effective = yaml.safe_load((workdir / "work/params/effective.yaml").read_text())
+    assert effective["overrides"]["msrc"]["propagation"]["logt"] == "auto"  # what the stages read
+    proc = snakemake(workdir, "results/msrc/retab_fold3", "-n", "--cores", "1", timeout=300)
+    assert proc.returncode != 0 and "dataset 'msrc' has folds 0..2, not 3" in proc.stdout + proc.stderr
+    doc["params"]["cam"]["trian"] = {}
+    (workdir / "datasets" / "msrc.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    proc = snakemake(workdir, "results/msrc/retab_fold0", "-n", "--cores", "1", timeout=300)
+    errors = [line.strip() for line in (proc.stdout + proc.stderr).splitlines() if "error:" in line]
+    assert proc.returncode != 0 and len(errors) == 1, errors
+    assert "datasets/msrc.yaml: params.cam.trian: unknown key" in errors[0]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir)))
 
-from pipeline.config import resolve_params, validate_params  # noqa: E402
+from pipeline.config import DATASET_DIR, resolve_params, validate_params, with_dataset_files  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
 from pipeline.layout import (  # noqa: E402
     AFFINITY_VARIANTS,
@@ -22,7 +22,12 @@ from pipeline.layout import (  # noqa: E402
 from pipeline.method_table import LNET, METHODS, RETAB, method_of_target  # noqa: E402
 
 try:
-    # Validated at workflow start: a mistyped key stops here with one line.
+    # Dataset files (datasets/<name>.yaml: `data` and `params`) join params.yaml's datasets
+    # and overrides, so results/<name>/... works without editing params.yaml; the effective
+    # params the stages read hold them. Validated at workflow start: a mistyped key stops
+    # here with one line naming the file and the key.
+    _with_files = with_dataset_files(config, Path(workflow.basedir) / DATASET_DIR)
+    config["datasets"], config["overrides"] = _with_files["datasets"], _with_files.get("overrides")
     validate_params(config, "params.yaml (or --config)")
     DEFAULT_PARAMS = resolve_params(config)
 except PipelineError as _err:
@@ -45,6 +50,14 @@ def P(dataset):
 def section(dataset, name):
     """One params section for a dataset: passed as `params:` so a change reruns the rule."""
     return P(dataset).get(name, {})
+
+
+def image_data_keys(dataset):
+    """The keys of the dataset entry that stage image_labels reads (where the images and masks
+    are and what their ids mean)."""
+    data = P(dataset)["data"]
+    return {key: data.get(key) for key in ("root", "image_dir", "mask_dir", "splits", "classes", "background",
+                                           "ignore_index")}
 
 
 def fold_report_params(dataset):

@@ -29,7 +29,9 @@ rule image_labels:
     params:
         **STAGE_PARAMS,
         labels=lambda w: section(w.dataset, "image_labels"),
-        data=lambda w: P(w.dataset)["data"],
+        # only the entry's keys that decide what the labels say: fold lists and novel_min_pixels
+        # do not, so editing them reruns make_folds and what follows, never the CAM network
+        data=lambda w: image_data_keys(w.dataset),
     log:
         "logs/{dataset}/image_labels.log",
     benchmark:
