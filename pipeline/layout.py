@@ -14,9 +14,14 @@ from pipeline.method_table import RETAB
 IMAGE_LABELS = "work/{dataset}/image_labels.json"
 FOLD_FILE = "work/{dataset}/folds/fold{fold}.json"
 CAM_DIR = "work/{dataset}/shared/cam"
+# The `cam` row's background threshold, swept on the fold's base samples (stage eval_cam --fold-file)
+CAM_THRESHOLD = "work/{dataset}/fold{fold}/cam/threshold.json"
+# In each revised-score directory (stage propagate): the walk as run (logt per image, radius)
+WALK_INFO = "walk.json"
 
 # pseudo-label source -> (affinity variant that revises the CAMs, or None; fold-dependent)
-PSEUDO_SOURCES = {"cam": (None, False), "rw_cam": ("cam", False), "rw_gt": ("gt", True), "retab": ("retab", True)}
+# (`cam` thresholds raw CAMs at a threshold chosen on the fold's base samples: per fold)
+PSEUDO_SOURCES = {"cam": (None, True), "rw_cam": ("cam", False), "rw_gt": ("gt", True), "retab": ("retab", True)}
 # affinity variant -> fold-dependent (cam: CAM labels only; gt / retab: base samples' ground truth)
 AFFINITY_VARIANTS = {"cam": False, "gt": True, "retab": True}
 

@@ -48,8 +48,8 @@ class Method:
 
 
 _RETAB_ROWS = {
-    # CAM + best background threshold, every train image
-    "cam": Row("CAM", pseudo_source="cam", supervision="pseudo", fold_dependent=False),
+    # CAM + the background threshold best on the fold's base samples, every train image
+    "cam": Row("CAM", pseudo_source="cam", supervision="pseudo"),
     # + PSA random walk, affinity net from CAM confident labels only
     "cam_rw": Row("CAM+RW", pseudo_source="rw_cam", supervision="pseudo", fold_dependent=False),
     # cam_rw pseudo labels for novel samples, ground truth for base samples

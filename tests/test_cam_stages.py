@@ -314,3 +314,26 @@ def test_crf_method_without_the_package_is_named(trained):
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: confident_labels.method")
     assert "pydensecrf2" in proc.stderr
     assert not out.exists()
+
+
+def test_eval_cam_on_a_folds_base_samples_reads_no_novel_mask(trained, monkeypatch):
+    """The `cam` row's threshold: swept on the fold's base samples only (dog novel: t0, t3, t4),
+    and no novel sample's mask is ever opened (weak-shot: only the evaluation may)."""
+    from pipeline.data.voc import VOCDataset
+
+    cams = trained["tmp"] / "hand_cams_fold"
+    _hand_cams(cams, value=0.8)
+    fold = trained["tmp"] / "fold_dog.json"
+    fold.write_text(json.dumps({"dataset": "tiny", "fold": 0, "novel_classes": [2], "base_classes": [0, 1],
+                                "base_samples": ["t0", "t3", "t4"], "novel_samples": ["t1", "t2", "t5"], "counts": {}}))
+    opened = []
+    original = VOCDataset.load_mask
+    monkeypatch.setattr(VOCDataset, "load_mask", lambda self, i: opened.append(i) or original(self, i))
+    out = trained["tmp"] / "eval_fold.json"
+    eval_cam.main(["--params", trained["params"], "--cams", str(cams), "--labels", trained["labels"]["tiny"],
+                   "--fold-file", str(fold), "--out", str(out)])
+    assert sorted(opened) == ["t0", "t3", "t4"]
+    doc = json.loads(out.read_text())
+    assert doc["num_images"] == 3 and doc["samples"] == "base_samples" and doc["novel_classes"] == [2]
+    # t = 0.5 reproduces the base samples' masks exactly; dog appears in none of them
+    assert doc["best_threshold"] == 0.5 and doc["per_class_iou"] == {"background": 1.0, "cat": 1.0, "dog": None}

@@ -7,8 +7,11 @@
 For every threshold t of ``cam.eval.thresholds``: CAMs are upsampled bilinearly to the
 image size, the background score t is padded as channel 0 and the argmax is the label
 (IRN ``eval_cam``, PSA/SEAM's sweep); mIoU over all classes (background included) from
-one confusion matrix summed over the images (:mod:`pipeline.metrics`). The best
-threshold is the one the ``cam`` baseline's pseudo labels use.
+one confusion matrix summed over the images (:mod:`pipeline.metrics`). With
+``--fold-file`` the sweep runs on the fold's base samples only, their novel-class pixels
+ignored: its best threshold is the one the ``cam`` row's pseudo labels use (weak-shot lets
+no stage but the evaluation read novel-class masks). Without it, over every train image, it
+is the CAMs' quality on train (a diagnostic).
 
 Datasets with no background class (CamVid) have no threshold: the label is the argmax
 over the image's labelled classes (images with none are unlabelled and count as misses);
@@ -28,6 +31,7 @@ import numpy as np
 from pipeline.cam import (
     argmax_labels, cam_path, check_cam_files_exist, load_checked_cams, sweep_confusions, upsample_cams)
 from pipeline.config import load_params, section
+from pipeline.data.folds import fold_novel_classes, fold_samples, load_fold, mask_novel_pixels
 from pipeline.data.labels import check_labels_cover, check_labels_document, read_image_labels_file
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
@@ -72,6 +76,9 @@ def main(argv=None):
     ap.add_argument("--cams", required=True, help="directory of <id>.npz CAM files (stage infer_cam)")
     ap.add_argument("--labels", required=True, help="image-labels JSON (stage image_labels)")
     ap.add_argument("--split", default="train", help="split to evaluate (default: train)")
+    ap.add_argument("--fold-file", default=None,
+                    help="fold JSON: sweep on its base samples only, novel-class pixels ignored "
+                         "(the threshold the `cam` row may use: no novel ground truth)")
     ap.add_argument("--out", required=True, help="eval JSON to write")
     args = ap.parse_args(argv)
 
@@ -82,17 +89,23 @@ def main(argv=None):
     check_labels_document(document, params["data"], args.labels)
     labels = document["labels"]
     check_labels_cover(labels, dataset.ids, args.labels, "train")
-    check_cam_files_exist(args.cams, dataset.ids)
+    ids, novel = list(dataset.ids), []
+    if args.fold_file:  # weak-shot: only the base samples' pixel labels may be read
+        fold = load_fold(args.fold_file)
+        ids = fold_samples(fold, args.fold_file, dataset, params["dataset"], "base_samples")
+        novel = fold_novel_classes(fold, args.fold_file, dataset.num_classes)
+    check_cam_files_exist(args.cams, ids)
 
     n, bg, ignore = dataset.num_classes, dataset.background_index, dataset.ignore_index
-    inputs = {"cams": args.cams, "labels": args.labels, "split": args.split, "images": len(dataset)}
+    inputs = {"cams": args.cams, "labels": args.labels, "split": args.split, "images": len(ids),
+              "fold_file": args.fold_file}
     with stage_run("eval_cam", inputs, {"cam.eval": params["cam"]["eval"]}) as log:
         if bg is not None:
             sweep = np.zeros((len(thresholds), n, n), dtype=np.int64)
         else:
             sweep = np.zeros((1, n, n + 1), dtype=np.int64)  # + void column: images with no label
-        for image_id in progress(dataset.ids, desc="eval CAMs", total=len(dataset)):
-            gt = dataset.load_mask(image_id)
+        for image_id in progress(ids, desc="eval CAMs", total=len(ids)):
+            gt = mask_novel_pixels(dataset.load_mask(image_id), novel, ignore)
             record = load_checked_cams(args.cams, image_id, dataset, labels, args.labels, gt.shape)
             cams = upsample_cams(record["cams"], record["size"], record["stride"])
             where = cam_path(args.cams, image_id)
@@ -113,8 +126,9 @@ def main(argv=None):
             best, listed = None, []
             mious = []
         chosen = sweep[best if best is not None else 0]
-        context = {"dataset": dataset.name, "split": args.split, "num_images": len(dataset),
-                   "has_background": bg is not None}
+        context = {"dataset": dataset.name, "split": args.split, "num_images": len(ids),
+                   "has_background": bg is not None,
+                   "samples": "base_samples" if args.fold_file else "all", "novel_classes": novel}
         doc = eval_document(chosen, dataset.class_names, bg, listed, mious, best, context)
         write_json(args.out, doc)
         if bg is not None:

@@ -56,8 +56,8 @@ rule infer_cam:
 
 
 rule eval_cam:
-    # Background-threshold sweep (PSA/SEAM/RETAB CAM evaluation); the best threshold
-    # makes the `cam` row's pseudo labels.
+    # Background-threshold sweep (PSA/SEAM/RETAB CAM evaluation) over every train image: the
+    # CAMs' quality on train, a diagnostic (it reads novel-class masks, so no row uses it).
     input:
         cams=f"{CAM_DIR}/cams",
         labels=IMAGE_LABELS,
@@ -66,6 +66,7 @@ rule eval_cam:
     params:
         **STAGE_PARAMS,
         cam=lambda w: section(w.dataset, "cam"),
+        fold="",
     log:
         "logs/{dataset}/shared/eval_cam.log",
     benchmark:
@@ -77,7 +78,24 @@ rule eval_cam:
     conda:
         CONDA_ENV
     shell:
-        stage_shell("pipeline.stages.eval_cam", "--cams {input.cams} --labels {input.labels} --out {output}")
+        stage_shell("pipeline.stages.eval_cam", "--cams {input.cams} --labels {input.labels} {params.fold} --out {output}")
+
+
+use rule eval_cam as cam_threshold with:
+    # The same sweep on the fold's base samples only (novel pixels ignored): its best threshold
+    # is the `cam` row's, chosen without novel-class ground truth, per fold.
+    input:
+        cams=f"{CAM_DIR}/cams",
+        labels=IMAGE_LABELS,
+        fold=FOLD_FILE,
+    output:
+        CAM_THRESHOLD,
+    params:
+        fold=lambda w, input: f"--fold-file {input.fold}",
+    log:
+        "logs/{dataset}/fold{fold}/cam_threshold.log",
+    benchmark:
+        "benchmarks/out/{dataset}/fold{fold}/cam_threshold.tsv"
 
 
 rule confident_labels:

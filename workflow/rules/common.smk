@@ -10,6 +10,7 @@ from pipeline.errors import PipelineError  # noqa: E402
 from pipeline.layout import (  # noqa: E402
     AFFINITY_VARIANTS,
     CAM_DIR,
+    CAM_THRESHOLD,
     FOLD_FILE,
     IMAGE_LABELS,
     PSEUDO_SOURCES,

@@ -13,7 +13,7 @@ def pseudo_label_inputs(wildcards):
     inputs = {"labels": IMAGE_LABELS.format(dataset=wildcards.dataset)}
     if wildcards.source == "cam":
         inputs["scores"] = f"{CAM_DIR}/cams".format(dataset=wildcards.dataset)
-        inputs["cam_eval"] = f"{CAM_DIR}/eval.json".format(dataset=wildcards.dataset)
+        inputs["cam_eval"] = CAM_THRESHOLD.format(dataset=wildcards.dataset, fold=fold_of_scope(wildcards.scope))
     else:
         inputs["scores"] = f"work/{wildcards.dataset}/{wildcards.scope}/revised/{wildcards.source}"
     return inputs

@@ -49,12 +49,12 @@ from pipeline.data.labels import check_labels_cover, load_image_labels
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir, check_files_exist, save_npz, write_json
+from pipeline.layout import WALK_INFO
 from pipeline.propagation.random_walk import logt_for_reach
 from pipeline.runtime import progress, stage_run
 from pipeline.stage import stage_device, stage_parser
 
 WALKS = ("single", "two_stage")
-WALK_INFO = "walk.json"  # the walk as run: logt per image (auto), radius
 
 
 # --------------------------------------------------------------------------- params

@@ -45,7 +45,7 @@ from pipeline.data.folds import load_fold
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir, read_json, write_json, write_text
-from pipeline.layout import eval_path, pseudo_dir
+from pipeline.layout import CAM_THRESHOLD, WALK_INFO, eval_path, pseudo_dir
 from pipeline.method_table import RETAB
 from pipeline.report import (
     NOVEL_ERROR_COLUMNS,
@@ -66,6 +66,7 @@ from pipeline.runtime import stage_run
 from pipeline.data.label_png import read_sized_png
 from pipeline.report import novel_areas
 from pipeline.stage import stage_parser
+from pipeline.report import format_percent
 
 COMPARISON_TARGET = "retab"  # its report compares every row of the table and has the figure
 KINDS = ("val", "pseudo")
@@ -287,13 +288,48 @@ def class_names(params: dict, ids) -> list[str]:
     return [names[int(c)] if isinstance(c, int) or str(c).isdigit() else str(c) for c in (ids or [])]
 
 
+def chosen_params(dataset: str, fold: int, work: str | os.PathLike) -> dict:
+    """What the fold's stages chose from the data, where they wrote it: the `cam` row's
+    background threshold (best on the fold's base samples) and each walk's logt."""
+    chosen: dict = {}
+    threshold = under_work(CAM_THRESHOLD.format(dataset=dataset, fold=fold), dataset, work)
+    if threshold.is_file():
+        doc = read_json(threshold)
+        chosen["cam_threshold"] = {"value": doc.get("best_threshold"), "samples": doc.get("samples"),
+                                   "num_images": doc.get("num_images"), "miou": doc.get("miou")}
+    for source in ("rw_cam", "rw_gt", "retab"):
+        info = under_work(pseudo_dir(dataset, source, fold).replace("/pseudo/", "/revised/"), dataset, work) / WALK_INFO
+        if info.is_file():
+            walk = read_json(info)
+            chosen.setdefault("walk_logt", {})[source] = {"logt": walk.get("logt"),
+                                                         "images_per_logt": walk.get("images_per_logt")}
+    return chosen
+
+
+def chosen_params_text(chosen: dict) -> list[str]:
+    if not chosen:
+        return []
+    lines = ["## Parameters chosen from the data", ""]
+    cam = chosen.get("cam_threshold")
+    if cam:
+        lines.append(f"- CAM background threshold (the CAM row): {cam['value']}, best on the fold's "
+                     f"{cam['num_images']} base samples (mIoU {format_percent(cam['miou'])} there; "
+                     "novel-class pixels ignored)")
+    for source, walk in (chosen.get("walk_logt") or {}).items():
+        per_value = ", ".join(f"{k}: {v}" for k, v in (walk["images_per_logt"] or {}).items())
+        lines.append(f"- random walk {source}: logt {walk['logt']} (images per logt: {per_value})")
+    return ["\n".join(lines) + "\n"]
+
+
 def run_fold_report(params: dict, target: str, fold: int, work: Path, out: str) -> None:
     dataset_name = params["dataset"]
     rows = report_rows(target)
     metrics = fold_metrics(dataset_name, fold, rows, work)
     figure = retab_figure(params, dataset_name, fold, work) if target == COMPARISON_TARGET else None
-    document = {"dataset": dataset_name, "fold": fold, "method": target, **metrics}
+    chosen = chosen_params(dataset_name, fold, work)
+    document = {"dataset": dataset_name, "fold": fold, "method": target, **metrics, "chosen_params": chosen}
     text = fold_report_text(dataset_name, fold, target, metrics, list(params["data"]["classes"]), figure is not None)
+    text = "\n".join([text, *chosen_params_text(chosen)])
     with atomic_dir(out) as tmp:
         write_json(tmp / "metrics.json", document)
         write_text(tmp / "report.md", text)
