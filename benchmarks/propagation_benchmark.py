@@ -1,6 +1,7 @@
 """Dense matrix-power random walk (PSA) vs the sparse step walk, at VOC scale.
 
     python benchmarks/propagation_benchmark.py [--threads 2] [--json benchmarks/out/propagation.json]
+    python benchmarks/propagation_benchmark.py --threads 2 --load 2 --wait-policy both
 
 Defaults: a 56 x 56 feature grid (448 px crops at stride 8), 21 channels (background + 20
 classes), radius 5, logt 8, beta 8, alpha 16. Inputs are synthetic but structured: a
@@ -20,10 +21,27 @@ Variants:
 
 The max abs difference of each variant to the dense result and to a float64 reference
 (sparse walk in float64) is printed with the timings.
+
+Busy machines (``--load N``, ``--wait-policy``): the sparse walk is 256 small parallel
+products, each ending in an OpenMP barrier, so it suffers most when the cores are shared.
+``--load N`` measures every variant twice, idle and beside N busy threads of load (bounded
+in time: each load process exits after ``--load-seconds`` at the latest, and all are
+stopped when the measurement ends). ``--load-kind spin``: N single-threaded pure-Python
+busy loops; ``torch``: one process training a small conv net on N torch threads (like a
+training stage beside the walk; it gets the same wait policy as the measurement).
+``--wait-policy default|passive|both`` runs the measurement processes with OpenMP's own
+default (idle threads spin ~300k iterations before they sleep: ``OMP_WAIT_POLICY=``) and/or
+with ``OMP_WAIT_POLICY=PASSIVE`` (idle threads sleep at once: what ``pipeline/__init__.py``
+sets for every stage); ``inherit`` (the default) takes the caller's environment as a stage
+would. The policy must reach the OpenMP runtime before torch loads it, hence one fresh
+process per variant and condition. A table of the dense/sparse ratio per condition follows
+the main table, with the max |diff| of every output to the same variant's output in the first
+condition (the wait policy and the load must not change any number: 0 expected).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -39,6 +57,12 @@ if str(REPO_ROOT) not in sys.path:
 
 VARIANTS = ("dense", "sparse-torch", "sparse-scipy")
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+#: The caller's OpenMP wait policy, read before anything imports ``pipeline`` (which sets
+#: PASSIVE when it is unset) so that ``--wait-policy inherit`` passes on what the caller had.
+CALLER_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
+#: --wait-policy -> OMP_WAIT_POLICY for the measurement processes (None: the caller's).
+#: An empty value makes ``pipeline`` leave the variable unset: the runtime's own default.
+WAIT_POLICIES = {"inherit": None, "default": "", "passive": "PASSIVE"}
 
 
 def _proc_status_mib(field: str) -> float | None:
@@ -137,6 +161,68 @@ def run_variant(variant: str, aff, cams, height: int, width: int, radius: int, b
 MMAP_THRESHOLD = 65536
 
 
+def load_worker(args) -> None:
+    """Subprocess body of one load process: busy until ``--load-deadline`` (epoch seconds)
+    or until its parent (the benchmark) is gone, whichever comes first."""
+    parent = os.getppid()
+    deadline = args.load_deadline
+    if args.load_worker == "spin":
+        while time.time() < deadline and os.getppid() == parent:
+            for _ in range(100_000):
+                pass
+        return
+    import pipeline  # noqa: F401  (applies OMP_WAIT_POLICY before torch loads OpenMP)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(32, 32, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x, y = torch.randn(8, 3, 64, 64), torch.randint(0, 10, (8,))
+    while time.time() < deadline and os.getppid() == parent:
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+class Load:
+    """``threads`` busy threads beside the measurement (context manager; stopped on exit)."""
+
+    def __init__(self, kind: str, threads: int, seconds: float, policy: str):
+        self.kind, self.threads, self.seconds, self.policy = kind, threads, seconds, policy
+        self.procs: list[subprocess.Popen] = []
+
+    def __enter__(self) -> "Load":
+        deadline = time.time() + self.seconds
+        n_procs, per_proc = (self.threads, 1) if self.kind == "spin" else (1, self.threads)
+        env = policy_env(self.policy)
+        env.update({name: str(per_proc) for name in THREAD_VARS})
+        for _ in range(n_procs):
+            self.procs.append(subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), "--load-worker", self.kind,
+                 "--load-deadline", str(deadline), "--threads", str(per_proc)], env=env, cwd=REPO_ROOT))
+        time.sleep(2.0 if self.kind == "torch" else 0.5)  # torch's import; then the load is steady
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def describe(self) -> str:
+        if self.kind == "spin":
+            return f"{self.threads} busy proc(s)"
+        return f"torch training, {self.threads} thread(s)"
+
+
 def worker(args) -> None:
     """Subprocess body: load inputs, run one variant, write its result files.
 
@@ -165,15 +251,30 @@ def worker(args) -> None:
         "peak_mem_mib": peak - baseline, "baseline_mib": baseline, "memory_measure": how, "runs": len(runs)}))
 
 
-def spawn(variant: str, mode: str, args, inputs: Path, workdir: Path) -> dict:
+def policy_env(policy: str) -> dict:
+    """os.environ with OMP_WAIT_POLICY as ``--wait-policy`` ``policy`` wants it (the
+    subprocess imports ``pipeline`` before torch, which applies it)."""
+    env = dict(os.environ)
+    value = WAIT_POLICIES[policy]
+    if value is None:
+        value = CALLER_WAIT_POLICY
+    if value is None:
+        env.pop("OMP_WAIT_POLICY", None)
+    else:
+        env["OMP_WAIT_POLICY"] = value
+    return env
+
+
+def spawn(variant: str, mode: str, args, inputs: Path, workdir: Path, policy: str = "inherit",
+          tag: str = "") -> dict:
     """Run one variant in a fresh interpreter (same thread count for every variant)."""
     import numpy as np
 
-    env = dict(os.environ)
+    env = policy_env(policy)
     env.update({name: str(args.threads) for name in THREAD_VARS})
     if mode == "memory":
         env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
-    result = workdir / f"{variant}-{mode}"
+    result = workdir / f"{variant}-{mode}{tag}"
     repeats = args.dense_repeats if variant == "dense" else args.repeats
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", variant, "--mode", mode,
            "--inputs", str(inputs), "--result", str(result), "--threads", str(args.threads),
@@ -202,14 +303,32 @@ def main(argv=None) -> dict:
                         help="timed runs of the dense variant (~10 s each on 2 cores)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    parser.add_argument("--load", type=int, default=0,
+                        help="also measure beside N busy threads of load (0: idle only)")
+    parser.add_argument("--load-kind", default="spin", choices=("spin", "torch"),
+                        help="spin: N single-threaded busy loops; torch: one N-thread training loop")
+    parser.add_argument("--load-seconds", type=float, default=900.0,
+                        help="upper bound on each load process's life (it is stopped earlier when done)")
+    parser.add_argument("--wait-policy", default="inherit", choices=(*WAIT_POLICIES, "both"),
+                        help="OMP_WAIT_POLICY of the measurement: inherit (the caller's; pipeline sets PASSIVE "
+                             "when unset), default (OpenMP's own: spin, then sleep), passive, both")
+    parser.add_argument("--load-worker", default=None, choices=("spin", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--load-deadline", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker", default=None, choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="time", choices=("time", "memory"), help=argparse.SUPPRESS)
     parser.add_argument("--inputs", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.load_worker:
+        load_worker(args)
+        return {}
     if args.worker:
         worker(args)
         return {}
+    if args.load < 0 or args.load_seconds <= 0:
+        parser.error("--load must be >= 0 and --load-seconds > 0")
+    # the first policy fills the main table: PASSIVE, what the stages run with
+    policies = ["passive", "default"] if args.wait_policy == "both" else [args.wait_policy]
 
     import numpy as np
 
@@ -226,16 +345,29 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="propagation-bench-") as tmp:
         inputs = Path(tmp) / "inputs.npz"
         np.savez(inputs, aff=aff, cams=cams)
-        results = {}
-        for variant in args.variants:
-            results[variant] = spawn(variant, "time", args, inputs, Path(tmp))
-            memory = spawn(variant, "memory", args, inputs, Path(tmp))
+        # conditions: (name, policy, load or None); the first one fills the main table
+        conditions = [("idle", policy, None) for policy in policies]
+        if args.load:
+            conditions += [("load", policy, Load(args.load_kind, args.load, args.load_seconds, policy))
+                           for policy in policies]
+        runs = []
+        for i, (name, policy, load) in enumerate(conditions):
+            loadavg = os.getloadavg()[0]
+            with load or contextlib.nullcontext():
+                timed = {variant: spawn(variant, "time", args, inputs, Path(tmp), policy, f"-{i}")
+                         for variant in args.variants}
+            runs.append({"condition": name, "wait_policy": policy, "loadavg_1min_before": loadavg,
+                         "load": load.describe() if load else "none", "results": timed})
+        results = runs[0]["results"]
+        for variant in args.variants:  # memory does not depend on load or policy: measured once, idle
+            memory = spawn(variant, "memory", args, inputs, Path(tmp), policies[0])
             results[variant].update(peak_mem_mib=memory["peak_mem_mib"], memory_measure=memory["memory_measure"])
 
     dense = results["dense"]
     print(f"\nrandom walk, {args.height}x{args.width} grid (N={n}), {args.channels} channels, radius {args.radius}, "
           f"{aff.size} pairs, beta {args.beta:g}, logt {args.logt} ({2 ** args.logt} steps), float32, "
-          f"{args.threads} thread(s), best of {args.dense_repeats} dense / {args.repeats} sparse runs")
+          f"{args.threads} thread(s), best of {args.dense_repeats} dense / {args.repeats} sparse runs, "
+          f"idle, OpenMP wait policy: {policy_label(policies[0])}")
     header = (f"{'variant':<13} {'total s':>9} {'build s':>9} {'walk s':>9} {'speedup':>9} "
               f"{'peak MiB':>9} {'max|d| dense':>13} {'max|d| f64':>11}")
     print(header)
@@ -265,11 +397,48 @@ def main(argv=None) -> dict:
         print(f"sparse-torch vs dense: {fast['speedup_vs_dense']:.1f}x faster (target >= 20x: "
               f"{'met' if ok_speed else 'NOT met'}), max |diff| {fast['max_abs_diff_vs_dense']:.2e} "
               f"(target <= 1e-4: {'met' if ok_diff else 'NOT met'})")
+    if len(runs) > 1 or args.wait_policy != "inherit":
+        summary["conditions"] = report_conditions(runs, args)
     if args.json:
         from pipeline.io import write_json
 
         write_json(args.json, summary)
     return summary
+
+
+def policy_label(policy: str) -> str:
+    if policy == "inherit":
+        value = CALLER_WAIT_POLICY
+        return f"inherit ({value if value is not None else 'PASSIVE via pipeline'})"
+    return {"default": "OpenMP default", "passive": "PASSIVE"}[policy]
+
+
+def report_conditions(runs: list[dict], args) -> list[dict]:
+    """Print and return the dense / sparse ratio of every condition (idle / load x policy)."""
+    import numpy as np
+
+    sparse = [v for v in args.variants if v != "dense"]
+    first = runs[0]["results"]
+    print(f"\nper condition ({args.threads} thread(s); load avg = 1-min load average before the condition, "
+          f"the machine's other jobs included; max|d| = max |diff| to the same variant in the first row):")
+    header = (f"{'condition':<38} {'wait policy':<30} {'load avg':>8} {'dense s':>8} "
+              + " ".join(f"{v + ' s':>15} {'ratio':>7}" for v in sparse) + f" {'max|d|':>8}")
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for run in runs:
+        res = run["results"]
+        diff = max(float(np.abs(res[v]["output"] - first[v]["output"]).max()) for v in res)
+        cond = run["condition"] + ("" if run["load"] == "none" else f" ({run['load']})")
+        cells = " ".join(f"{res[v]['total_s']:>15.3f} {res['dense']['total_s'] / res[v]['total_s']:>6.1f}x"
+                         for v in sparse)
+        print(f"{cond:<38} {policy_label(run['wait_policy']):<30} {run['loadavg_1min_before']:>8.2f} "
+              f"{res['dense']['total_s']:>8.3f} {cells} {diff:>8.1e}")
+        rows.append({"condition": run["condition"], "load": run["load"], "wait_policy": run["wait_policy"],
+                     "loadavg_1min_before": run["loadavg_1min_before"], "max_abs_diff_vs_first": diff,
+                     "total_s": {v: res[v]["total_s"] for v in res},
+                     "ratio_dense_over": {v: res["dense"]["total_s"] / res[v]["total_s"] for v in sparse}})
+    return rows
 
 
 if __name__ == "__main__":

@@ -17,4 +17,24 @@ Layout (read top to bottom):
 - ``pipeline.methods``      one folder per method: ``python -m pipeline.methods.<method>.NAME``
 """
 
+import os
+
 __version__ = "0.1.0"
+
+# OpenMP threads that sleep when idle, set here because this runs first in every stage:
+# ``python -m pipeline.<...>.<stage>`` imports this package before the stage module, so
+# before torch loads its OpenMP runtime (libgomp reads OMP_WAIT_POLICY once, when torch is
+# imported; os.environ writes reach it). The snakemake process imports the package too
+# (workflow/rules/common.smk), so every job inherits the variable. By default an idle
+# libgomp thread spins (300k iterations) at the end of every parallel region: free on an
+# idle machine, but beside other busy processes the spinners take the cores the working
+# threads need. The 2-thread sparse walk (256 small parallel products) suffers most:
+# benchmarks/propagation_benchmark.py --load 2 --wait-policy both on the shared 2-core
+# machine measured 0.22-2.7 s with the default vs 0.10-0.14 s with PASSIVE (beside the
+# machine's other jobs), 0.63-1.8 s vs 0.10-0.27 s beside a 2-thread load. The wait policy
+# changes how idle threads wait, not how work is split: results are bit-identical.
+# An explicit value wins; an empty one (OMP_WAIT_POLICY=) keeps the runtime's own default.
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+elif not os.environ["OMP_WAIT_POLICY"].strip():
+    del os.environ["OMP_WAIT_POLICY"]  # libgomp rejects an empty value with a warning

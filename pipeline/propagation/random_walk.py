@@ -294,6 +294,9 @@ def random_walk_sparse(cams, t_sparse, logt: int, tol: float | None = None,
     an idle 2-core machine. Do not give it more threads than cores that are really free:
     256 successive small parallel products pay an OpenMP barrier each, and oversubscribed
     cores (several multi-threaded processes on them) made it up to 15x slower in the past.
+    Stages run with ``OMP_WAIT_POLICY=PASSIVE`` (set by ``pipeline/__init__.py``): idle
+    OpenMP threads sleep instead of spinning, which keeps the walk fast beside other busy
+    processes (``benchmarks/propagation_benchmark.py --load 2 --wait-policy both``).
     """
     logt = check_logt(logt)
     cam_mat, shape = _cams_matrix(cams)
