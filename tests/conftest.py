@@ -131,12 +131,16 @@ class TinyVOC:
                            pixel_counts=self.pixel_counts())
         return Path(path)
 
-    def fold(self, novel_classes: Sequence[int], dataset: str = "tiny", fold: int = 0) -> dict:
+    def fold(self, novel_classes: Sequence[int], dataset: str = "tiny", fold: int = 0,
+             novel_min_pixels: int | None = None) -> dict:
         """Fold document (make_folds' format, empty counts): a train image holding any pixel of a
-        novel class is a novel sample, every other one a base sample."""
-        novel = [i for i in self.train if any((self.masks[i] == c).any() for c in novel_classes)]
+        novel class (with ``novel_min_pixels``: that many pixels of one novel class, the number
+        then also written) is a novel sample, every other one a base sample."""
+        least = 1 if novel_min_pixels is None else novel_min_pixels
+        novel = [i for i in self.train if any((self.masks[i] == c).sum() >= least for c in novel_classes)]
+        rule = {} if novel_min_pixels is None else {"novel_min_pixels": novel_min_pixels}
         return {"fold": fold, "dataset": dataset, "novel_classes": list(novel_classes),
-                "base_classes": [c for c in range(len(self.classes)) if c not in novel_classes],
+                "base_classes": [c for c in range(len(self.classes)) if c not in novel_classes], **rule,
                 "novel_samples": novel, "base_samples": [i for i in self.train if i not in novel], "counts": {}}
 
     def write_fold(self, path: Path, novel_classes: Sequence[int], **fold_args) -> Path:
@@ -149,17 +153,19 @@ class TinyVOC:
 def write_tiny_voc(root: Path, train: Mapping[str, Sequence[Box]],
                    val: Mapping[str, Sequence[Box]] | Sequence[str] = (), *,
                    classes: Sequence[str] = TINY_CLASSES, background: str | None = "background",
-                   size: int | tuple[int, int] = 32, fill: int = 0, outline: int = 0,
+                   size: int | tuple[int, int] | Mapping[str, int | tuple[int, int]] = 32,
+                   fill: int = 0, outline: int = 0,
                    colours: Mapping[int, tuple[int, int, int]] | None = None, noise: int = 10, seed: int = 0,
                    mask_mode: str = "P") -> TinyVOC:
     """A VOC-layout dataset under ``root``: JPEGImages/<id>.jpg, SegmentationClass/<id>.png,
     ImageSets/Segmentation/{train,val}.txt.
 
     ``train`` / ``val`` map image id -> boxes (see ``box_mask``); ``val`` may instead list ids
-    of train images. Each mask is ``box_mask(boxes, size, fill, outline)``; each image paints
-    every pixel with its class's colour (``COLOURS`` updated by ``colours``; the outline band
-    takes the colour underneath) plus uniform noise in [-noise, noise) from one generator
-    seeded ``seed``. Masks are stored as palette ('P') or grey ('L') PNGs (``mask_mode``)."""
+    of train images. Each mask is ``box_mask(boxes, size, fill, outline)``, ``size`` one for all
+    images or a mapping id -> size; each image paints every pixel with its class's colour
+    (``COLOURS`` updated by ``colours``; the outline band takes the colour underneath) plus
+    uniform noise in [-noise, noise) from one generator seeded ``seed``. Masks are stored as
+    palette ('P') or grey ('L') PNGs (``mask_mode``)."""
     root = Path(root)
     for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         (root / sub).mkdir(parents=True, exist_ok=True)
@@ -170,14 +176,17 @@ def write_tiny_voc(root: Path, train: Mapping[str, Sequence[Box]],
     else:
         assert set(val) <= set(train), f"val ids {sorted(set(val) - set(train))} are not train images"
         scenes = dict(train)
+    if isinstance(size, Mapping):
+        assert set(scenes) <= set(size), f"no size for {sorted(set(scenes) - set(size))}"
     masks = {}
     for image_id, boxes in scenes.items():
-        image = table[box_mask(boxes, size, fill)]
+        hw = size[image_id] if isinstance(size, Mapping) else size
+        image = table[box_mask(boxes, hw, fill)]
         if noise:
             image = image + rng.integers(-noise, noise, image.shape)
         Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(root / "JPEGImages" / f"{image_id}.jpg",
                                                                       quality=95)
-        masks[image_id] = box_mask(boxes, size, fill, outline)
+        masks[image_id] = box_mask(boxes, hw, fill, outline)
         save_mask(root / "SegmentationClass" / f"{image_id}.png", masks[image_id], mask_mode)
     splits = {"train": list(train), "val": list(val)}
     for split, ids in splits.items():

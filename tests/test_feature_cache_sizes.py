@@ -12,7 +12,6 @@ weights, frozen; v2 head; input scale 2 at output stride 16):
 from __future__ import annotations
 
 import hashlib
-import json
 import platform
 from pathlib import Path
 
@@ -20,10 +19,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 
 from pipeline import segmentation
-from pipeline.config import REPO_ROOT, load_params
+from pipeline.config import load_params
 from pipeline.data.batches import normalize_batch
 from pipeline.data.label_png import read_label_png, write_label_png
 from pipeline.data.voc import VOCDataset
@@ -31,10 +29,9 @@ from pipeline.errors import run_stage
 from pipeline.models import backbone_normalization
 from pipeline.runtime import seed_everything
 from pipeline.stages import predict_seg, seg_features, train_seg
-from conftest import tiny_dataset_entry
+from conftest import (IGNORE, TINY_CLASSES as CLASSES, Box, box_mask, set_keys, tiny_params, write_tiny_voc,
+                      write_yaml)
 
-CLASSES = ["background", "cat", "dog", "bus"]
-COLOURS = {0: (40, 40, 40), 1: (220, 30, 30), 2: (30, 30, 220), 3: (30, 200, 30)}
 LANDSCAPE, PORTRAIT, SQUARE = (30, 40), (40, 30), (32, 32)  # (H, W)
 MIXED_TRAIN = {"a0": (1, LANDSCAPE), "a1": (2, PORTRAIT), "a2": (3, SQUARE), "a3": (1, PORTRAIT),
                "a4": (2, LANDSCAPE), "a5": (3, PORTRAIT), "a6": (1, SQUARE)}
@@ -52,56 +49,56 @@ REFERENCE_WEIGHTS = {"sha256": "e9d69f86d5a6d563771a698528d98f7afd17e655d25c2b18
                      "torch": "2.13.0+cpu", "machine": "x86_64"}
 
 
-def object_mask(value: int, size: tuple[int, int], offset: int) -> np.ndarray:
+def object_box(value: int, size: tuple[int, int], offset: int) -> Box:
+    """The one object of an image of ``size``: rows 3 + offset .. H/2 + 6 + offset, cols 4 .. W/2 + 7."""
     height, width = size
-    mask = np.zeros(size, np.uint8)
-    mask[3 + offset:height // 2 + 6 + offset, 4:width // 2 + 7] = value
-    return mask
+    return (value, 3 + offset, height // 2 + 6 + offset, 4, width // 2 + 7)
 
 
 def make_dataset(base: Path, name: str, train: dict, val: dict, fold: bool = False) -> tuple[Path, Path]:
-    """(params path, work dir) of a VOC-layout dataset: ``{id: (class, (H, W))}`` per split."""
-    root = base / name
-    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (root / sub).mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i, (image_id, (value, size)) in enumerate({**train, **val}.items()):
-        mask = object_mask(value, size, i % 4)
-        image = np.array([COLOURS[int(v)] for v in mask.ravel()], np.uint8).reshape(*size, 3)
-        image = np.clip(image.astype(int) + rng.integers(-10, 10, image.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.jpg", quality=95)
-        write_label_png(root / "SegmentationClass" / f"{image_id}.png", mask)
-    (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(train) + "\n")
-    (root / "ImageSets/Segmentation/val.txt").write_text("\n".join(val) + "\n")
-
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    params["dataset"] = name
-    params["datasets"][name] = tiny_dataset_entry(root, CLASSES, [["bus"]])
-    params["overrides"][name] = {
+    """(params path, work dir) of a VOC-layout dataset: ``{id: (class, (H, W))}`` per split;
+    the k-th image (train, then val) holds ``object_box(class, (H, W), k % 4)``."""
+    scenes = {**train, **val}
+    boxes = {i: [object_box(value, size, k % 4)] for k, (i, (value, size)) in enumerate(scenes.items())}
+    data = write_tiny_voc(base / name, {i: boxes[i] for i in train}, {i: boxes[i] for i in val},
+                          size={i: size for i, (_, size) in scenes.items()})
+    assert data.classes == CLASSES and data.labels() == {i: [value] for i, (value, _) in scenes.items()}
+    params_path = write_yaml(base / f"{name}.yaml", tiny_params(data, [["bus"]], {f"overrides.{name}": {
         "backbone": {"pretrained": False, "output_stride": 16},
         "segmentation": {"feature_cache": True, "input_scale": 2.0, "frozen_blocks": 7, "head": "v2",
                          "aspp_rates": [1, 2],
                          "train": {"batch_size": 2, "epochs": 1, "optimizer": "adamw", "lr": 0.001,
                                    "weight_decay": 0.0001, "loss_stride": 1},
-                         "predict": {"scales": [1.0], "flip": False}}}
-    params_path = base / f"{name}.yaml"
-    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+                         "predict": {"scales": [1.0], "flip": False}}}}, name=name))
 
     work = base / f"{name}_work"
     work.mkdir()
-    labels = {i: [v] for i, (v, _) in {**train, **val}.items()}
-    (work / "image_labels.json").write_text(json.dumps({
-        "dataset": name, "classes": CLASSES, "labels": labels, "splits": {"train": list(train), "val": list(val)}}))
+    data.write_labels(work / "image_labels.json", dataset=name)
     if fold:
-        (work / "fold0.json").write_text(json.dumps({
-            "fold": 0, "dataset": name, "novel_classes": [3], "base_classes": [0, 1, 2],
-            "novel_samples": NOVEL, "base_samples": BASE, "counts": {}}))
+        assert data.fold([3])["novel_samples"] == NOVEL and data.fold([3])["base_samples"] == BASE
+        data.write_fold(work / "fold0.json", [3], dataset=name)
         (work / "pseudo").mkdir()
         for image_id, (value, size) in train.items():  # every object pixel "dog", one void row
-            label = np.where(object_mask(value, size, 0) > 0, 2, 0).astype(np.uint8)
-            label[0] = 255
+            label = box_mask([object_box(2, size, 0), (IGNORE, 0, 1, 0, size[1])], size)
             write_label_png(work / "pseudo" / f"{image_id}.png", label)
     return params_path, work
+
+
+def changed_params(params_path: Path, out: Path, changes: dict) -> Path:
+    """``params_path`` with the dotted-key ``changes`` (see ``set_keys``), written to ``out``."""
+    return write_yaml(out, set_keys(yaml.safe_load(params_path.read_text()), changes))
+
+
+def cached_training(params_path: Path, cache_file: Path, batch_size: int, loss_stride: int):
+    """(train dataset, model, cache, make_batches, step, steps) of train_seg's cached-feature
+    training on ``cache_file`` with ground truth targets."""
+    params = load_params(params_path)
+    dataset = VOCDataset(params["data"], "train")
+    model = segmentation.build_seg_model(params, len(CLASSES))
+    cache = segmentation.load_feature_cache(cache_file, model, dataset.ids)
+    sources = segmentation.target_sources(dataset.ids, "gt")
+    return (dataset, model, cache, *train_seg.cached_feature_training(
+        cache, dataset.ids, sources, dataset, None, [], batch_size=batch_size, loss_stride=loss_stride))
 
 
 def make_caches(params_path: Path, out: Path) -> dict[str, Path]:
@@ -136,9 +133,8 @@ def single_size_weights_hash(base: Path) -> str:
     batch of each epoch partial, loss stride 2 on an odd width) on the "single" dataset; the
     sha256 of the trained weights. Uses only the stages' command lines (runs on old code too)."""
     params_path, work = make_dataset(base, "single", SINGLE_TRAIN, SINGLE_VAL)
-    params = yaml.safe_load(params_path.read_text())
-    params["overrides"]["single"]["segmentation"]["train"].update({"batch_size": 4, "epochs": 2, "loss_stride": 2})
-    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    changed_params(params_path, params_path, {f"overrides.single.segmentation.train.{key}": value for key, value
+                                              in {"batch_size": 4, "epochs": 2, "loss_stride": 2}.items()})
     caches = make_caches(params_path, base)
     out = base / "single_model"
     train_seg.main(train_argv(params_path, work, out, caches["train"]))
@@ -197,13 +193,7 @@ def test_mixed_size_cache_holds_every_image_at_its_size(mixed):
 
 def test_cached_training_batches_within_a_size_group(mixed):
     params_path, work, caches = mixed
-    params = load_params(params_path)
-    dataset = VOCDataset(params["data"], "train")
-    model = segmentation.build_seg_model(params, len(CLASSES))
-    cache = segmentation.load_feature_cache(caches["train"], model, dataset.ids)
-    sources = segmentation.target_sources(dataset.ids, "gt")
-    make_batches, step, steps = train_seg.cached_feature_training(cache, dataset.ids, sources, dataset, None, [],
-                                                                  batch_size=2, loss_stride=2)
+    _, model, _, make_batches, step, steps = cached_training(params_path, caches["train"], 2, 2)
     # landscape 2 + 2 mirrors, portrait 3 + 3, square 2 + 2: 2 + 3 + 2 batches of <= 2
     assert steps == 7
     rng = np.random.default_rng(3)
@@ -231,10 +221,7 @@ def test_mixed_size_cached_prediction_equals_the_model_run_on_images(mixed, tmp_
     assert dict(zip(header.split("\t"), row.split("\t")))["batches"] == "7"
     predict_seg.main(["--params", str(params_path), "--model", str(tmp_path / "model.pt"),
                       "--features", str(caches["val"]), "--out", str(tmp_path / "from_cache"), "--threads", "1"])
-    params = yaml.safe_load(params_path.read_text())
-    params["overrides"]["mixed"]["segmentation"]["feature_cache"] = False
-    plain = tmp_path / "plain.yaml"
-    plain.write_text(yaml.safe_dump(params, sort_keys=False))
+    plain = changed_params(params_path, tmp_path / "plain.yaml", {"overrides.mixed.segmentation.feature_cache": False})
     predict_seg.main(["--params", str(plain), "--model", str(tmp_path / "model.pt"),
                       "--out", str(tmp_path / "from_images"), "--threads", "1"])
     for image_id, (_, size) in MIXED_VAL.items():
@@ -270,10 +257,7 @@ def test_feature_cache_errors_name_the_file(mixed, tmp_path, capsys):
     line = run_expect_error(train_seg.main, [*argv[:-4], "--features", str(damaged), "--threads", "1"], capsys)
     assert str(damaged) in line and "damaged" in line
     # another input scale
-    params = yaml.safe_load(params_path.read_text())
-    params["overrides"]["mixed"]["segmentation"]["input_scale"] = 1.0
-    scale1 = tmp_path / "scale1.yaml"
-    scale1.write_text(yaml.safe_dump(params, sort_keys=False))
+    scale1 = changed_params(params_path, tmp_path / "scale1.yaml", {"overrides.mixed.segmentation.input_scale": 1.0})
     line = run_expect_error(train_seg.main, train_argv(scale1, work, tmp_path, caches["train"]), capsys)
     assert str(caches["train"]) in line and "input_scale" in line
     assert not (tmp_path / "model.pt").exists()
@@ -316,13 +300,7 @@ def test_single_size_cache_is_format_v1s_features(single):
 @pytest.mark.parametrize("loss_stride", [1, 2])
 def test_single_size_batches_and_loss_equal_format_v1s(single, loss_stride):
     params_path, _, caches, _ = single
-    params = load_params(params_path)
-    dataset = VOCDataset(params["data"], "train")
-    model = segmentation.build_seg_model(params, len(CLASSES))
-    cache = segmentation.load_feature_cache(caches["train"], model, dataset.ids)
-    sources = segmentation.target_sources(dataset.ids, "gt")
-    make_batches, step, steps = train_seg.cached_feature_training(cache, dataset.ids, sources, dataset, None, [],
-                                                                  batch_size=4, loss_stride=loss_stride)
+    dataset, model, cache, make_batches, step, steps = cached_training(params_path, caches["train"], 4, loss_stride)
     assert steps == 3  # v1: count_steps(2 * 5, 4, drop_last=False)
     targets = torch.from_numpy(np.stack([dataset.load_mask(i) for i in dataset.ids]).astype(np.int64))
     new_rng, old_rng = np.random.default_rng(7), np.random.default_rng(7)

@@ -17,9 +17,8 @@ from PIL import Image
 
 from pipeline.data.folds import load_fold
 from pipeline.stages import image_labels as image_labels_stage, make_folds as make_folds_stage
-from conftest import ROOT, tiny_dataset_entry
+from conftest import ROOT, Box, tiny_params, write_tiny_voc, write_yaml
 
-CLASSES = ["background", "cat", "dog", "bus"]
 BUS = 3
 
 
@@ -35,31 +34,21 @@ def run_labels_and_fold(params: Path, tmp: Path, dataset: str | None = None) -> 
 
 # --- the exact boundary of novel_min_pixels ------------------------------------------------
 
-def bus_mask(bus_pixels: int) -> np.ndarray:
+def scene(bus_pixels: int) -> list[Box]:
     """16 x 16: a 4 x 4 cat square and ``bus_pixels`` bus pixels along the last row."""
-    mask = np.zeros((16, 16), np.uint8)
-    mask[2:6, 2:6] = 1
-    mask[15, :bus_pixels] = BUS
-    return mask
+    return [(1, 2, 6, 2, 6), (BUS, 15, 16, 0, bus_pixels)]
 
 
 @pytest.mark.parametrize("n", [1, 6])
 def test_exactly_novel_min_pixels_makes_a_novel_sample(tmp_path, n):
     """'exact' holds exactly n bus pixels (novel sample), 'fewer' n - 1 (base sample, its
     n - 1 bus pixels ignored), 'more' n + 1 (novel), 'none' no bus (base)."""
-    root = tmp_path / "VOC"
-    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (root / sub).mkdir(parents=True)
     ids = {"fewer": n - 1, "exact": n, "none": 0, "more": n + 1}
-    for image_id, bus in ids.items():
-        Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(root / "JPEGImages" / f"{image_id}.jpg")
-        Image.fromarray(bus_mask(bus), mode="L").save(root / "SegmentationClass" / f"{image_id}.png")
-    (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(ids) + "\n")
-    (root / "ImageSets/Segmentation/val.txt").write_text("none\n")
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({
-        "dataset": "tiny", "seed": 0, "device": "cpu", "image_labels": {"min_pixels": 1},
-        "datasets": {"tiny": tiny_dataset_entry(root, CLASSES, [["bus"]], novel_min_pixels=n)}}))
+    data = write_tiny_voc(tmp_path / "VOC", {image_id: scene(bus) for image_id, bus in ids.items()}, ["none"],
+                          size=16, mask_mode="L")
+    assert [counts[BUS] for counts in data.pixel_counts().values()] == [n - 1, n, 0, n + 1]
+    changes = {"device": "cpu", "image_labels.min_pixels": 1}
+    params = write_yaml(tmp_path / "params.yaml", tiny_params(data, [["bus"]], changes, novel_min_pixels=n))
 
     labels, fold = run_labels_and_fold(params, tmp_path)
     assert [labels["pixel_counts"][i][BUS] for i in ids] == [n - 1, n, 0, n + 1]

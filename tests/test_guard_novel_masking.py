@@ -15,26 +15,27 @@ net's ``outline`` source (VOC's void band) a second dataset has b0 with 255 outl
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
-from PIL import Image
 
 from pipeline.data.label_png import write_label_png
 from pipeline.methods.lnet import train_lnet as train_lnet_stage
 from pipeline.methods.retab import train_affinity as train_affinity_stage, train_boundary as train_boundary_stage
 from pipeline.stages import train_seg as train_seg_stage
-from conftest import ROOT, tiny_dataset_entry
+from conftest import IGNORE, tiny_params, write_tiny_voc, write_yaml
 
-CLASSES = ["background", "cat", "dog", "bus"]
 NOVEL = 3
 SIZE = 32
 CAT = (slice(4, 12), slice(4, 12))
 BUS = (slice(20, 24), slice(20, 26))
-IGNORE = 255
+# The same layouts as boxes for the dataset builder (checked against the hand maps below).
+N0_BOXES = [(NOVEL, 8, 20, 8, 20)]
+B0_BOXES = [(1, 4, 12, 4, 12), (NOVEL, 20, 24, 20, 26)]
+B0_OUTLINE_BOXES = [(IGNORE, 3, 13, 3, 13), (IGNORE, 15, 31, 15, 31), (1, 4, 12, 4, 12), (NOVEL, 18, 28, 18, 28)]
+# novel_min_pixels per dataset: b0's bus (24 px; 100 px with the outline) stays a base sample
+MIN_PIXELS = {"tiny": 25, "tiny_outline": 101}
 
 
 def b0_mask() -> np.ndarray:
@@ -66,62 +67,39 @@ def b0_masked() -> np.ndarray:
     return mask
 
 
-def write_voc(root: Path, masks: dict[str, np.ndarray]) -> Path:
-    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (root / sub).mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for image_id, mask in masks.items():
-        image = rng.integers(40, 80, (SIZE, SIZE, 3)).astype(np.uint8)
-        image[(mask > 0) & (mask != IGNORE)] += 120
-        Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.jpg", quality=95)
-        write_label_png(root / "SegmentationClass" / f"{image_id}.png", mask)
-    (root / "ImageSets/Segmentation/train.txt").write_text("b0\nn0\n")
-    (root / "ImageSets/Segmentation/val.txt").write_text("n0\n")
-    return root
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("novel_masking")
-    masks = {"b0": b0_mask(), "n0": n0_mask()}
-    root = write_voc(tmp / "VOC", masks)
-    outline_root = write_voc(tmp / "VOC_outline", {"b0": b0_outline_mask(), "n0": n0_mask()})
+    data = {"tiny": write_tiny_voc(tmp / "VOC", {"b0": B0_BOXES, "n0": N0_BOXES}, ["n0"]),
+            "tiny_outline": write_tiny_voc(tmp / "VOC_outline", {"b0": B0_OUTLINE_BOXES, "n0": N0_BOXES}, ["n0"])}
+    for name, b0 in (("tiny", b0_mask()), ("tiny_outline", b0_outline_mask())):
+        assert np.array_equal(data[name].masks["b0"], b0) and np.array_equal(data[name].masks["n0"], n0_mask())
+        assert data[name].labels() == {"b0": [1, NOVEL], "n0": [NOVEL]}
+        # b0 holds fewer than novel_min_pixels bus pixels: a base sample holding novel pixels
+        assert data[name].fold([NOVEL], novel_min_pixels=MIN_PIXELS[name])["base_samples"] == ["b0"]
 
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw.update(dataset="tiny", device="cpu", overrides={})
-    raw["datasets"] = {
-        "tiny": tiny_dataset_entry(root, CLASSES, [["bus"]], boundary_source="transitions", novel_min_pixels=25),
-        "tiny_outline": tiny_dataset_entry(outline_root, CLASSES, [["bus"]], boundary_source="outline",
-                                           novel_min_pixels=101)}
-    raw["backbone"].update({"pretrained": False, "output_stride": 16})
     schedule = {"crop": SIZE, "scale_range": [1.0, 1.0], "batch_size": 1, "epochs": 1}
-    for name in ("affinity", "lnet", "boundary", "segmentation"):
-        raw[name]["train"].update(schedule)
-    raw["affinity"].update({"radius": 3, "feat_dim": 28})
-    raw["boundary"].update({"label_width": 1, "tau": 0.5, "erosion": 0})
-    raw["lnet"]["object_classes"] = None
-    raw["segmentation"]["feature_cache"] = False
-    params = tmp / "params.yaml"
-    params.write_text(yaml.safe_dump(raw, sort_keys=False))
-
-    counts = {i: [int((m == c).sum()) for c in range(len(CLASSES))] for i, m in masks.items()}
-    (tmp / "labels.json").write_text(json.dumps({
-        "dataset": "tiny", "classes": CLASSES, "background": "background", "min_pixels": 1,
-        "splits": {"train": ["b0", "n0"], "val": ["n0"]},
-        "labels": {"b0": [1, 3], "n0": [3]}, "pixel_counts": counts}))
-    # b0 has only 24 bus pixels (< novel_min_pixels 25): a base sample holding novel pixels
-    (tmp / "fold0.json").write_text(json.dumps({
-        "fold": 0, "dataset": "tiny", "novel_classes": [NOVEL], "base_classes": [0, 1, 2],
-        "novel_min_pixels": 25, "novel_samples": ["n0"], "base_samples": ["b0"], "counts": {}}))
+    changes = {"device": "cpu", "overrides": {}, "backbone.pretrained": False, "backbone.output_stride": 16,
+               **{f"{name}.train.{key}": value for name in ("affinity", "lnet", "boundary", "segmentation")
+                  for key, value in schedule.items()},
+               "affinity.radius": 3, "affinity.feat_dim": 28,
+               "boundary.label_width": 1, "boundary.tau": 0.5, "boundary.erosion": 0,
+               "lnet.object_classes": None, "segmentation.feature_cache": False,
+               "datasets.tiny_outline": data["tiny_outline"].entry([["bus"]], boundary_source="outline",
+                                                                   novel_min_pixels=MIN_PIXELS["tiny_outline"])}
+    params = write_yaml(tmp / "params.yaml", tiny_params(data["tiny"], [["bus"]], changes,
+                                                         boundary_source="transitions",
+                                                         novel_min_pixels=MIN_PIXELS["tiny"]))
+    labels = data["tiny"].write_labels(tmp / "labels.json")
+    fold = data["tiny"].write_fold(tmp / "fold0.json", [NOVEL], novel_min_pixels=MIN_PIXELS["tiny"])
     # what the novel sample n0 gets instead of ground truth: CAM labels, boundary map, pseudo label
     for name in ("confident", "boundary", "pseudo"):
         (tmp / name).mkdir()
     write_label_png(tmp / "confident/n0.png", n0_mask())
     write_label_png(tmp / "pseudo/n0.png", n0_mask())
     write_label_png(tmp / "boundary/n0.png", np.zeros((SIZE, SIZE), np.uint8))
-    return {"tmp": tmp, "params": str(params), "labels": str(tmp / "labels.json"),
-            "fold": str(tmp / "fold0.json"), "confident": str(tmp / "confident"),
-            "boundary": str(tmp / "boundary"), "pseudo": str(tmp / "pseudo")}
+    return {"tmp": tmp, "data": data, "params": str(params), "labels": str(labels), "fold": str(fold),
+            "confident": str(tmp / "confident"), "boundary": str(tmp / "boundary"), "pseudo": str(tmp / "pseudo")}
 
 
 def record_batches(monkeypatch, stage) -> list[dict]:
@@ -186,10 +164,8 @@ def test_train_lnet_base_sample_novel_pixels_are_ignore(tiny, monkeypatch):
 def boundary_target_of_b0(tiny, monkeypatch, dataset: str) -> np.ndarray:
     """The L_B target train_boundary draws for its only base sample b0."""
     batches = record_batches(monkeypatch, train_boundary_stage)
-    fold = json.loads(Path(tiny["fold"]).read_text())
-    fold["dataset"] = dataset
-    fold_path = tiny["tmp"] / f"fold0_{dataset}.json"
-    fold_path.write_text(json.dumps(fold))
+    fold_path = tiny["data"][dataset].write_fold(tiny["tmp"] / f"fold0_{dataset}.json", [NOVEL], dataset=dataset,
+                                                 novel_min_pixels=MIN_PIXELS[dataset])
     train_boundary_stage.main(["--params", tiny["params"], "--dataset", dataset, "--fold-file", str(fold_path),
                                *out_args(tiny["tmp"], f"boundary_{dataset}")])
     assert len(batches) == 1  # one base sample, batch size 1

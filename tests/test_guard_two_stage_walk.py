@@ -23,14 +23,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from pipeline.cam import write_cam_file
-from pipeline.data.labels import write_image_labels
 from pipeline.io import load_npz
 from pipeline.methods.retab import propagate as propagate_stage
-from conftest import ROOT, tiny_dataset_entry
+from conftest import tiny_params, write_tiny_voc, write_yaml
 
 H, W, CELL = 8, 24, 8
 WALK_PARAMS = {"propagation": {"beta": 8, "logt": 1, "alpha": 16, "method": "sparse", "flip": False,
@@ -84,30 +82,16 @@ def test_read_boundary_cells_by_hand(tmp_path):
 @pytest.fixture
 def tiny_propagate(tmp_path):
     """One 8 x 24 train image p0 (class 'cat' = 1), its CAM, labels and boundary map."""
-    root = tmp_path / "VOC"
-    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (root / sub).mkdir(parents=True)
-    Image.fromarray(np.full((H, W, 3), 100, np.uint8)).save(root / "JPEGImages/p0.jpg")
-    mask = np.zeros((H, W), np.uint8)
-    mask[:, :8] = 1
-    Image.fromarray(mask, mode="L").save(root / "SegmentationClass/p0.png")
-    (root / "ImageSets/Segmentation/train.txt").write_text("p0\n")
-    (root / "ImageSets/Segmentation/val.txt").write_text("p0\n")
-    classes = ["background", "cat", "dog"]
-
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw.update(dataset="tiny", device="cpu", overrides={})
-    raw["datasets"] = {"tiny": tiny_dataset_entry(root, classes, [["dog"]])}
-    raw["backbone"]["pretrained"] = False
-    raw["propagation"].update(WALK_PARAMS["propagation"])
-    raw["affinity"].update(WALK_PARAMS["affinity"])
-    raw["boundary"].update(WALK_PARAMS["boundary"])
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(raw, sort_keys=False))
-
-    labels = tmp_path / "labels.json"
-    write_image_labels(labels, dataset_name="tiny", class_names=classes, background="background", min_pixels=1,
-                       splits={"train": ["p0"], "val": ["p0"]}, labels={"p0": [1]})
+    grey = (100, 100, 100)  # one colour, no noise: the image carries nothing (affinities are fixed)
+    data = write_tiny_voc(tmp_path / "VOC", {"p0": [(1, 0, H, 0, 8)]}, val=["p0"],
+                          classes=["background", "cat", "dog"], size=(H, W), colours={0: grey, 1: grey}, noise=0,
+                          mask_mode="L")
+    changes = {"device": "cpu", "overrides": {}, "backbone.pretrained": False,
+               **{f"{section}.{key}": value for section, values in WALK_PARAMS.items()
+                  for key, value in values.items()}}
+    params = write_yaml(tmp_path / "params.yaml", tiny_params(data, [["dog"]], changes))
+    labels = data.write_labels(tmp_path / "labels.json")
+    assert data.labels() == {"p0": [1]}
     cams = tmp_path / "cams"
     cams.mkdir()
     cam = np.zeros((1, H, W), np.float32)
