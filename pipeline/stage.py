@@ -23,14 +23,25 @@ import argparse
 from pipeline.runtime import choose_device, set_threads
 
 
-def stage_parser(doc: str | None, *, threads: bool = False, training: bool = False,
+# Inputs many stages read, named and described once.
+SHARED_INPUTS = {
+    "labels": ("--labels", "image-labels JSON (stage image_labels)"),
+    "cams": ("--cams", "directory of <id>.npz CAM files (stage infer_cam)"),
+}
+
+
+def stage_parser(doc: str | None, *, threads: bool = False, training: bool = False, inputs: tuple[str, ...] = (),
                  dataset_default: str | None = None, params_help: str | None = None) -> argparse.ArgumentParser:
-    """The parser every stage starts from: ``--params``, ``--dataset``; for stages that run
-    torch ``--threads`` (the rule's threads: parallel jobs must not oversubscribe); for
-    training stages (``training``) also their two outputs, ``--out`` and ``--history``."""
+    """The parser every stage starts from: ``--params``, ``--dataset``, the required shared
+    ``inputs`` it reads (keys of :data:`SHARED_INPUTS`); for stages that run torch ``--threads``
+    (the rule's threads: parallel jobs must not oversubscribe); for training stages
+    (``training``) also their two outputs, ``--out`` and ``--history``."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml", help=params_help or "params file")
     ap.add_argument("--dataset", default=dataset_default, help="dataset name (default: params' dataset)")
+    for name in inputs:
+        flag, help_text = SHARED_INPUTS[name]
+        ap.add_argument(flag, required=True, help=help_text)
     if threads or training:
         ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     if training:

@@ -70,9 +70,7 @@ def label_counts(label: np.ndarray, background_index: int | None, ignore_index: 
 
 
 def main(argv=None):
-    ap = stage_parser(__doc__)
-    ap.add_argument("--cams", required=True, help="directory of <id>.npz CAM files (stage infer_cam)")
-    ap.add_argument("--labels", required=True, help="image-labels JSON (stage image_labels)")
+    ap = stage_parser(__doc__, inputs=("cams", "labels"))
     ap.add_argument("--split", default="train", help="split whose images get labels (default: train)")
     ap.add_argument("--out", required=True, help="directory of <id>.png confident labels to write")
     args = ap.parse_args(argv)

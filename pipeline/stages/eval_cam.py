@@ -72,9 +72,7 @@ def eval_document(cm: np.ndarray, class_names: list[str], background_index: int 
 
 
 def main(argv=None):
-    ap = stage_parser(__doc__)
-    ap.add_argument("--cams", required=True, help="directory of <id>.npz CAM files (stage infer_cam)")
-    ap.add_argument("--labels", required=True, help="image-labels JSON (stage image_labels)")
+    ap = stage_parser(__doc__, inputs=("cams", "labels"))
     ap.add_argument("--split", default="train", help="split to evaluate (default: train)")
     ap.add_argument("--fold-file", default=None,
                     help="fold JSON: sweep on its base samples only, novel-class pixels ignored "

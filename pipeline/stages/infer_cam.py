@@ -48,9 +48,8 @@ def load_cam_model(path: str, backbone_cfg: dict, class_names: list[str], device
 
 
 def main(argv=None):
-    ap = stage_parser(__doc__, threads=True)
+    ap = stage_parser(__doc__, threads=True, inputs=("labels",))
     ap.add_argument("--model", required=True, help="CAM model file (stage train_cam)")
-    ap.add_argument("--labels", required=True, help="image-labels JSON (stage image_labels)")
     ap.add_argument("--split", default="train", help="split whose images get CAMs (default: train)")
     ap.add_argument("--out", required=True, help="directory of <id>.npz CAM files to write")
     args = ap.parse_args(argv)

@@ -59,8 +59,7 @@ def check_labels_match(document: dict, data_cfg: dict, dataset: str, path: str) 
 
 
 def main(argv=None):
-    ap = stage_parser(__doc__)
-    ap.add_argument("--labels", required=True, help="image-labels JSON (stage image_labels)")
+    ap = stage_parser(__doc__, inputs=("labels",))
     ap.add_argument("--fold", required=True, type=int)
     ap.add_argument("--out", required=True, help="fold JSON to write")
     ap.add_argument("--novel-classes", default=None, metavar="NAME,NAME",

@@ -81,9 +81,8 @@ def best_threshold(path: str, has_background: bool) -> float | None:
 
 
 def main(argv=None):
-    ap = stage_parser(__doc__)
+    ap = stage_parser(__doc__, inputs=("labels",))
     ap.add_argument("--scores", required=True, help="revised scores (stage propagate) or raw CAMs (with --cam-eval)")
-    ap.add_argument("--labels", required=True, help="image-labels JSON (stage image_labels)")
     ap.add_argument("--cam-eval", default=None, help="eval.json of stage eval_cam: --scores are raw CAMs")
     ap.add_argument("--out", required=True, help="output directory of <id>.png pseudo labels")
     args = ap.parse_args(argv)

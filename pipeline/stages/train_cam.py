@@ -48,8 +48,7 @@ def image_targets(ids: list[str], labels: dict[str, list[int]], foreground: list
 
 
 def main(argv=None):
-    ap = stage_parser(__doc__, training=True)
-    ap.add_argument("--labels", required=True, help="image-labels JSON (stage image_labels)")
+    ap = stage_parser(__doc__, training=True, inputs=("labels",))
     args = ap.parse_args(argv)
 
     params = load_params(args.params, args.dataset)

@@ -186,11 +186,10 @@ def cached_feature_training(cache: dict, ids: list[str], sources: dict[str, str]
 # --------------------------------------------------------------------------- stage
 
 def main(argv=None):
-    ap = stage_parser(__doc__, training=True)
+    ap = stage_parser(__doc__, training=True, inputs=("labels",))
     ap.add_argument("--supervision", required=True, choices=SUPERVISIONS)
     ap.add_argument("--pseudo", default=None, help="directory of <id>.png pseudo labels (pseudo, mixed)")
     ap.add_argument("--fold-file", default=None, help="fold JSON with base/novel samples (mixed)")
-    ap.add_argument("--labels", required=True, help="image-level labels JSON (stage image_labels)")
     ap.add_argument("--features", default=None, help="train split's feature cache (stage seg_features; "
                     "with segmentation.feature_cache: true)")
     args = ap.parse_args(argv)

@@ -169,14 +169,12 @@ def figure_row(dataset: VOCDataset, image_id: str, classes: list[int], maps: Pat
 # --------------------------------------------------------------------------- stage
 
 def main(argv=None):
-    ap = stage_parser(__doc__)
+    ap = stage_parser(__doc__, inputs=("cams", "labels"))
     ap.add_argument("--method", required=True, choices=sorted(LNET.targets))
     ap.add_argument("--fold", required=True, type=int)
     ap.add_argument("--split", required=True, help="lnet.split the inputs were made with")
     ap.add_argument("--metrics", action="append", default=[], help="NAME=PATH of an evaluate metrics file")
     ap.add_argument("--fold-file", required=True, help="fold JSON of the split (strong/weak classes and images)")
-    ap.add_argument("--labels", required=True, help="image-labels JSON (stage image_labels)")
-    ap.add_argument("--cams", required=True, help="CAM directory (stage infer_cam)")
     ap.add_argument("--maps", required=True, help="L-Net object maps (stage infer_lnet)")
     ap.add_argument("--pseudo", required=True, help="self-diffusion pseudo labels (stage self_diffusion)")
     ap.add_argument("--out", required=True, help="results directory to write")

@@ -75,10 +75,8 @@ def diffusion_summary(infos: dict[str, dict], class_names: list[str]) -> dict:
 
 
 def main(argv=None):
-    ap = stage_parser(__doc__)
-    ap.add_argument("--cams", required=True, help="CAM directory (stage infer_cam)")
+    ap = stage_parser(__doc__, inputs=("cams", "labels"))
     ap.add_argument("--maps", required=True, help="L-Net object-map directory (stage infer_lnet)")
-    ap.add_argument("--labels", required=True, help="image-labels JSON (stage image_labels)")
     ap.add_argument("--fold-file", required=True, help="fold JSON whose id list names the weak images")
     ap.add_argument("--ids-from", default="novel_samples", help="id list of the fold file (default novel_samples)")
     ap.add_argument("--out", required=True, help="directory of <id>.png pseudo labels (+ info.json)")

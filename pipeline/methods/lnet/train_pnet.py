@@ -160,11 +160,10 @@ def finetune_step(system: AdversarialPair, batch: dict, num_classes: int, backgr
 
 
 def main(argv=None):
-    ap = stage_parser(__doc__, threads=True)
+    ap = stage_parser(__doc__, threads=True, inputs=("labels",))
     ap.add_argument("--seg-model", required=True, help="segmentation model to refine (L-Net row, train_seg)")
     ap.add_argument("--pseudo", required=True, help="weak images' pseudo labels L_w (stage self_diffusion)")
     ap.add_argument("--fold-file", required=True, help="fold JSON: strong = base, weak = novel")
-    ap.add_argument("--labels", required=True, help="image-labels JSON (stage image_labels)")
     ap.add_argument("--out", required=True, help="refined segmentation model to write")
     ap.add_argument("--out-discriminator", required=True, help="P-Net model to write")
     ap.add_argument("--history", required=True, help="per-epoch history TSV to write")

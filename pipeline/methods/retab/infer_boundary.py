@@ -84,9 +84,8 @@ def same_size_batches(ids: list[str], load_image: Callable[[str], np.ndarray],
 
 
 def main(argv=None):
-    ap = stage_parser(__doc__, threads=True)
+    ap = stage_parser(__doc__, threads=True, inputs=("labels",))
     ap.add_argument("--model", required=True, help="model file (stage train_boundary)")
-    ap.add_argument("--labels", required=True, help="image-labels JSON (stage image_labels): the split's ids")
     ap.add_argument("--split", default="train")
     ap.add_argument("--out", required=True, help="directory of <id>.png maps to write")
     args = ap.parse_args(argv)

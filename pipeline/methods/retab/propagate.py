@@ -232,10 +232,8 @@ def revise_one(image_id: str, size: tuple[int, int], aff: np.ndarray, grid: tupl
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = stage_parser(__doc__, threads=True)
+    ap = stage_parser(__doc__, threads=True, inputs=("cams", "labels"))
     ap.add_argument("--walk", required=True, choices=WALKS)
-    ap.add_argument("--cams", required=True, help="CAM npz directory (stage infer_cam)")
-    ap.add_argument("--labels", required=True, help="image-labels JSON (stage image_labels)")
     ap.add_argument("--affinity", required=True, help="AffinityNet model file (stage train_affinity)")
     ap.add_argument("--boundary", default=None, help="boundary maps <id>.png (walk two_stage)")
     ap.add_argument("--out", required=True, help="output directory of <id>.npz revised scores")

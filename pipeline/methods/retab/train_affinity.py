@@ -153,12 +153,11 @@ def affinity_step(radius: int, ignore_index: int, background_index: int | None):
 # --------------------------------------------------------------------------- main
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = stage_parser(__doc__, training=True)
+    ap = stage_parser(__doc__, training=True, inputs=("labels",))
     ap.add_argument("--variant", required=True, choices=VARIANTS)
     ap.add_argument("--fold-file", default=None, help="fold JSON (variants gt, retab)")
     ap.add_argument("--boundary", default=None, help="boundary maps <id>.png (variant retab)")
     ap.add_argument("--confident", required=True, help="confident CAM labels <id>.png (stage confident_labels)")
-    ap.add_argument("--labels", required=True, help="image-labels JSON (stage image_labels)")
     args = ap.parse_args(argv)
     if args.variant != "cam" and not args.fold_file:
         ap.error(f"--variant {args.variant} needs --fold-file")
