@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflow_utils import ROOT, scratch_workflow
+from conftest import ROOT, scratch_workflow
 
 LAUNCHER = "sh workflow/snakemake.sh "
 BARE_PATH = "/usr/bin:/bin"  # a login shell's PATH: no venv in it
