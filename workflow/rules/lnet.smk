@@ -17,7 +17,7 @@
 #                        weak), pnet by train_pnet
 #   eval/<row>_{val,pseudo}.json
 # Reused from the shared stages at no cost: the CAMs (work/<ds>/shared/cam/cams), the CAM
-# pseudo labels (work/<ds>/shared/pseudo/cam), the oracle segmentation net and, on a
+# pseudo labels (work/<ds>/fold<k>/pseudo/cam), the oracle segmentation net and, on a
 # pascal5i split, its evaluation.
 #
 # Targets: results/<dataset>/lnet_fold<k> (rows CAM-only, L-Net, oracle) and
