@@ -21,6 +21,8 @@ wildcard_constraints:
 
 include: "workflow/rules/shared_inputs.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/episodes_inputs.smk"
+include: "workflow/rules/episodes.smk"
 include: "workflow/rules/cam.smk"
 include: "workflow/rules/segmentation.smk"
 include: "workflow/rules/evaluation.smk"

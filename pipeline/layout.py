@@ -13,6 +13,8 @@ from pipeline.method_table import RETAB
 
 IMAGE_LABELS = "work/{dataset}/image_labels.json"
 FOLD_FILE = "work/{dataset}/folds/fold{fold}.json"
+# Few-shot test episodes (stage make_episodes; pipeline/data/episodes.py)
+EPISODES_FILE = "work/{dataset}/episodes/fold{fold}_{shots}shot_seed{seed}.jsonl"
 CAM_DIR = "work/{dataset}/shared/cam"
 # The `cam` row's background threshold, swept on the fold's base samples (stage eval_cam --fold-file)
 CAM_THRESHOLD = "work/{dataset}/fold{fold}/cam/threshold.json"

@@ -133,3 +133,18 @@ def check_labels_cover(labels: dict, ids, path: str | os.PathLike, split: str = 
     if missing:
         raise PipelineError(path, f"no image-level labels for {len(missing)} {split} image(s) (first: "
                             f"'{missing[0]}'; made for another dataset? rerun stage image_labels)")
+
+
+def check_labels_match(document: dict, data_cfg: dict, dataset: str, path: str | os.PathLike,
+                       splits: tuple[str, ...] = ("train",)) -> None:
+    """The cached labels were made for this dataset and class list (else they are stale) and
+    list the ids of ``splits``."""
+    if document["dataset"] != dataset:
+        raise PipelineError(path, f"was made for dataset '{document['dataset']}', but params select "
+                            f"'{dataset}' (rerun stage image_labels)")
+    if document["classes"] != list(data_cfg["classes"]):
+        raise PipelineError(path, f"its class list differs from datasets.{dataset}.classes "
+                            "(stale; rerun stage image_labels)")
+    for split in splits:
+        if split not in document.get("splits", {}):
+            raise PipelineError(path, f"has no 'splits.{split}' id list (rerun stage image_labels)")

@@ -3,7 +3,13 @@
 See :mod:`pipeline.metrics.semantic` and :mod:`pipeline.metrics.episodic` for the exact
 conventions (ignore handling, NaN for absent classes, which FB-IoU).
 """
-from pipeline.metrics.episodic import EpisodeIoUAccumulator, episode_intersection_union
+from pipeline.metrics.episodic import (
+    EpisodeIoUAccumulator,
+    episode_intersection_union,
+    format_mean_std,
+    mean_std_over_seeds,
+    summaries_over_seeds,
+)
 from pipeline.metrics.semantic import (
     ConfusionAccumulator,
     confusion_matrix,
@@ -30,6 +36,9 @@ __all__ = [
     "confusion_or_error",
     "coverage",
     "episode_intersection_union",
+    "format_mean_std",
+    "mean_std_over_seeds",
+    "summaries_over_seeds",
     "foreground_background_iou",
     "frequency_weighted_iou",
     "harmonic_mean",

@@ -21,10 +21,20 @@ Per episode we count, for background (0) and foreground (1), the intersection
 * ``fb_iou_episode_mean``: the mean over episodes of each episode's own FB-IoU -- a
   second, per-episode reading some papers use; reported next to the HSNet number
   because the two differ and papers are not always explicit about which they mean.
+
+Masks are compared at the label's own (original) resolution: ``episode_intersection_union``
+refuses a prediction of another shape. The episode's binary ground truth comes from the
+class mask through :func:`pipeline.data.episodes.episode_mask`.
+
+Over episode seeds (one file of episodes per seed, :mod:`pipeline.data.episodes`) a score is
+reported as mean +- sample std over the seeds, never as the best seed
+(:func:`mean_std_over_seeds`, :func:`summaries_over_seeds`).
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+import math
+import statistics
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -130,3 +140,42 @@ class EpisodeIoUAccumulator:
             "episodes": int(self.episodes.sum()),
             "episodes_per_class": {str(c): int(self.episodes[i]) for i, c in enumerate(self.class_ids)},
         }
+
+
+SEED_SCORES = ("miou", "fb_iou", "fb_iou_episode_mean", "episode_mean_iou")
+
+
+def mean_std_over_seeds(scores: Mapping[int, float]) -> dict:
+    """One score over episode seeds: ``{"mean", "std", "n", "seeds"}``, ``std`` the sample
+    standard deviation (None for a single seed). Every seed counts -- there is no "best"; a
+    NaN score makes mean and std NaN rather than silently dropping its seed."""
+    if not scores:
+        raise ValueError("no seeds to average over")
+    seeds = sorted(scores)
+    values = [float(scores[s]) for s in seeds]
+    if any(math.isnan(v) for v in values):
+        mean, std = float("nan"), float("nan")
+    else:
+        mean = statistics.fmean(values)
+        std = statistics.stdev(values) if len(values) > 1 else None
+    std = None if len(values) == 1 else std
+    return {"mean": mean, "std": std, "n": len(values), "seeds": seeds}
+
+
+def format_mean_std(stat: dict, scale: float = 100.0, digits: int = 1) -> str:
+    """``'52.3 ± 1.2'`` (``'52.3'`` for one seed), values times ``scale``."""
+    text = f"{scale * stat['mean']:.{digits}f}"
+    return text if stat["std"] is None else f"{text} ± {scale * stat['std']:.{digits}f}"
+
+
+def summaries_over_seeds(summaries: Mapping[int, dict]) -> dict:
+    """Per-seed ``EpisodeIoUAccumulator.summary()`` dicts -> mean +- std of each score of
+    :data:`SEED_SCORES` and of each class IoU (``{"miou": {...}, ..., "class_iou": {c: {...}}}``)."""
+    if not summaries:
+        raise ValueError("no seeds to average over")
+    out = {name: mean_std_over_seeds({s: summary[name] for s, summary in summaries.items()})
+           for name in SEED_SCORES}
+    classes = next(iter(summaries.values()))["class_iou"]
+    out["class_iou"] = {c: mean_std_over_seeds({s: summary["class_iou"][c] for s, summary in summaries.items()})
+                        for c in classes}
+    return out

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pipeline.config import load_params
 from pipeline.data.folds import base_classes_for_fold, fold_counts, novel_classes_for_fold, split_samples
-from pipeline.data.labels import present_classes, read_image_labels_file
+from pipeline.data.labels import check_labels_match, present_classes, read_image_labels_file
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import write_json
 from pipeline.runtime import stage_run
@@ -44,18 +44,6 @@ def with_novel_classes(data_cfg: dict, names: str) -> dict:
     if not listed:
         raise PipelineError("--novel-classes", "lists no class name")
     return {**data_cfg, "novel_classes": [listed]}
-
-
-def check_labels_match(document: dict, data_cfg: dict, dataset: str, path: str) -> None:
-    """The cached labels were made for this dataset and class list (else they are stale)."""
-    if document["dataset"] != dataset:
-        raise PipelineError(path, f"was made for dataset '{document['dataset']}', but params select "
-                            f"'{dataset}' (rerun stage image_labels)")
-    if document["classes"] != list(data_cfg["classes"]):
-        raise PipelineError(path, f"its class list differs from datasets.{dataset}.classes "
-                            "(stale; rerun stage image_labels)")
-    if "train" not in document.get("splits", {}):
-        raise PipelineError(path, "has no 'splits.train' id list (rerun stage image_labels)")
 
 
 def main(argv=None):

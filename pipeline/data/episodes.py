@@ -1,0 +1,118 @@
+"""Few-shot test episodes (PASCAL-5i protocol of OSLSM/PFENet/HSNet): the shared test bed
+of the few-shot branches, drawn once per (dataset, fold, shots, episode seed) and cached.
+
+An episode of class ``c`` (a novel class of the fold) is a *query* val image containing
+``c`` and ``k`` *support* val images containing ``c``, never the query itself (HSNet's
+``FSS`` datasets and PFENet's test lists draw both from the val split). "Containing" means
+at least ``episodes.min_pixels`` pixels of ``c`` (image-labels ``pixel_counts``; default 1).
+Classes cycle evenly over the episodes as in HSNet: episode ``i`` is of class
+``novel[i % len(novel)]``.
+
+Drawing (:func:`draw_episodes`), from one ``numpy.random.default_rng(seed)`` stream, per
+episode: the query uniformly among the class's val images, then a random permutation of the
+class's *other* images; the supports are its first ``k``. The stream consumed does not
+depend on ``k``, so with the same seed the k-shot supports are a prefix of the K-shot ones
+for every k < K (the 1-shot file's supports are ``supports[:1]`` of the 5-shot file's): the
+k_max supports are drawn once and each shot count takes its prefix.
+
+File (stage ``make_episodes``; ``work/<dataset>/episodes/fold<k>_<shots>shot_seed<s>.jsonl``),
+one JSON object per line, in episode order::
+
+    {"episode": i, "class": 3, "class_name": "bus", "query": "v7", "supports": ["v2", ...]}
+
+``EPISODES_FORMAT`` is the version of this format and of the drawing; the rule declares it,
+so changing either redraws every episode file.
+
+Masks of an episode are binary (:func:`episode_mask`): 1 = the class, 0 = everything else
+(background and every other class), the ignore index kept -- also for datasets without a
+background class. Metrics: :mod:`pipeline.metrics.episodic`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+from pipeline.io import atomic_path
+
+EPISODES_FORMAT = 1
+EPISODE_KEYS = ("episode", "class", "class_name", "query", "supports")
+
+
+def episode_mask(mask: np.ndarray, class_id: int, ignore_index: int | None = 255) -> np.ndarray:
+    """The episode's binary uint8 mask of ``class_id``: 1 where the mask is the class, 0 for
+    every other class (background or not), ``ignore_index`` kept as it is."""
+    mask = np.asarray(mask)
+    if ignore_index is not None and int(class_id) == int(ignore_index):
+        raise ValueError(f"class id {class_id} is the ignore index")
+    out = (mask == class_id).astype(np.uint8)
+    if ignore_index is not None:
+        out[mask == ignore_index] = ignore_index
+    return out
+
+
+def images_with_class(pixel_counts: Mapping[str, Sequence[int]], ids: Sequence[str], classes: Sequence[int],
+                      min_pixels: int = 1) -> dict[int, list[str]]:
+    """``{class: [ids with >= min_pixels pixels of it]}``, ids in the order of ``ids``."""
+    return {int(c): [i for i in ids if pixel_counts[i][c] >= min_pixels] for c in classes}
+
+
+def check_enough_images(images: Mapping[int, Sequence[str]], shots: int, class_names: Sequence[str],
+                        where: str | os.PathLike, what: str = "val images") -> None:
+    """Each class needs a query and ``shots`` other images: else one line naming the class."""
+    for c, ids in images.items():
+        if len(ids) < shots + 1:
+            raise PipelineError(where, f"novel class '{class_names[c]}' (id {c}) is in {len(ids)} {what}; "
+                                f"{shots}-shot episodes need {shots + 1} (a query and {shots} supports)")
+
+
+def draw_episodes(images: Mapping[int, Sequence[str]], classes: Sequence[int], num_episodes: int, shots: int,
+                  seed: int, class_names: Sequence[str]) -> list[dict]:
+    """``num_episodes`` episodes cycling over ``classes`` (see the module docstring); every
+    class of ``classes`` needs ``shots + 1`` images in ``images`` (:func:`check_enough_images`)."""
+    if shots < 1:
+        raise ValueError(f"shots must be >= 1, not {shots}")
+    if not classes:
+        raise ValueError("no classes to draw episodes of")
+    rng = np.random.default_rng(seed)
+    episodes = []
+    for i in range(num_episodes):
+        c = int(classes[i % len(classes)])
+        candidates = list(images[c])
+        if len(candidates) < shots + 1:
+            raise ValueError(f"class {c} has {len(candidates)} images, {shots}-shot episodes need {shots + 1}")
+        q = int(rng.integers(len(candidates)))
+        others = candidates[:q] + candidates[q + 1:]
+        order = rng.permutation(len(others))  # all of them: the stream does not depend on shots
+        episodes.append({"episode": i, "class": c, "class_name": class_names[c], "query": candidates[q],
+                         "supports": [others[j] for j in order[:shots]]})
+    return episodes
+
+
+def write_episodes(path: str | os.PathLike, episodes: Sequence[dict]) -> None:
+    """The JSONL file, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps({k: e[k] for k in EPISODE_KEYS}) + "\n" for e in episodes))
+
+
+def read_episodes(path: str | os.PathLike) -> list[dict]:
+    """An episodes file, each row structure-checked (errors name the file and the line)."""
+    try:
+        lines = open(path).read().splitlines()
+    except FileNotFoundError:
+        raise PipelineError(path, "episodes file not found") from None
+    episodes = []
+    for n, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise PipelineError(path, f"line {n}: not valid JSON ({err.msg})") from None
+        if not isinstance(row, dict) or any(k not in row for k in EPISODE_KEYS):
+            raise PipelineError(path, f"line {n}: an episode needs the keys {', '.join(EPISODE_KEYS)}")
+        if not row["supports"] or row["query"] in row["supports"]:
+            raise PipelineError(path, f"line {n}: supports must be non-empty and must not hold the query")
+        episodes.append(row)
+    return episodes
