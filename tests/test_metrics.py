@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from pipeline.data.episodes import episode_mask
 from pipeline.errors import PipelineError
 from pipeline.metrics import (
     ConfusionAccumulator,
@@ -15,6 +16,9 @@ from pipeline.metrics import (
     coverage,
     episode_intersection_union,
     foreground_background_iou,
+    format_mean_std,
+    mean_std_over_seeds,
+    summaries_over_seeds,
     frequency_weighted_iou,
     harmonic_mean,
     labelled_pixel_accuracy,
@@ -279,6 +283,59 @@ def test_episode_errors():
     # bool predictions are fine
     inter, _ = episode_intersection_union(np.array([True, False]), np.array([1, 0]))
     np.testing.assert_array_equal(inter, [1, 1])
+
+
+def test_episode_masks_from_class_masks_at_label_resolution():
+    # Class masks (VOC ids, 255 outline) of two episodes of class 3 in a fold [3, 4]:
+    #   E_a gt class mask 0 3 3 7 255 0 -> binary 0 1 1 0 255 0 ; pred 0 1 0 1 1 0
+    #       counted pixels 0,1,2,3,5: fg I 1 (px 1), U 3 (px 1,2,3) ; bg I 2 (px 0,5), U 4 (px 0,2,3,5)
+    #   E_b gt class mask 3 3 0 0 (no background class needed) ; pred 1 1 1 0
+    #       fg I 2, U 3 ; bg I 1, U 2
+    # class 3: (1 + 2) / (3 + 3) = 1/2 ; FB-IoU: fg 3/6, bg (2 + 1)/(4 + 2) = 1/2 -> 1/2
+    # per-episode mean IoU: (1/3 + 2/3) / 2 = 1/2 ; class 4 has no episode (NaN, left out)
+    acc = EpisodeIoUAccumulator([3, 4])
+    gt_a = episode_mask(np.array([0, 3, 3, 7, 255, 0], np.uint8), 3)
+    np.testing.assert_array_equal(gt_a, [0, 1, 1, 0, 255, 0])
+    assert acc.update(np.array([0, 1, 0, 1, 1, 0]), gt_a, 3) == pytest.approx(1 / 3)
+    assert acc.update(np.array([1, 1, 1, 0]), episode_mask(np.array([3, 3, 0, 0]), 3), 3) == pytest.approx(2 / 3)
+    s = acc.summary()
+    assert s["class_iou"]["3"] == pytest.approx(1 / 2) and math.isnan(s["class_iou"]["4"])
+    assert s["miou"] == pytest.approx(1 / 2)
+    assert s["fb_iou"] == pytest.approx(1 / 2)
+    assert s["episode_mean_iou"] == pytest.approx(1 / 2)
+    # a prediction at another resolution than the label is refused
+    with pytest.raises(ValueError, match="shape mismatch"):
+        acc.update(np.zeros(3, int), gt_a, 3)
+
+
+def test_mean_std_over_seeds_is_mean_and_sample_std_never_the_best():
+    # seeds 0..2: 0.5, 0.7, 0.6 -> mean 0.6; deviations -0.1, 0.1, 0 -> sample var 0.02/2 = 0.01, std 0.1
+    stat = mean_std_over_seeds({2: 0.6, 0: 0.5, 1: 0.7})
+    assert stat["mean"] == pytest.approx(0.6) and stat["std"] == pytest.approx(0.1)
+    assert stat["n"] == 3 and stat["seeds"] == [0, 1, 2]
+    assert format_mean_std(stat) == "60.0 ± 10.0"
+    one = mean_std_over_seeds({4: 0.25})
+    assert one == {"mean": 0.25, "std": None, "n": 1, "seeds": [4]}
+    assert format_mean_std(one) == "25.0"
+    bad = mean_std_over_seeds({0: 0.5, 1: float("nan")})
+    assert math.isnan(bad["mean"]) and math.isnan(bad["std"])  # a seed is never dropped
+    with pytest.raises(ValueError):
+        mean_std_over_seeds({})
+
+
+def test_summaries_over_seeds_hand_computed():
+    # two seeds' summaries: miou 0.4 / 0.6 -> 0.5 +- sqrt(0.02) ; class 3 IoU 0.2 / 0.4 -> 0.3 +- sqrt(0.02)
+    def summary(miou, c3):
+        return {"miou": miou, "fb_iou": 0.7, "fb_iou_episode_mean": 0.65, "episode_mean_iou": miou - 0.1,
+                "class_iou": {"3": c3, "4": 2 * miou - c3}}
+
+    out = summaries_over_seeds({0: summary(0.4, 0.2), 1: summary(0.6, 0.4)})
+    assert out["miou"]["mean"] == pytest.approx(0.5) and out["miou"]["std"] == pytest.approx(math.sqrt(0.02))
+    assert out["fb_iou"]["mean"] == pytest.approx(0.7) and out["fb_iou"]["std"] == pytest.approx(0.0)
+    assert out["episode_mean_iou"]["mean"] == pytest.approx(0.4)
+    assert out["class_iou"]["3"]["mean"] == pytest.approx(0.3)
+    assert out["class_iou"]["3"]["std"] == pytest.approx(math.sqrt(0.02))
+    assert out["class_iou"]["4"]["mean"] == pytest.approx(0.7)  # 0.6 and 0.8
 
 
 # ---------------------------------------------------------------------------------------
