@@ -1,4 +1,4 @@
-# Params of rule make_episodes (episodes.smk): the keys that decide what one episodes file
+# Params of make_episodes in episodes.smk, the keys that decide what one episodes file
 # holds. The lists `seeds` and `shots` choose which files exist, not what one says, so
 # editing them redraws nothing.
 from pipeline.data.episodes import EPISODES_FORMAT  # noqa: E402
