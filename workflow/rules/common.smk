@@ -130,7 +130,7 @@ STAGE_PARAMS = dict(py=PY, params_file=PARAMS_FILE, seed=config.get("seed"))
 
 def stage_shell(module, args, log="2> {log}"):
     """The shell command of a job: run stage ``module`` on the job's dataset with the effective
-    params, then ``args`` (snakemake placeholders kept), stderr to the rule's log."""
+    params, then ``args`` (snakemake's {...} fields left for snakemake), stderr to the rule's log."""
     return f"{{params.py}} -m {module} --params {{params.params_file}} --dataset {{wildcards.dataset}} {args} {log}"
 
 
