@@ -233,3 +233,12 @@ def fold_novel_classes(fold: dict, path: str, num_classes: int) -> list[int]:
     if not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < num_classes for c in novel):
         raise PipelineError(path, f"'novel_classes' must hold class ids 0..{num_classes - 1}")
     return [int(c) for c in novel]
+
+
+def load_base_samples(path: str | os.PathLike, dataset: "VOCDataset", dataset_name: str) -> tuple[dict, list[str], list[int]]:
+    """``(fold, base sample ids, novel class ids)`` of a fold file, checked against the dataset:
+    what every stage that learns from base samples' pixel labels reads first (errors name the
+    file)."""
+    fold = load_fold(path)
+    base = fold_samples(fold, path, dataset, dataset_name, "base_samples")
+    return fold, base, fold_novel_classes(fold, path, dataset.num_classes)

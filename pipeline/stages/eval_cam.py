@@ -31,7 +31,7 @@ import numpy as np
 from pipeline.cam import (
     argmax_labels, cam_path, check_cam_files_exist, load_checked_cams, sweep_confusions, upsample_cams)
 from pipeline.config import load_params, section
-from pipeline.data.folds import fold_novel_classes, fold_samples, load_fold, mask_novel_pixels
+from pipeline.data.folds import load_base_samples, mask_novel_pixels
 from pipeline.data.labels import check_labels_cover, check_labels_document, read_image_labels_file
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
@@ -89,9 +89,7 @@ def main(argv=None):
     check_labels_cover(labels, dataset.ids, args.labels, "train")
     ids, novel = list(dataset.ids), []
     if args.fold_file:  # weak-shot: only the base samples' pixel labels may be read
-        fold = load_fold(args.fold_file)
-        ids = fold_samples(fold, args.fold_file, dataset, params["dataset"], "base_samples")
-        novel = fold_novel_classes(fold, args.fold_file, dataset.num_classes)
+        _, ids, novel = load_base_samples(args.fold_file, dataset, params["dataset"])
     check_cam_files_exist(args.cams, ids)
 
     n, bg, ignore = dataset.num_classes, dataset.background_index, dataset.ignore_index

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from pipeline.config import load_params, params_hash, section
 from pipeline.data.batches import training_batches
-from pipeline.data.folds import fold_novel_classes, fold_samples, load_fold, mask_novel_pixels
+from pipeline.data.folds import load_base_samples, mask_novel_pixels
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
 from pipeline.models import DeepLabASPP, backbone_normalization
@@ -110,9 +110,7 @@ def main(argv=None):
     dataset = VOCDataset(params["data"], "train")
     object_ids = object_class_ids(section(params, "lnet.object_classes"), dataset.class_names,
                                   dataset.background_index, dataset.name)
-    fold = load_fold(args.fold_file)
-    base_ids = fold_samples(fold, args.fold_file, dataset, params["dataset"], "base_samples")
-    novel = fold_novel_classes(fold, args.fold_file, dataset.num_classes)
+    fold, base_ids, novel = load_base_samples(args.fold_file, dataset, params["dataset"])
     device = stage_device(args, params)
     seed = int(params["seed"])
     seed_everything(seed)

@@ -43,7 +43,7 @@ from pipeline.boundary import boundary_net_backbone_cfg, check_boundary_params
 from pipeline.config import load_params, params_hash, section
 from pipeline.data.batches import training_batches
 from pipeline.data.boundary_labels import boundary_target
-from pipeline.data.folds import fold_novel_classes, fold_samples, load_fold, mask_novel_pixels
+from pipeline.data.folds import load_base_samples, mask_novel_pixels
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import run_stage
 from pipeline.losses import BL_IGNORE, boundary_loss_parts, boundary_loss_target, boundary_target_at_stride
@@ -90,9 +90,7 @@ def main(argv=None):
     cfg = train_config(params, "boundary.train")
     data_cfg = params["data"]
     dataset = VOCDataset(data_cfg, "train")
-    fold = load_fold(args.fold_file)
-    base_ids = fold_samples(fold, args.fold_file, dataset, params["dataset"], "base_samples")
-    novel = fold_novel_classes(fold, args.fold_file, dataset.num_classes)
+    fold, base_ids, novel = load_base_samples(args.fold_file, dataset, params["dataset"])
     device = stage_device(args, params)
     seed = int(params["seed"])
     seed_everything(seed)
