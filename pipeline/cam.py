@@ -379,3 +379,39 @@ def image_cams(cam_file: dict, path: str | Path, classes: list[int], size: tuple
         return {}
     full = upsample_cams(cam_file["cams"][rows], size, cam_file["stride"])
     return {c: np.clip(full[k], 0.0, 1.0) for k, c in enumerate(classes)}
+
+
+def read_best_threshold(path: str | os.PathLike, has_background: bool) -> float | None:
+    """The background threshold of stage eval_cam's JSON (``best_threshold``; None for datasets
+    without a background class). Errors name the file."""
+    from pipeline.io import read_json
+
+    document = read_json(path)
+    if not isinstance(document, dict) or "best_threshold" not in document:
+        raise PipelineError(path, "no 'best_threshold' (not an eval_cam output?)")
+    value = document["best_threshold"]
+    if not has_background:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0.0 <= value <= 1.0:
+        raise PipelineError(path, f"best_threshold = {value!r} must be a number in [0, 1] for a dataset "
+                            "with a background class")
+    return float(value)
+
+
+# PSA's confident-label alphas around its background alpha 16: (1 - max CAM) ** 4 (low alpha,
+# confident foreground) and ** 32 (high alpha, confident background). In thresholds: 0.28 and
+# 0.08 around PSA's 0.12 cut, the band IRN sets by hand (conf_fg 0.30, conf_bg 0.05).
+PSA_CONFIDENT_ALPHA_RATIOS = {"conf_fg": 4 / 16, "conf_bg": 32 / 16}
+
+
+def confident_thresholds_for(threshold: float) -> dict[str, float]:
+    """``confident_labels.conf_fg/conf_bg: auto``: PSA's confident band around a CAM background
+    threshold ``t`` (the fold's best on its base samples). ``t`` gives the background alpha at
+    which it is the fg/bg edge (:func:`~pipeline.propagation.random_walk.alpha_for_threshold`);
+    PSA's ratios 4/16 and 32/16 of that alpha give the two thresholds. ``t`` = 0.12 (PSA's
+    alpha 16) gives 0.28 / 0.08; 0.55 (embedded fold 0) 0.76 / 0.43; 0.40 (MSRC fold 0) 0.64 / 0.29."""
+    from pipeline.propagation.random_walk import alpha_for_threshold, threshold_for_alpha
+
+    alpha = alpha_for_threshold(threshold)
+    return {key: threshold_for_alpha(alpha * ratio) for key, ratio in PSA_CONFIDENT_ALPHA_RATIOS.items()}

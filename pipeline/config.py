@@ -68,7 +68,8 @@ def validate_params(raw: dict, source: str | os.PathLike = "params.yaml") -> Non
 DATASET_DIR = "datasets"  # one file per dataset: datasets/<name>.yaml, beside params.yaml
 DATASET_FILE_KEYS = ("data", "params")
 # What a dataset file gets where it does not say otherwise: the params that follow the data.
-DATASET_FILE_DEFAULTS = {"propagation": {"logt": "auto"}}
+DATASET_FILE_DEFAULTS = {"propagation": {"logt": "auto", "alpha": "auto"},
+                         "confident_labels": {"conf_fg": "auto", "conf_bg": "auto"}}
 
 
 def read_dataset_file(path: str | os.PathLike) -> tuple[str, dict, dict]:

@@ -2,8 +2,7 @@
 (workflow/rules/*.smk), the report stages and the scripts read these paths.
 
 Paths: work/<dataset>/<scope>/...  with scope ``shared`` for what does not depend on the
-fold (the CAM network and its CAMs, the CAM-only affinity net, pure-WSSS and oracle
-segmentation nets) and ``fold<k>`` for what does (everything that sees base samples'
+fold (the CAM network and its CAMs, the oracle segmentation net) and ``fold<k>`` for what does (everything that sees base samples'
 pixel labels). Shared stages run once for all folds and methods. Which rows train which
 net is :mod:`pipeline.method_table`.
 """
@@ -18,14 +17,21 @@ EPISODES_FILE = "work/{dataset}/episodes/fold{fold}_{shots}shot_seed{seed}.jsonl
 CAM_DIR = "work/{dataset}/shared/cam"
 # The `cam` row's background threshold, swept on the fold's base samples (stage eval_cam --fold-file)
 CAM_THRESHOLD = "work/{dataset}/fold{fold}/cam/threshold.json"
+# Confident labels of the affinity nets: per fold, since `confident_labels.conf_fg/conf_bg: auto`
+# follow the fold's CAM threshold; the values used are in CONFIDENT_INFO inside the directory
+CONFIDENT_DIR = "work/{dataset}/fold{fold}/cam/confident"
+CONFIDENT_INFO = "confident.json"
 # In each revised-score directory (stage propagate): the walk as run (logt per image, radius)
 WALK_INFO = "walk.json"
 
 # pseudo-label source -> (affinity variant that revises the CAMs, or None; fold-dependent)
 # (`cam` thresholds raw CAMs at a threshold chosen on the fold's base samples: per fold)
-PSEUDO_SOURCES = {"cam": (None, True), "rw_cam": ("cam", False), "rw_gt": ("gt", True), "retab": ("retab", True)}
-# affinity variant -> fold-dependent (cam: CAM labels only; gt / retab: base samples' ground truth)
-AFFINITY_VARIANTS = {"cam": False, "gt": True, "retab": True}
+# (every walk is per fold: `propagation.alpha: auto` is chosen on the fold's base samples, and the
+# CAM-only affinity net learns from the fold's confident labels)
+PSEUDO_SOURCES = {"cam": (None, True), "rw_cam": ("cam", True), "rw_gt": ("gt", True), "retab": ("retab", True)}
+# affinity variant -> fold-dependent (cam: CAM confident labels only, per fold through their
+# auto thresholds; gt / retab: base samples' ground truth)
+AFFINITY_VARIANTS = {"cam": True, "gt": True, "retab": True}
 
 
 def scope_of(fold_dependent: bool, fold: int | str) -> str:

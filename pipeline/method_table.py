@@ -12,8 +12,9 @@ Rows that train a segmentation net through the shared stages (train_seg / predic
 say what supervises it: ``pseudo`` (pseudo labels for every train image), ``mixed``
 (ground truth for base samples, pseudo labels for novel samples) or ``gt`` (ground truth
 everywhere); ``pseudo_source`` names the pseudo labels (``None``: the row has none), and
-``fold_dependent`` says whether the net sees the fold's base-sample pixel labels (then it
-lives under ``work/<dataset>/fold<k>/``, else under ``work/<dataset>/shared/``).
+``fold_dependent`` says whether the net depends on the fold: sees its base-sample pixel labels,
+or learns from labels whose parameters are chosen per fold (then it lives under
+``work/<dataset>/fold<k>/``, else under ``work/<dataset>/shared/``).
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ _RETAB_ROWS = {
     # CAM + the background threshold best on the fold's base samples, every train image
     "cam": Row("CAM", pseudo_source="cam", supervision="pseudo"),
     # + PSA random walk, affinity net from CAM confident labels only
-    "cam_rw": Row("CAM+RW", pseudo_source="rw_cam", supervision="pseudo", fold_dependent=False),
+    "cam_rw": Row("CAM+RW", pseudo_source="rw_cam", supervision="pseudo"),
     # cam_rw pseudo labels for novel samples, ground truth for base samples
     "cam_rw_seggt": Row("CAM+RW(seggt)", pseudo_source="rw_cam", supervision="mixed"),
     # + ground-truth affinity pairs for base samples (single-stage walk)

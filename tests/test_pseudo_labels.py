@@ -129,11 +129,11 @@ def test_boundary_on_grid_by_fraction():
 def test_cams_on_grid_background_at_full_resolution():
     # One class, CAM 1 on the left half of a 1 x 4 image, 0 on the right; cell 4.
     cams = np.array([[[1.0, 1.0, 0.0, 0.0]]], dtype=np.float32)
-    grid = cams_on_grid(cams, 1, (1, 4), (1, 1), 4, alpha=16, with_background=True)
+    grid = cams_on_grid(cams, 1, (1, 4), (1, 1), 4, alphas=[16], with_background=True)
     # fg mean 0.5 (max-normalised: 1 / (1 + 1e-5)); background (1 - fg) ** 16 is ~0 on the
     # left and 1 on the right, so its mean is 0.5, not (1 - 0.5) ** 16.
     np.testing.assert_allclose(grid[:, 0, 0], [0.5, 0.5], atol=1e-4)
-    no_bg = cams_on_grid(cams, 1, (1, 4), (1, 1), 4, alpha=16, with_background=False)
+    no_bg = cams_on_grid(cams, 1, (1, 4), (1, 1), 4, alphas=[16], with_background=False)
     assert no_bg.shape == (1, 1, 1)
 
 

@@ -132,7 +132,7 @@ def fake_work(tmp_path):
     data.write_fold(work / "folds" / "fold0.json", [3])
     assert data.fold([3])["novel_samples"] == ["t1", "t2"]
     cams, boundary = work / "shared/cam/cams", work / "fold0/boundary/maps"
-    rw, retab = work / "shared/pseudo/rw_cam", work / "fold0/pseudo/retab"
+    rw, retab = work / "fold0/pseudo/rw_cam", work / "fold0/pseudo/retab"
     for directory in (cams, boundary, rw, retab):
         directory.mkdir(parents=True)
     for image_id, (value, _) in TRAIN.items():

@@ -107,9 +107,11 @@ def test_all_four_folds_share_one_cam_network(tmp_path):
     lines = {ln.split()[0]: int(ln.split()[1]) for ln in proc.stdout.splitlines()
              if len(ln.split()) == 2 and ln.split()[1].isdigit()}
     assert lines["train_cam"] == 1 and lines["infer_cam"] == 1 and lines["train_boundary"] == 4
-    # shared nets: cam_rw and oracle seg once; 4 fold-dependent seg nets per fold (the cam row's
-    # threshold is chosen on each fold's base samples: its pseudo labels and net are per fold)
-    assert lines["train_seg"] == 2 + 4 * 4 and lines["cam_threshold"] == 4
+    # shared net: the oracle seg once; 5 fold-dependent seg nets per fold (the cam row's
+    # threshold is chosen on each fold's base samples, and the CAM-only walk learns from the
+    # fold's confident labels: their pseudo labels and nets are per fold)
+    assert lines["train_seg"] == 1 + 5 * 4 and lines["cam_threshold"] == 4
+    assert lines["confident_labels"] == 4 and lines["train_affinity"] == 3 * 4
 
 
 def test_resources_before_target_is_the_documented_pitfall(tmp_path):

@@ -21,18 +21,17 @@ appears complete or not at all.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.cam import check_cam_files_exist, read_cam_file, strided_size
+from pipeline.cam import check_cam_files_exist, read_best_threshold, read_cam_file, strided_size
 from pipeline.config import load_params
 from pipeline.data.label_png import write_label_png
 from pipeline.data.labels import check_labels_cover, load_image_labels
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
-from pipeline.io import atomic_dir, check_files_exist, load_npz, read_json
+from pipeline.io import atomic_dir, check_files_exist, load_npz
 from pipeline.pseudo_labels import pseudo_label_map
 from pipeline.runtime import progress, stage_run
 from pipeline.stage import stage_parser
@@ -65,21 +64,6 @@ def read_score_file(path: Path, num_classes: int) -> dict:
     return {"scores": scores, "keys": keys, "size": size, "stride": stride}
 
 
-def best_threshold(path: str, has_background: bool) -> float | None:
-    """The background threshold of eval_cam's eval.json (None for datasets without background)."""
-    document = read_json(path)
-    if not isinstance(document, dict) or "best_threshold" not in document:
-        raise PipelineError(path, "no 'best_threshold' (not an eval_cam output?)")
-    value = document["best_threshold"]
-    if not has_background:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not 0.0 <= value <= 1.0:
-        raise PipelineError(path, f"best_threshold = {value!r} must be a number in [0, 1] for a dataset "
-                            "with a background class")
-    return float(value)
-
-
 def main(argv=None):
     ap = stage_parser(__doc__, inputs=("labels",))
     ap.add_argument("--scores", required=True, help="revised scores (stage propagate) or raw CAMs (with --cam-eval)")
@@ -93,7 +77,7 @@ def main(argv=None):
     image_labels = load_image_labels(args.labels)
     check_labels_cover(image_labels, ids, args.labels, "train")
     raw_cams = args.cam_eval is not None
-    threshold = best_threshold(args.cam_eval, dataset.background_index is not None) if raw_cams else None
+    threshold = read_best_threshold(args.cam_eval, dataset.background_index is not None) if raw_cams else None
     score_dir = Path(args.scores)
     if raw_cams:
         check_cam_files_exist(score_dir, ids)

@@ -1,6 +1,7 @@
 # CAM stages and pseudo labels: shared by every method that starts from image-level
-# labels (RETAB and its baselines, L-Net / P-Net). They run once per dataset (scope
-# `shared`), except pseudo labels from a fold-dependent affinity net.
+# labels (RETAB and its baselines, L-Net / P-Net). The CAM net and its CAMs run once per
+# dataset (scope `shared`); what reads a per-fold value (the fold's CAM threshold, its
+# confident labels, the walks) runs per fold.
 
 
 rule train_cam:
@@ -99,18 +100,19 @@ use rule eval_cam as cam_threshold with:
 
 
 rule confident_labels:
+    # Per fold: conf_fg / conf_bg `auto` follow the fold's CAM threshold (cam_threshold).
     input:
-        cams=f"{CAM_DIR}/cams",
-        labels=IMAGE_LABELS,
+        unpack(confident_label_inputs),
     output:
-        directory(f"{CAM_DIR}/confident"),
+        directory(CONFIDENT_DIR),
     params:
         **STAGE_PARAMS,
         confident=lambda w: section(w.dataset, "confident_labels"),
+        cam_threshold=lambda w, input: f"--cam-threshold {input.cam_threshold}" if "cam_threshold" in input.keys() else "",
     log:
-        "logs/{dataset}/shared/confident_labels.log",
+        "logs/{dataset}/fold{fold}/confident_labels.log",
     benchmark:
-        "benchmarks/out/{dataset}/shared/confident_labels.tsv"
+        "benchmarks/out/{dataset}/fold{fold}/confident_labels.tsv"
     threads: 1
     resources:
         mem_mb=4000,
@@ -118,7 +120,8 @@ rule confident_labels:
     conda:
         CONDA_ENV
     shell:
-        stage_shell("pipeline.stages.confident_labels", "--cams {input.cams} --labels {input.labels} --out {output}")
+        stage_shell("pipeline.stages.confident_labels",
+                    "--cams {input.cams} --labels {input.labels} {params.cam_threshold} --out {output}")
 
 
 rule pseudo_labels:

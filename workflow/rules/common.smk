@@ -11,6 +11,7 @@ from pipeline.layout import (  # noqa: E402
     AFFINITY_VARIANTS,
     CAM_DIR,
     CAM_THRESHOLD,
+    CONFIDENT_DIR,
     EPISODES_FILE,
     FOLD_FILE,
     IMAGE_LABELS,

@@ -20,7 +20,7 @@ def scope_inputs(wildcards, boundary):
 
 
 def affinity_inputs(wildcards):
-    inputs = {"confident": f"{CAM_DIR}/confident".format(dataset=wildcards.dataset),
+    inputs = {"confident": CONFIDENT_DIR.format(dataset=wildcards.dataset, fold=fold_of_scope(wildcards.scope)),
               "labels": IMAGE_LABELS.format(dataset=wildcards.dataset)}
     if wildcards.variant != "cam":
         inputs.update(scope_inputs(wildcards, boundary=wildcards.variant == "retab"))
@@ -38,6 +38,8 @@ def propagate_inputs(wildcards):
     inputs = {"cams": f"{CAM_DIR}/cams".format(dataset=wildcards.dataset),
               "labels": IMAGE_LABELS.format(dataset=wildcards.dataset),
               "affinity": f"work/{wildcards.dataset}/{wildcards.scope}/affinity/{variant}/model.pt"}
+    if section(wildcards.dataset, "propagation")["alpha"] == "auto":  # chosen on the fold's base samples
+        inputs["fold"] = FOLD_FILE.format(dataset=wildcards.dataset, fold=fold_of_scope(wildcards.scope))
     if wildcards.source == "retab":
         inputs["boundary"] = f"work/{wildcards.dataset}/{wildcards.scope}/boundary/maps"
     return inputs

@@ -19,6 +19,16 @@ def pseudo_label_inputs(wildcards):
     return inputs
 
 
+def confident_label_inputs(wildcards):
+    """CAMs and labels; with conf_fg / conf_bg `auto` also the fold's CAM threshold they follow."""
+    inputs = {"cams": f"{CAM_DIR}/cams".format(dataset=wildcards.dataset),
+              "labels": IMAGE_LABELS.format(dataset=wildcards.dataset)}
+    confident = section(wildcards.dataset, "confident_labels")
+    if "auto" in (confident.get("conf_fg"), confident.get("conf_bg")):
+        inputs["cam_threshold"] = CAM_THRESHOLD.format(dataset=wildcards.dataset, fold=wildcards.fold)
+    return inputs
+
+
 def seg_feature_inputs(split):
     """Input function: {"features": cache file of ``split``} when segmentation.feature_cache is
     on for the dataset (stage seg_features), else nothing."""

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -45,12 +46,13 @@ from pipeline.boundary import boundary_config
 from pipeline.cam import check_cam_files_exist, read_cam_file
 from pipeline.config import check_range, load_params, section
 from pipeline.data.label_png import read_sized_png
+from pipeline.data.folds import load_base_samples
 from pipeline.data.labels import check_labels_cover, load_image_labels
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir, check_files_exist, save_npz, write_json
 from pipeline.layout import WALK_INFO
-from pipeline.propagation.random_walk import logt_for_reach
+from pipeline.propagation.random_walk import ALPHA_CANDIDATES, check_alpha, choose_alpha, logt_for_reach
 from pipeline.runtime import progress, stage_run
 from pipeline.stage import stage_device, stage_parser
 
@@ -69,6 +71,11 @@ def propagation_config(params: dict, walk: str) -> dict:
     cfg["batch_size"] = int(prop.get("batch_size", 1))
     check_range(cfg["batch_size"], "propagation.batch_size", low=1)
     cfg["boundary_cell_fraction"] = float(prop.get("boundary_cell_fraction", 0.25))
+    if cfg["alpha"] == "auto":
+        candidates = prop.get("alpha_candidates") or list(ALPHA_CANDIDATES)
+        for value in candidates:
+            check_alpha(value)
+        cfg["alpha_candidates"] = sorted({float(a) for a in candidates})
     check_range(cfg["boundary_cell_fraction"], "propagation.boundary_cell_fraction", low=0, high=1, low_open=True)
     if walk == "two_stage":
 
@@ -111,19 +118,26 @@ def pool_to_grid(maps: np.ndarray, grid: tuple[int, int], cell: int) -> np.ndarr
 
 
 def cams_on_grid(cams: np.ndarray, stride: int, size: tuple[int, int], grid: tuple[int, int], cell: int,
-                 alpha: float, with_background: bool) -> np.ndarray:
+                 alphas: Sequence[float], with_background: bool) -> np.ndarray:
     """Foreground CAMs at ``stride`` -> (background +) foreground scores on the affinity grid.
 
     Upsampled to image size and max-normalised; the background channel
     ``(1 - max fg) ** alpha`` is computed there (PSA), then everything is pooled to ``grid``.
+    One background channel per alpha, first (``alpha: auto`` walks several at once: the walk
+    is linear, so each channel's result is what a walk with that alpha alone gives).
     """
     from pipeline.cam import normalize_cams, upsample_cams
     from pipeline.propagation.random_walk import background_channel
 
     full = normalize_cams(upsample_cams(cams, size, stride))
     if with_background:
-        full = np.concatenate([background_channel(full, alpha)[None], full], axis=0)
+        full = np.concatenate([background_channel(full, a)[None] for a in alphas] + [full], axis=0)
     return pool_to_grid(full, grid, cell)
+
+
+def with_alpha(revised: np.ndarray, index: int, n_alphas: int) -> np.ndarray:
+    """``[bg_alpha_1 .. bg_alpha_n, fg ...]`` -> ``[bg_alpha_index, fg ...]``."""
+    return np.concatenate([revised[index:index + 1], revised[n_alphas:]], axis=0)
 
 
 def boundary_on_grid(boundary: np.ndarray, grid: tuple[int, int], cell: int, min_fraction: float) -> np.ndarray:
@@ -184,7 +198,7 @@ def revise(scores: np.ndarray, aff: np.ndarray, cfg: dict, walk: str, boundary_c
         return scores
     if walk == "single":
         # The background channel is already in `scores` (computed at full resolution).
-        return psa_random_walk(scores, aff, cfg["beta"], cfg["logt"], cfg["alpha"], cfg["radius"],
+        return psa_random_walk(scores, aff, cfg["beta"], cfg["logt"], None, cfg["radius"],
                                method=cfg["method"], with_background=False)
     return two_stage_random_walk(scores, aff, boundary_cells, cfg["beta"], cfg["logt"], cfg["radius"],
                                  method=cfg["method"])
@@ -205,12 +219,14 @@ def load_affinity_model(path: str, params: dict, device: str):
     return model.to(device).eval(), meta
 
 
-def revise_one(image_id: str, size: tuple[int, int], aff: np.ndarray, grid: tuple[int, int], cell: int, cfg: dict,
+def walk_image(image_id: str, size: tuple[int, int], aff: np.ndarray, grid: tuple[int, int], cell: int, cfg: dict,
                walk: str, cam_dir: Path, boundary_dir: Path | None, labels: list[int], dataset: VOCDataset,
-               out_dir: Path) -> float | None:
-    """Walk one image's CAMs over its affinities and write ``<out_dir>/<id>.npz``.
+               alphas: Sequence[float]) -> tuple[np.ndarray, list[int], float | None]:
+    """Walk one image's CAMs over its affinities.
 
-    Returns the share of boundary cells (two-stage walk) for the log, else None.
+    Returns ``(revised, keys, boundary share)``: the revised scores with one background channel
+    per alpha first (datasets with a background class), the class of each channel after those
+    (background first), and the share of boundary cells (two-stage walk) for the log.
     """
     cam_path = cam_dir / f"{image_id}.npz"
     cam = read_cam_file(cam_path, dataset.num_classes, dataset.background_index)
@@ -218,7 +234,7 @@ def revise_one(image_id: str, size: tuple[int, int], aff: np.ndarray, grid: tupl
         raise PipelineError(cam_path, f"CAM size {cam['size']} differs from the image's {tuple(size)}")
     fg, fg_keys = select_label_cams(cam["cams"], cam["keys"], labels, cam_path)
     with_background = dataset.background_index is not None
-    scores = cams_on_grid(fg, cam["stride"], size, grid, cell, cfg["alpha"], with_background)
+    scores = cams_on_grid(fg, cam["stride"], size, grid, cell, alphas, with_background)
     boundary_cells = None
     if walk == "two_stage":
         boundary_cells = read_boundary_cells(boundary_dir, image_id, size, grid, cell, cfg)
@@ -226,9 +242,28 @@ def revise_one(image_id: str, size: tuple[int, int], aff: np.ndarray, grid: tupl
         cfg = {**cfg, "logt": logt_for_reach(grid, cfg["radius"])}
     revised = revise(scores, aff, cfg, walk, boundary_cells)
     keys = ([dataset.background_index] if with_background else []) + fg_keys
+    return revised, keys, None if boundary_cells is None else float(boundary_cells.mean())
+
+
+def write_revised(out_dir: Path, image_id: str, revised: np.ndarray, keys: list[int], size: tuple[int, int],
+                  cell: int) -> None:
     save_npz(out_dir / f"{image_id}.npz", scores=revised.astype(np.float16), keys=np.asarray(keys, dtype=np.int64),
              size=np.asarray(size, dtype=np.int64), stride=np.asarray(cell, dtype=np.int64))
-    return None if boundary_cells is None else float(boundary_cells.mean())
+
+
+def alpha_confusions(revised: np.ndarray, keys: list[int], n_alphas: int, size: tuple[int, int], cell: int,
+                     labels: list[int], gt: np.ndarray, dataset: VOCDataset) -> list[np.ndarray]:
+    """Per alpha, the confusion matrix of the pseudo label the walk gives (stage pseudo_labels'
+    rule: upsampled, argmax over the image's labels + background) against a base sample's GT."""
+    from pipeline.metrics.semantic import confusion_matrix
+    from pipeline.pseudo_labels import pseudo_label_map
+
+    out = []
+    for k in range(n_alphas):
+        label = pseudo_label_map(with_alpha(revised, k, n_alphas), keys, size, cell, labels,
+                                 dataset.background_index, void_index=dataset.ignore_index)
+        out.append(confusion_matrix(gt, label, dataset.num_classes, ignore_index=dataset.ignore_index))
+    return out
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -236,6 +271,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--walk", required=True, choices=WALKS)
     ap.add_argument("--affinity", required=True, help="AffinityNet model file (stage train_affinity)")
     ap.add_argument("--boundary", default=None, help="boundary maps <id>.png (walk two_stage)")
+    ap.add_argument("--fold-file", default=None,
+                    help="fold file (stage make_folds): propagation.alpha auto is chosen on its base samples")
     ap.add_argument("--out", required=True, help="output directory of <id>.npz revised scores")
     args = ap.parse_args(argv)
     if args.walk == "two_stage" and not args.boundary:
@@ -258,12 +295,23 @@ def main(argv=None):
     boundary_dir = Path(args.boundary) if args.boundary else None
     if args.walk == "two_stage":
         check_files_exist(boundary_dir, ids, ".png", "boundary map", listed="train images")
+    # alpha: auto chooses among candidates on the fold's base samples (without a background
+    # class there is no background score, and alpha is unused).
+    alpha_auto = cfg["alpha"] == "auto" and dataset.background_index is not None
+    base, novel = [], []
+    if alpha_auto:
+        if not args.fold_file:
+            raise PipelineError("propagation.alpha", "auto chooses alpha on a fold's base samples: "
+                                "give the stage --fold-file (the rules do)")
+        _, base, novel = load_base_samples(args.fold_file, dataset, args.dataset)
 
     from pipeline.models import backbone_normalization
     from pipeline.data.batches import normalize_batch
+    from pipeline.data.folds import mask_novel_pixels
+    from pipeline.metrics.semantic import mean_iou
 
     inputs = {"walk": args.walk, "cams": args.cams, "affinity": args.affinity, "boundary": args.boundary,
-              "images": len(ids)}
+              "fold_file": args.fold_file, "images": len(ids)}
     stage_params = {"propagation": params["propagation"], "affinity": params["affinity"],
                     "boundary": params.get("boundary"), "walk": args.walk}
     with stage_run("propagate", inputs, stage_params, device) as log, atomic_dir(args.out) as tmp:
@@ -271,20 +319,54 @@ def main(argv=None):
         cell = int(model.out_stride)
         mean, std = backbone_normalization(params["backbone"])
         boundary_share, logts = [], Counter()
-        batch_size = cfg["batch_size"]
-        for start in progress(range(0, len(ids), batch_size), desc=f"propagate {args.walk}",
-                              total=-(-len(ids) // batch_size)):
-            chunk = ids[start:start + batch_size]
-            images = [dataset.load_image(image_id) for image_id in chunk]
-            for run in equal_size_runs(images, batch_size):
-                batch = normalize_batch(np.stack([images[k] for k in run]), mean, std).to(device)
-                affs, grid = predict_affinities(model, batch, cfg["radius"], cfg["flip"])
-                for aff, k in zip(affs, run):
-                    logts[logt_for_reach(grid, cfg["radius"]) if cfg["logt"] == "auto" else cfg["logt"]] += 1
-                    share = revise_one(chunk[k], images[k].shape[:2], aff, grid, cell, cfg, args.walk, cam_dir,
-                                       boundary_dir, image_labels[chunk[k]], dataset, tmp)
-                    if share is not None:
-                        boundary_share.append(share)
+
+        def walk_all(chosen_ids: list[str], alphas: Sequence[float], desc: str, on_result) -> None:
+            batch_size = cfg["batch_size"]
+            for start in progress(range(0, len(chosen_ids), batch_size), desc=desc,
+                                  total=-(-len(chosen_ids) // batch_size)):
+                chunk = chosen_ids[start:start + batch_size]
+                images = [dataset.load_image(image_id) for image_id in chunk]
+                for run in equal_size_runs(images, batch_size):
+                    batch = normalize_batch(np.stack([images[k] for k in run]), mean, std).to(device)
+                    affs, grid = predict_affinities(model, batch, cfg["radius"], cfg["flip"])
+                    for aff, k in zip(affs, run):
+                        logts[logt_for_reach(grid, cfg["radius"]) if cfg["logt"] == "auto" else cfg["logt"]] += 1
+                        size = images[k].shape[:2]
+                        revised, keys, share = walk_image(chunk[k], size, aff, grid, cell, cfg, args.walk, cam_dir,
+                                                          boundary_dir, image_labels[chunk[k]], dataset, alphas)
+                        if share is not None:
+                            boundary_share.append(share)
+                        on_result(chunk[k], size, revised, keys)
+
+        alpha_info = {}
+        if alpha_auto:
+            candidates = cfg["alpha_candidates"]
+            held, confusions = {}, [0] * len(candidates)
+
+            def score(image_id, size, revised, keys):
+                gt = mask_novel_pixels(dataset.load_mask(image_id), novel, dataset.ignore_index)
+                for k, cm in enumerate(alpha_confusions(revised, keys, len(candidates), size, cell,
+                                                        image_labels[image_id], gt, dataset)):
+                    confusions[k] = confusions[k] + cm
+                held[image_id] = (size, revised.astype(np.float16), keys)
+
+            walk_all(base, candidates, f"propagate {args.walk} (base samples, {len(candidates)} alphas)", score)
+            base_miou = {a: mean_iou(cm) for a, cm in zip(candidates, confusions)} if base else {}
+            alpha = choose_alpha(base_miou) if base_miou else candidates[0]
+            index = candidates.index(alpha)
+            log.info("alpha auto: %s on %d base samples (base mIoU per alpha: %s)", alpha, len(base),
+                     ", ".join(f"{a:g}: {m:.4f}" for a, m in base_miou.items()))
+            for image_id, (size, revised, keys) in held.items():
+                write_revised(tmp, image_id, with_alpha(revised, index, len(candidates)), keys, size, cell)
+            alpha_info = {"alpha": alpha, "alpha_chosen_on": f"{len(base)} base samples of {args.fold_file}",
+                          "base_miou_per_alpha": {f"{a:g}": m for a, m in base_miou.items()}}
+        else:
+            alpha = cfg["alpha"]
+            if dataset.background_index is not None:
+                alpha_info = {"alpha": alpha}
+        done = set(base) if alpha_auto else set()
+        walk_all([i for i in ids if i not in done], [alpha], f"propagate {args.walk}",
+                 lambda image_id, size, revised, keys: write_revised(tmp, image_id, revised, keys, size, cell))
         if boundary_share:
             log.info("boundary cells: %.1f%% of grid cells on average", 100 * float(np.mean(boundary_share)))
         log.info("%d images revised (%s walk, grid stride %d, affinity net variant %s)",
@@ -292,7 +374,7 @@ def main(argv=None):
         # The walk's length as used (propagation.logt: auto chooses it per image from its grid).
         log.info("logt %s: images per value %s", cfg["logt"], dict(sorted(logts.items())))
         write_json(tmp / WALK_INFO, {"logt": cfg["logt"], "images_per_logt": {str(k): v for k, v in sorted(logts.items())},
-                                     "radius": cfg["radius"], "walk": args.walk})
+                                     "radius": cfg["radius"], "walk": args.walk, **alpha_info})
 
 
 if __name__ == "__main__":

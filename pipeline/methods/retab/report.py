@@ -45,7 +45,7 @@ from pipeline.data.folds import load_fold
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir, read_json, write_json, write_text
-from pipeline.layout import CAM_THRESHOLD, WALK_INFO, eval_path, pseudo_dir
+from pipeline.layout import CAM_THRESHOLD, CONFIDENT_DIR, CONFIDENT_INFO, WALK_INFO, eval_path, pseudo_dir
 from pipeline.method_table import RETAB
 from pipeline.report import (
     NOVEL_ERROR_COLUMNS,
@@ -290,19 +290,24 @@ def class_names(params: dict, ids) -> list[str]:
 
 def chosen_params(dataset: str, fold: int, work: str | os.PathLike) -> dict:
     """What the fold's stages chose from the data, where they wrote it: the `cam` row's
-    background threshold (best on the fold's base samples) and each walk's logt."""
+    background threshold (best on the fold's base samples), the affinity nets' confident-label
+    thresholds, and each walk's logt and alpha."""
     chosen: dict = {}
     threshold = under_work(CAM_THRESHOLD.format(dataset=dataset, fold=fold), dataset, work)
     if threshold.is_file():
         doc = read_json(threshold)
         chosen["cam_threshold"] = {"value": doc.get("best_threshold"), "samples": doc.get("samples"),
                                    "num_images": doc.get("num_images"), "miou": doc.get("miou")}
+    confident = under_work(CONFIDENT_DIR.format(dataset=dataset, fold=fold), dataset, work) / CONFIDENT_INFO
+    if confident.is_file():
+        chosen["confident"] = read_json(confident)
     for source in ("rw_cam", "rw_gt", "retab"):
         info = under_work(pseudo_dir(dataset, source, fold).replace("/pseudo/", "/revised/"), dataset, work) / WALK_INFO
         if info.is_file():
             walk = read_json(info)
-            chosen.setdefault("walk_logt", {})[source] = {"logt": walk.get("logt"),
-                                                         "images_per_logt": walk.get("images_per_logt")}
+            chosen.setdefault("walk_logt", {})[source] = {
+                key: walk.get(key) for key in ("logt", "images_per_logt", "alpha", "alpha_chosen_on",
+                                               "base_miou_per_alpha")}
     return chosen
 
 
@@ -315,9 +320,21 @@ def chosen_params_text(chosen: dict) -> list[str]:
         lines.append(f"- CAM background threshold (the CAM row): {cam['value']}, best on the fold's "
                      f"{cam['num_images']} base samples (mIoU {format_percent(cam['miou'])} there; "
                      "novel-class pixels ignored)")
+    confident = chosen.get("confident")
+    if confident:
+        how = (f"auto ({', '.join(confident['auto'])}) from the fold's CAM threshold, PSA's band"
+               if confident.get("auto") else "as set")
+        lines.append(f"- confident labels of the affinity nets: conf_fg {confident['conf_fg']}, "
+                     f"conf_bg {confident['conf_bg']} ({how})")
     for source, walk in (chosen.get("walk_logt") or {}).items():
         per_value = ", ".join(f"{k}: {v}" for k, v in (walk["images_per_logt"] or {}).items())
-        lines.append(f"- random walk {source}: logt {walk['logt']} (images per logt: {per_value})")
+        line = f"- random walk {source}: logt {walk['logt']} (images per logt: {per_value})"
+        if walk.get("alpha") is not None:
+            line += f"; alpha {walk['alpha']:g}"
+        if walk.get("base_miou_per_alpha"):
+            scores = ", ".join(f"{a}: {format_percent(m)}" for a, m in walk["base_miou_per_alpha"].items())
+            line += f" (auto: best pseudo-label mIoU on {walk['alpha_chosen_on']}; per alpha {scores})"
+        lines.append(line)
     return ["\n".join(lines) + "\n"]
 
 

@@ -2,7 +2,7 @@
 
     python -m pipeline.methods.retab.train_affinity --params params.yaml --dataset D \\
         --variant cam|gt|retab [--fold-file work/D/folds/foldK.json] [--boundary DIR] \\
-        --confident work/D/shared/cam/confident --labels work/D/image_labels.json \\
+        --confident work/D/fold<k>/cam/confident --labels work/D/image_labels.json \\
         --out model.pt --history history.tsv [--threads N]
 
 Pair labels by variant (which label map supervises each train image):
