@@ -310,8 +310,8 @@ def make_lnet_tiny(tmp_path: Path, overrides: dict | None = None, dataset: dict 
 # --------------------------------------------------------------------------- the real workflow
 
 def scratch_workflow(tmp_path: Path, overrides: dict | None = None) -> Path:
-    """Copy Snakefile, workflow/ and params.yaml to ``tmp_path``; merge ``overrides`` into
-    params.yaml (top-level keys replaced section-wise by deep merge)."""
+    """Copy Snakefile, workflow/, params.yaml and datasets/ to ``tmp_path``; merge ``overrides``
+    into params.yaml (top-level keys replaced section-wise by deep merge)."""
     from pipeline.config import deep_merge
 
     shutil.copy(ROOT / "Snakefile", tmp_path / "Snakefile")
@@ -323,6 +323,11 @@ def scratch_workflow(tmp_path: Path, overrides: dict | None = None) -> Path:
     if overrides:
         params = deep_merge(params, overrides)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (tmp_path / "datasets").mkdir()  # the dataset files (msrc: results/report covers it), roots resolved
+    for path in sorted((ROOT / "datasets").glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text())
+        doc["data"]["root"] = str((ROOT / doc["data"]["root"]).resolve())
+        (tmp_path / "datasets" / path.name).write_text(yaml.safe_dump(doc, sort_keys=False))
     return tmp_path
 
 

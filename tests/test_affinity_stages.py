@@ -253,3 +253,57 @@ def test_raw_cams_without_cam_eval_are_refused(tiny, tmp_path, capsys):
     run_fails(pseudo_labels.main, ["--params", tiny["params"], "--scores", tiny["cams"], "--labels",
                                    tiny["labels"], "--out", str(out)], capsys, "--cam-eval", alone=True)
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- alpha: auto
+
+def _params_with(tiny, path: Path, **propagation) -> str:
+    params = copy.deepcopy(tiny["raw_params"])
+    params["propagation"].update(propagation)
+    return str(write_yaml(path, params))
+
+
+@pytest.mark.parametrize("walk", ["single", "two_stage"])
+def test_alpha_auto_with_one_candidate_equals_that_alpha(tiny, trained, tmp_path, walk):
+    # The walk is linear: walking base samples with a background channel per candidate, then
+    # keeping one, must give exactly what a walk with that alpha alone gives.
+    fixed, auto = tmp_path / "fixed", tmp_path / "auto"
+    run_ok(propagate.main, propagate_args(tiny, trained, walk, fixed,
+                                          params=_params_with(tiny, tmp_path / "a.yaml", alpha=4)))
+    run_ok(propagate.main, propagate_args(tiny, trained, walk, auto,
+                                          params=_params_with(tiny, tmp_path / "b.yaml", alpha="auto",
+                                                              alpha_candidates=[4]))
+           + ["--fold-file", tiny["fold"]])
+    for image_id in OBJECTS:
+        a, b = load_npz(fixed / f"{image_id}.npz"), load_npz(auto / f"{image_id}.npz")
+        assert np.array_equal(a["scores"], b["scores"]) and a["keys"].tolist() == b["keys"].tolist()
+    info = json.loads((auto / "walk.json").read_text())
+    assert info["alpha"] == 4 and list(info["base_miou_per_alpha"]) == ["4"]
+
+
+def test_alpha_auto_picks_the_best_candidate_on_base_samples(tiny, trained, tmp_path, monkeypatch):
+    # Record which masks the stage opens: base samples only (i2, i4 hold the novel class).
+    from pipeline.data.voc import VOCDataset
+
+    opened = []
+    original = VOCDataset.load_mask
+    monkeypatch.setattr(VOCDataset, "load_mask", lambda self, i: opened.append(i) or original(self, i))
+    out = tmp_path / "revised"
+    run_ok(propagate.main, propagate_args(tiny, trained, "single", out,
+                                          params=_params_with(tiny, tmp_path / "p.yaml", alpha="auto",
+                                                              alpha_candidates=[0.25, 2, 64]))
+           + ["--fold-file", tiny["fold"]])
+    assert sorted(set(opened)) == ["i0", "i1", "i3", "i5"]
+    info = json.loads((out / "walk.json").read_text())
+    scores = {float(a): m for a, m in info["base_miou_per_alpha"].items()}
+    assert info["alpha"] == max(scores, key=scores.get) and len(scores) == 3
+    assert sorted(p.stem for p in out.glob("*.npz")) == sorted(OBJECTS)
+    assert load_npz(out / "i2.npz")["scores"].shape == (2, 4, 4)  # one background channel kept
+
+
+def test_alpha_auto_without_a_fold_file_is_named(tiny, trained, tmp_path, capsys):
+    out = tmp_path / "revised"
+    run_fails(propagate.main, propagate_args(tiny, trained, "single", out,
+                                             params=_params_with(tiny, tmp_path / "p.yaml", alpha="auto")),
+              capsys, "propagation.alpha", alone=True)
+    assert not out.exists()

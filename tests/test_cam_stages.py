@@ -201,6 +201,37 @@ def test_confident_labels_threshold_rule_by_hand(trained):
     assert (label == expected).all()
 
 
+def test_confident_labels_auto_follow_the_folds_cam_threshold(trained):
+    # t = 0.2: alpha_t = ln 0.2 / ln 0.8 = 7.21; PSA's band at alpha_t/4 and 2 alpha_t gives
+    # conf_fg 0.399 and conf_bg 0.131, so the 0.5 object is foreground and its 0.2 ring ignored.
+    cams = trained["tmp"] / "hand_cams_auto"
+    _hand_cams(cams, value=0.5, ring=0.2)
+    threshold = trained["tmp"] / "threshold_auto.json"
+    threshold.write_text(json.dumps({"best_threshold": 0.2}))
+    params = _write_params(trained["tmp"] / "params_conf_auto.yaml", trained["data"],
+                           **{"confident_labels.conf_fg": "auto", "confident_labels.conf_bg": "auto"})
+    out = trained["tmp"] / "confident_auto"
+    confident_labels.main(["--params", params, "--cams", str(cams), "--labels", trained["labels"]["tiny"],
+                           "--cam-threshold", str(threshold), "--out", str(out)])
+    label = read_label_png(out / "t0.png")
+    expected = np.zeros((SIZE, SIZE), np.uint8)
+    expected[3:15, 3:15] = 255
+    expected[4:14, 4:14] = 1
+    assert (label == expected).all()
+    info = json.loads((out / "confident.json").read_text())
+    assert info["auto"] == ["conf_fg", "conf_bg"]
+    assert info["conf_fg"] == pytest.approx(0.3991, abs=1e-4) and info["conf_bg"] == pytest.approx(0.1313, abs=1e-4)
+
+
+def test_confident_labels_auto_without_the_threshold_file_is_named(trained, capsys):
+    params = _write_params(trained["tmp"] / "params_conf_auto2.yaml", trained["data"],
+                           **{"confident_labels.conf_fg": "auto"})
+    out = trained["tmp"] / "confident_auto2"
+    run_fails(confident_labels.main, ["--params", params, "--cams", trained["cams"], "--labels",
+                                      trained["labels"]["tiny"], "--out", str(out)], capsys, "confident_labels.conf_fg")
+    assert not out.exists()
+
+
 def test_confident_labels_crf_method(trained):
     pytest.importorskip("pydensecrf.densecrf")     # optional package pydensecrf2
     cams = trained["tmp"] / "hand_cams_crf"

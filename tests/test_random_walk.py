@@ -324,3 +324,42 @@ def test_logt_auto_passes_the_check_and_other_strings_do_not():
     assert check_logt("auto") == "auto" and check_logt(6) == 6
     with pytest.raises(PipelineError, match="propagation.logt"):
         check_logt("six")
+
+
+# --------------------------------------------------------------------------- alpha: auto
+
+def test_alpha_and_threshold_by_hand():
+    from pipeline.propagation.random_walk import alpha_for_threshold, threshold_for_alpha
+
+    assert alpha_for_threshold(0.5) == pytest.approx(1.0)           # (1 - 0.5)^1 = 0.5
+    assert alpha_for_threshold(0.2) == pytest.approx(np.log(0.2) / np.log(0.8))
+    assert threshold_for_alpha(1.0) == pytest.approx(0.5)
+    assert threshold_for_alpha(2.0) == pytest.approx((3 - np.sqrt(5)) / 2)  # (1-x)^2 = x
+    for t in (0.05, 0.13, 0.4, 0.9):
+        assert threshold_for_alpha(alpha_for_threshold(t)) == pytest.approx(t, abs=1e-9)
+    with pytest.raises(ValueError):
+        alpha_for_threshold(0.0)
+
+
+def test_confident_thresholds_follow_psa_band():
+    from pipeline.cam import confident_thresholds_for
+    from pipeline.propagation.random_walk import threshold_for_alpha
+
+    # t = PSA's own cut at alpha 16 -> exactly PSA's alphas 4 and 32
+    band = confident_thresholds_for(threshold_for_alpha(16))
+    assert band["conf_fg"] == pytest.approx(threshold_for_alpha(4)) and band["conf_bg"] == pytest.approx(threshold_for_alpha(32))
+    assert 0.27 < band["conf_fg"] < 0.28 and 0.07 < band["conf_bg"] < 0.08
+    wide = confident_thresholds_for(0.5)                            # alpha 1 -> 0.25 and 2
+    assert wide["conf_bg"] < 0.5 < wide["conf_fg"]
+    assert wide["conf_bg"] == pytest.approx((3 - np.sqrt(5)) / 2)
+
+
+def test_choose_alpha_best_then_smaller_nan_never():
+    from pipeline.propagation.random_walk import choose_alpha
+
+    assert choose_alpha({1.0: 0.4, 2.0: 0.5, 4.0: 0.45}) == 2.0
+    assert choose_alpha({1.0: 0.5, 8.0: 0.5}) == 1.0                # tie -> smaller alpha
+    assert choose_alpha({1.0: float("nan"), 4.0: 0.1}) == 4.0
+    assert choose_alpha({2.0: float("nan"), 1.0: float("nan")}) == 1.0
+    with pytest.raises(ValueError):
+        choose_alpha({})

@@ -238,10 +238,12 @@ def test_dry_run_resolves_results_report(tmp_path):
     outputs = planned_outputs(proc)
     assert "results/report" in outputs
     assert {f"results/embedded/{m}_fold{k}" for m in ("retab", "pnet") for k in range(4)} <= outputs
+    # params.yaml's report covers the real MSRC photos too (datasets/msrc.yaml, 3 folds)
+    assert {f"results/msrc/{m}_fold{k}" for m in ("retab", "pnet") for k in range(3)} <= outputs
 
 
 def test_dry_run_follows_the_report_selection(tmp_path):
-    workdir = scratch_workflow(tmp_path, {"report": {"folds": [0], "methods": ["retab"]}})
+    workdir = scratch_workflow(tmp_path, {"report": {"datasets": ["embedded"], "folds": [0], "methods": ["retab"]}})
     proc = snakemake(workdir, "results/report", "-n", "-p", "--cores", "2")
     assert proc.returncode == 0, proc.stderr[-2000:]
     reports = {o for o in planned_outputs(proc) if re.search(r"_fold\d+$", o)}

@@ -2,7 +2,6 @@
 before any job (folds, dataset roots), and a real small run of the skeleton (generate data ->
 image labels -> folds -> trivial prediction -> evaluate)."""
 import json
-import shutil
 
 import pytest
 import yaml
@@ -148,9 +147,7 @@ def test_skeleton_runs_end_to_end_and_second_run_does_nothing(tmp_path):
 def test_a_dataset_file_adds_a_dataset_without_editing_params_yaml(tmp_path):
     """datasets/<name>.yaml beside the Snakefile: results/<name>/... resolve, its schedule
     applies, and a bad file stops the run with one line naming the file and the key."""
-    workdir = scratch_workflow(tmp_path)
-    (workdir / "datasets").mkdir()
-    shutil.copy(ROOT / "datasets" / "msrc.yaml", workdir / "datasets" / "msrc.yaml")
+    workdir = scratch_workflow(tmp_path)  # datasets/msrc.yaml copied with it
     doc = yaml.safe_load((workdir / "datasets" / "msrc.yaml").read_text())
     doc["data"]["root"] = str(tmp_path / "msrc_here")  # any existing root: a dry run reads no image
     (tmp_path / "msrc_here").mkdir()

@@ -2,7 +2,7 @@
 
     python -m pipeline.methods.retab.propagate --params params.yaml --dataset D --walk single|two_stage \\
         --cams work/D/shared/cam/cams --labels work/D/image_labels.json \\
-        --affinity work/D/<scope>/affinity/<variant>/model.pt [--boundary DIR] --out DIR [--threads N]
+        --affinity work/D/fold<k>/affinity/<variant>/model.pt [--boundary DIR] [--fold-file F] --out DIR
 
 Per train image (PSA ``infer_aff.py``):
 
@@ -11,7 +11,12 @@ Per train image (PSA ``infer_aff.py``):
    full-resolution and max-normalised);
 2. with a background class, the background score ``(1 - max_c CAM_c) ** alpha`` is
    computed *at full resolution*, as PSA does (computing it after pooling would turn a
-   half-object cell into almost certain foreground: ``(1 - 0.5) ** 16``);
+   half-object cell into almost certain foreground: ``(1 - 0.5) ** 16``). With
+   ``propagation.alpha: auto`` the fold's base samples (``--fold-file``) are walked first
+   with one background channel per ``alpha_candidates`` value: the walk is linear, so each
+   channel's result is what a walk with that alpha alone gives. Each candidate's pseudo
+   labels (stage pseudo_labels' rule) are scored against the base samples' masks (novel
+   pixels ignored) and the best mIoU's alpha is used for every image (``walk.json``);
 3. every channel is average-pooled to the affinity grid (``stride`` 8 cells,
    ``ceil(H / 8)`` of them): PSA pools the zero-padded full-resolution CAM; we average
    over the in-image pixels of each cell only, so border cells are not diluted by padding;
@@ -303,7 +308,7 @@ def main(argv=None):
         if not args.fold_file:
             raise PipelineError("propagation.alpha", "auto chooses alpha on a fold's base samples: "
                                 "give the stage --fold-file (the rules do)")
-        _, base, novel = load_base_samples(args.fold_file, dataset, args.dataset)
+        _, base, novel = load_base_samples(args.fold_file, dataset, params["dataset"])
 
     from pipeline.models import backbone_normalization
     from pipeline.data.batches import normalize_batch

@@ -332,7 +332,8 @@ def chosen_params_text(chosen: dict) -> list[str]:
         if walk.get("alpha") is not None:
             line += f"; alpha {walk['alpha']:g}"
         if walk.get("base_miou_per_alpha"):
-            scores = ", ".join(f"{a}: {format_percent(m)}" for a, m in walk["base_miou_per_alpha"].items())
+            scores = ", ".join(f"{a}: {format_percent(m)}" for a, m in
+                               sorted(walk["base_miou_per_alpha"].items(), key=lambda item: float(item[0])))
             line += f" (auto: best pseudo-label mIoU on {walk['alpha_chosen_on']}; per alpha {scores})"
         lines.append(line)
     return ["\n".join(lines) + "\n"]
