@@ -203,3 +203,31 @@ class CRNet(nn.Module):
 def foreground_probability(logits: torch.Tensor) -> torch.Tensor:
     """``B x h x w`` softmax foreground of ``B x 2 x h x w`` logits."""
     return torch.softmax(logits, dim=1)[:, 1]
+
+
+def upsample_logits(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``B x 2 x h x w`` logits resized bilinearly to the label's ``size`` (H, W)."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def episode_probabilities(model: CRNet, query: torch.Tensor, supports: Sequence[torch.Tensor],
+                          masks: Sequence[torch.Tensor], iterations: int) -> list[torch.Tensor]:
+    """Foreground probability ``h x w`` of the query after each refinement iteration, fused
+    over the k supports by probability averaging (``query``: ``1 x C x h x w``; ``supports``:
+    k maps ``1 x C x h_i x w_i``; ``masks``: their episode masks ``H_i x W_i``). Supports of
+    one size run as one batch."""
+    groups: dict[tuple, list[int]] = {}
+    for i, (s, m) in enumerate(zip(supports, masks)):
+        groups.setdefault((tuple(s.shape[-2:]), tuple(m.shape[-2:])), []).append(i)
+    sums = [torch.zeros(query.shape[-2:], device=query.device) for _ in range(iterations)]
+    for index in groups.values():
+        s = torch.cat([supports[i] for i in index])
+        m = torch.stack([masks[i] for i in index]).to(query.device)
+        q = query.expand(len(index), -1, -1, -1)
+        out = model(q, s, m, iterations=iterations, predict_support=False)["query"]
+        for t, logits in enumerate(out):
+            sums[t] += foreground_probability(logits).sum(0)
+    return [total / len(supports) for total in sums]
