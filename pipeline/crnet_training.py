@@ -16,6 +16,7 @@ from pipeline.fewshot import binary_prediction
 from pipeline.losses import segmentation_ce
 from pipeline.metrics.episodic import EpisodeIoUAccumulator
 from pipeline.models.crnet import SWITCHES, CRNet, episode_probabilities, upsample_logits
+from pipeline.training import load_model
 
 FULL = "full"
 
@@ -135,3 +136,19 @@ def make_optimizer(model: torch.nn.Module, cfg: dict, lr: float) -> torch.optim.
     if cfg["optimizer"] == "adam":
         return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg["weight_decay"])
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+
+
+def load_crnet(path, store: FeatureStore) -> CRNet:
+    """The model file's CRNet, built with the switches its meta records."""
+    try:
+        meta = torch.load(path, map_location="cpu", weights_only=True).get("meta", {})
+    except FileNotFoundError:
+        raise PipelineError(path, "model file not found (stage train_crnet)") from None
+    except Exception as err:  # noqa: BLE001 - any unpickling failure: not our file
+        raise PipelineError(path, f"not a readable model file ({type(err).__name__})") from None
+    settings = {k: meta[k] for k in SWITCHES if k in meta}
+    if len(settings) != len(SWITCHES):
+        raise PipelineError(path, "not a CRNet model file (stage train_crnet)")
+    model = build_crnet({"crnet": {"hidden": meta.get("hidden", 0)}}, store.level_channels, settings)
+    load_model(path, model, {"model": "CRNet", "level_channels": store.level_channels})
+    return model.eval()

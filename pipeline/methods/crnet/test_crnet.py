@@ -33,10 +33,8 @@ from __future__ import annotations
 
 import copy
 
-import torch
-
 from pipeline.config import load_params, section
-from pipeline.crnet_training import build_crnet, make_optimizer, pair_batches, pair_loss
+from pipeline.crnet_training import load_crnet, make_optimizer, pair_batches, pair_loss
 from pipeline.data.episodes import read_episodes
 from pipeline.data.fewshot_features import FeatureStore
 from pipeline.data.folds import fold_novel_classes, load_fold
@@ -48,7 +46,6 @@ from pipeline.metrics.episodic import EpisodeIoUAccumulator
 from pipeline.models.crnet import CRNet, episode_probabilities
 from pipeline.runtime import progress, seed_everything, stage_run
 from pipeline.stage import stage_device, stage_parser
-from pipeline.training import load_model
 
 
 def check_episodes(episodes: list[dict], path, shots: int, novel: list[int], store: FeatureStore,
@@ -65,18 +62,6 @@ def check_episodes(episodes: list[dict], path, shots: int, novel: list[int], sto
         if c not in present:
             raise PipelineError(path, f"no episode of novel class '{class_names[c]}' (id {c}): it has no val image "
                                 "in the fold")
-
-
-def load_crnet(path, params: dict, store: FeatureStore) -> CRNet:
-    """The model file's CRNet, built with the switches its meta records."""
-    meta = torch.load(path, map_location="cpu", weights_only=True).get("meta", {}) if path else {}
-    settings = {k: meta[k] for k in ("cross_reference", "condition", "refinement", "cache", "single_level")
-                if k in meta}
-    if len(settings) != 5:
-        raise PipelineError(path, "not a CRNet model file (stage train_crnet)")
-    model = build_crnet({"crnet": {"hidden": meta.get("hidden", 0)}}, store.level_channels, settings)
-    load_model(path, model, {"model": "CRNet", "level_channels": store.level_channels})
-    return model.eval()
 
 
 def finetuned(model: CRNet, store: FeatureStore, e: dict, shots: int, params: dict, device) -> CRNet:
@@ -138,7 +123,7 @@ def main(argv=None):
     device = stage_device(args, params)
     seed_everything(int(params["seed"]))
     iterations = int(section(params, "crnet.test.iterations"))
-    model = load_crnet(args.model, params, store).to(device) if args.model else None
+    model = load_crnet(args.model, store).to(device) if args.model else None
     if args.finetune:
         episodes = episodes[:int(section(params, "crnet.test.finetune.episodes"))]
     kinds = ("fusion", "finetune") if args.finetune else ("crnet",) if model is not None else ("prototype",)
