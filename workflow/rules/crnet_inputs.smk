@@ -9,7 +9,7 @@ CRNET_FULL = "full"
 
 
 def crnet_section(dataset, key):
-    """crnet.<key> for a dataset (a rule param: an edit reruns the rules that read it)."""
+    """crnet.<key> for a dataset, passed as a param so that an edit reruns what reads it."""
     return P(dataset)["crnet"][key]
 
 

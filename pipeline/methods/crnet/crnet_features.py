@@ -29,15 +29,15 @@ from pipeline.stage import stage_device, stage_parser
 
 def main(argv=None):
     ap = stage_parser(__doc__, threads=True)
-    ap.add_argument("--split", required=True, help="split to compute (train, val)")
-    ap.add_argument("--out", required=True, help="cache file to write")
+    ap.add_argument("--split", required=True, choices=("train", "val"),
+                    help="train (train_crnet) or val (the episodes)")
+    ap.add_argument("--out", required=True, help="feature cache to write")
     args = ap.parse_args(argv)
-
     params = load_params(args.params, args.dataset)
-    cfg = encoder_cfg(params)
-    dataset = VOCDataset(params["data"], args.split)
+    cfg = encoder_cfg(params)  # checked before any work
     device = stage_device(args, params)
     seed_everything(int(params["seed"]))
+    dataset = VOCDataset(params["data"], args.split)
     with stage_run("crnet_features", {"split": args.split, "images": len(dataset)},
                    {"crnet.encoder": cfg, "backbone": params["backbone"]}, device) as log:
         encoder = Encoder(params).to(device)
