@@ -66,6 +66,14 @@ def seed_tables(evals: dict[tuple[str, int, int], dict]) -> dict:
     return metrics
 
 
+def report_rows(metrics: dict) -> dict:
+    """``{"crnet" | "prototype": {"val": {"miou_<k>shot", "fb_iou_<k>shot"}}}``: the seed means that
+    results/report (stage report_all) tabulates over folds."""
+    return {kind: {"val": {f"{score}_{shots}": metrics[kind][shots][score]["mean"]
+                           for shots in metrics[kind] for score in ("miou", "fb_iou")}}
+            for kind in KINDS if kind in metrics}
+
+
 def fold_markdown(metrics: dict, fold: int, dataset: str) -> str:
     shots = sorted({key for kind in KINDS for key in metrics.get(kind, {})}, key=lambda s: int(s[:-4]))
     lines = [f"# CRNet few-shot segmentation: {dataset}, fold {fold}", "",
@@ -217,6 +225,9 @@ def main(argv=None):
         metrics["finetune"] = {"shots": ft["shots"], "subset": ft["subset"], "steps": ft["steps"],
                                "seed": int(section(params, "crnet.test.finetune.episode_seed")),
                                "fusion": ft["fusion"], "finetune": ft["finetune"]}
+        metrics["methods"] = report_rows(metrics)
+        metrics["novel_classes"] = [docs[key]["class_names"][c] for key in list(docs)[:1]
+                                    for c in sorted(docs[key]["class_names"], key=int)]
         metrics["selection"] = selection(args.history)
         metrics["figure"] = "figure.png"
         figure = make_figure(args, params)
