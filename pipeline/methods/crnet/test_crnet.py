@@ -21,7 +21,8 @@ on the same cached encoder features; an all-zero support mask predicts backgroun
 for each, a copy of the net is trained (everything but the frozen encoder) for
 ``crnet.test.finetune.steps`` steps on the k^2 ordered support pairs (i, j) -- support i as
 query, support j as support, both masks known -- with the training loss and optimizer
-(lr ``crnet.test.finetune.lr``), then predicts with fusion. The file holds ``fusion`` and
+(lr ``crnet.test.finetune.lr``; ``batch_size`` pairs a step, null = all k^2), then predicts
+with fusion. The file holds ``fusion`` and
 ``finetune`` on the same subset.
 
 Bad input (one line, exit 2, nothing written): an episode naming an image that is not in
@@ -32,6 +33,8 @@ Output: ``summary``, ``episodes`` (per episode ``class``, ``inter`` and ``union`
 from __future__ import annotations
 
 import copy
+
+import numpy as np
 
 from pipeline.config import load_params, section
 from pipeline.crnet_training import load_crnet, make_optimizer, pair_batches, pair_loss
@@ -65,20 +68,24 @@ def check_episodes(episodes: list[dict], path, shots: int, novel: list[int], sto
 
 
 def finetuned(model: CRNet, store: FeatureStore, e: dict, shots: int, params: dict, device) -> CRNet:
-    """A copy of ``model`` trained on the episode's k^2 support pairs (module docstring)."""
+    """A copy of ``model`` trained on the episode's k^2 support pairs (module docstring): each
+    step takes ``crnet.test.finetune.batch_size`` pairs (null: all) in a seeded cyclic order."""
     train_cfg = section(params, "crnet.train")
     ft = section(params, "crnet.test.finetune")
     supports = e["supports"][:shots]
     pairs = [{"class": e["class"], "query": a, "support": b, "positive": True, "flip_query": False,
               "flip_support": False} for a in supports for b in supports]
-    batch = pair_batches(pairs, store, len(pairs), flip=False)[0]
-    groups = [{k: v.to(device) for k, v in g.items()} for g in batch["groups"]]
+    size = len(pairs) if ft.get("batch_size") is None else min(int(ft["batch_size"]), len(pairs))
+    order = np.random.default_rng([int(params["seed"]), int(e["episode"])]).permutation(len(pairs)).tolist()
     net = copy.deepcopy(model).to(device).train()
     optimizer = make_optimizer(net, train_cfg, float(ft["lr"]))
-    for _ in range(int(ft["steps"])):
+    for step in range(int(ft["steps"])):
+        chosen = [pairs[order[(step * size + i) % len(pairs)]] for i in range(size)]
+        groups = [{k: v.to(device) for k, v in g.items()}
+                  for g in pair_batches(chosen, store, size, flip=False)[0]["groups"]]
         loss = sum(pair_loss(net, g, int(train_cfg["iterations"]), float(train_cfg["support_weight"]),
                              float(train_cfg["cooccurrence_weight"]), store.dataset.ignore_index)[0]
-                   * g["query"].shape[0] / len(pairs) for g in groups)
+                   * g["query"].shape[0] / size for g in groups)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
