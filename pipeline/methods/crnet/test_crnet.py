@@ -33,6 +33,7 @@ Output: ``summary``, ``episodes`` (per episode ``class``, ``inter`` and ``union`
 from __future__ import annotations
 
 import copy
+import time
 
 import numpy as np
 
@@ -140,12 +141,15 @@ def main(argv=None):
     with stage_run("test_crnet", inputs, used, device) as log:
         accs = {kind: [EpisodeIoUAccumulator(novel, dataset.ignore_index)
                        for _ in range(iterations if kind != "prototype" else 1)] for kind in kinds}
+        started = time.perf_counter()
         for e in progress(episodes, desc="episodes", total=len(episodes)):
             gt = store.mask(e["query"], e["class"])
             for kind in kinds:
                 net = finetuned(model, store, e, args.shots, params, device) if kind == "finetune" else model
                 for acc, p in zip(accs[kind], probabilities(net, store, e, args.shots, iterations, device)):
                     acc.update(binary_prediction(p.cpu(), gt.shape).numpy(), gt.numpy(), e["class"])
+        rate = len(episodes) / max(time.perf_counter() - started, 1e-9)
+        log.info("%.1f episodes per second (%s, %d-shot)", rate, "+".join(kinds), args.shots)
         document = {"method": "prototype" if model is None else "crnet", "episodes_file": args.episodes,
                     "shots": args.shots, "fold": fold.get("fold"), "class_names": {str(c): dataset.class_names[c]
                                                                                    for c in novel}}
