@@ -172,3 +172,18 @@ def test_unknown_variant_and_resume(tiny, capsys):
     b = torch.load(tmp / "again.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert read_episodes(tmp / "ep1.jsonl")[0]["class"] == CAT
+
+
+def test_results_report_includes_the_crnet_fold_report(tiny):
+    from pipeline.stages import report_all
+
+    tmp = tiny["tmp"]
+    if not (tmp / "result" / "metrics.json").exists():
+        test_fold_report_and_aggregate_and_ablation(tiny)
+    run_ok(report_all.main, ["--crnet", tmp / "result", "--out", tmp / "report"])
+    text = (tmp / "report" / "report.md").read_text()
+    assert "CRNet few-shot segmentation" in text and "1-shot mIoU" in text and "Prototype floor" in text
+    document = json.loads((tmp / "report" / "metrics.json").read_text())
+    mean = document["datasets"]["tiny"]["crnet"]["mean"]["crnet"]["val"]
+    assert mean["num_folds"] == 1 and 0.0 <= mean["miou_1shot"] <= 1.0
+    assert (tmp / "report" / "figures" / "tiny_crnet_fold0.png").is_file()
