@@ -120,7 +120,7 @@ def selection(history_path: str) -> dict | None:
 
 
 def figure_rows(model, store: FeatureStore, episodes: list[dict], iterations: int, cell: int):
-    """Panels of each episode: support (mask overlaid), query, prediction, ground truth."""
+    """Panels of each episode: support (outside its mask dimmed), query, prediction, ground truth."""
     rows = []
     dataset = store.dataset
     for e in episodes:
@@ -131,7 +131,7 @@ def figure_rows(model, store: FeatureStore, episodes: list[dict], iterations: in
         pred = binary_prediction(probs[-1], gt.shape).numpy()
         smask = store.mask(support, c).numpy()
         simage = dataset.load_image(support).copy()
-        simage[smask == 1] = (0.5 * simage[smask == 1] + 0.5 * np.array([220, 30, 30])).astype(np.uint8)
+        simage[smask != 1] = (0.3 * simage[smask != 1]).astype(np.uint8)  # the mask bright, the rest dimmed
         label = np.where(gt == 255, 255, gt * c).astype(np.uint8)
         rows.append([fit_into_cell(simage, cell), fit_into_cell(dataset.load_image(e["query"]), cell),
                      fit_into_cell(colorize_labels((pred * c).astype(np.uint8)), cell, nearest=True),
@@ -245,7 +245,7 @@ def make_figure(args, params: dict):
     episodes = read_episodes(args.episodes)[:int(settings.get("figure_samples", 4))]
     cell = int(settings.get("figure_cell", 160))
     rows = figure_rows(model, store, episodes, int(section(params, "crnet.test.iterations")), cell)
-    return compose_figure(rows, ["support (mask)", "query", "prediction", "ground truth"], cell)
+    return compose_figure(rows, ["support (masked)", "query", "prediction", "ground truth"], cell)
 
 
 def write_outputs(out: str, metrics: dict, text: str, figure=None) -> None:
