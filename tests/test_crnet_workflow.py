@@ -8,6 +8,7 @@ import json
 import pytest
 
 from conftest import scratch_workflow, snakemake
+from test_lnet_workflow import dry_run as rule_counts
 
 TINY = {
     "workflow": {"train_threads": 1},
@@ -20,17 +21,6 @@ TINY = {
         "report": {"figure_samples": 2, "figure_cell": 64},
     }},
 }
-
-
-def rule_counts(workdir, target):
-    proc = snakemake(workdir, target, "-n", "--cores", "2", "--quiet", "rules")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    counts = {}
-    for line in proc.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
-            counts[parts[0]] = int(parts[1])
-    return counts
 
 
 def test_dry_runs_of_the_crnet_targets(tmp_path):
