@@ -7,8 +7,7 @@ import json
 
 import pytest
 
-from conftest import scratch_workflow, snakemake
-from test_lnet_workflow import dry_run as rule_counts
+from conftest import dry_run as rule_counts, scratch_workflow, snakemake
 
 TINY = {
     "workflow": {"train_threads": 1},
