@@ -30,6 +30,8 @@ include: "workflow/rules/retab_inputs.smk"
 include: "workflow/rules/retab.smk"
 include: "workflow/rules/lnet_inputs.smk"
 include: "workflow/rules/lnet.smk"
+include: "workflow/rules/crnet_inputs.smk"
+include: "workflow/rules/crnet.smk"
 
 
 rule all:

@@ -1,6 +1,6 @@
 """The table of methods, in one place.
 
-A *method* is a paper (``retab``, ``lnet``; ``crnet`` and ``refnet`` will follow); a *row*
+A *method* is a paper (``retab``, ``lnet``, ``crnet``; ``refnet`` will follow); a *row*
 is one line of its results table (``cam``, ``cam_rw``, ..., ``oracle``); a *target* is a
 ``results/<dataset>/<target>_fold<k>`` directory that shows some rows of one method
 (``retab`` shows every RETAB row, ``cam`` only the CAM row; ``pnet`` shows the four
@@ -92,7 +92,21 @@ LNET = Method(
     report_stage="pipeline.methods.lnet.report",
 )
 
-METHODS: dict[str, Method] = {method.name: method for method in (RETAB, LNET)}
+CRNET = Method(
+    name="crnet",
+    title="CRNet few-shot segmentation",
+    paper="Liu et al., CVPR 2020",
+    rows={
+        # CRNet trained on the fold's base classes, k-shot by probability fusion
+        "crnet": Row("CRNet"),
+        # training-free masked-average-pooling prototypes + cosine (PANet without alignment)
+        "prototype": Row("Prototype floor (PANet, no alignment)", fold_dependent=False),
+    },
+    targets={"crnet": ("crnet", "prototype")},
+    report_stage="pipeline.methods.crnet.report",
+)
+
+METHODS: dict[str, Method] = {method.name: method for method in (RETAB, LNET, CRNET)}
 
 
 def method_of_target(target: str) -> Method:

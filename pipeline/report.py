@@ -48,16 +48,17 @@ def mean_or_none(values: Iterable[float | None]) -> float | None:
     return sum(defined) / len(defined) if defined else None
 
 
-def mean_summaries(summaries: Sequence[dict | None]) -> dict | None:
+def mean_summaries(summaries: Sequence[dict | None], keys: Sequence[str] = SUMMARY_KEYS) -> dict | None:
     """Per-key mean of several :func:`summarize_eval` results (folds): scalars and per-class IoU.
 
     Undefined values (None) are left out of each mean; a key defined in no summary stays
-    None. ``num_folds`` counts the summaries averaged; None when there are none.
+    None. ``num_folds`` counts the summaries averaged; None when there are none. ``keys``:
+    the scalars averaged (few-shot reports name their own, e.g. ``miou_1shot``).
     """
     present = [s for s in summaries if s is not None]
     if not present:
         return None
-    out = {key: mean_or_none(s.get(key) for s in present) for key in SUMMARY_KEYS if any(key in s for s in present)}
+    out = {key: mean_or_none(s.get(key) for s in present) for key in keys if any(key in s for s in present)}
     classes = list(dict.fromkeys(name for s in present for name in s.get("per_class_iou", {})))
     out["per_class_iou"] = {name: mean_or_none(s.get("per_class_iou", {}).get(name) for s in present)
                             for name in classes}

@@ -90,23 +90,54 @@ def cached_features(cache: dict, positions: dict[str, tuple[int, int]], image_id
 
 
 
-def _check_cache_groups(path: Path, cache: dict) -> None:
+def _check_cache_groups(path: Path, cache: dict, stage: str = "seg_features") -> None:
     """Every id in exactly one size group, with one feature map per listed image."""
     groups = cache.get("groups")
     if not isinstance(groups, list) or (not groups and cache["ids"]):
-        raise PipelineError(path, "damaged feature cache (no size groups); rerun seg_features")
+        raise PipelineError(path, f"damaged feature cache (no size groups); rerun {stage}")
     seen = []
     for group in groups:
         index, features = group.get("index"), group.get("features")
         if (not isinstance(features, torch.Tensor) or features.dim() != 4 or not isinstance(index, list)
                 or features.shape[0] != len(index) or len(group.get("image_size") or ()) != 2):
             raise PipelineError(path, "damaged feature cache (a size group's features do not match its "
-                                "images); rerun seg_features")
+                                f"images); rerun {stage}")
         seen.extend(index)
     if sorted(seen) != list(range(len(cache["ids"]))):
         raise PipelineError(path, "damaged feature cache (its size groups do not cover each image once); "
-                            "rerun seg_features")
+                            f"rerun {stage}")
 
+
+
+def read_feature_cache(path: str | Path, expected_meta: dict, ids: list[str], stage: str = "seg_features") -> dict:
+    """A feature cache file (layout of :func:`load_feature_cache`) checked against the
+    ``meta`` its reader expects and the split's ids; errors name the file and ``stage``,
+    the stage that writes it (seg_features, or CRNet's crnet_features)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(path, f"feature cache not found (stage {stage})")
+    try:
+        cache = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a damaged file
+        raise PipelineError(path, f"unreadable feature cache ({type(err).__name__}: {err})") from None
+    if isinstance(cache, dict) and cache.get("format") in OLD_CACHE_FORMATS:
+        raise PipelineError(path, f"feature cache of an older format ({cache['format']}; this code reads "
+                            f"{CACHE_FORMAT}); rerun {stage}")
+    if not isinstance(cache, dict) or cache.get("format") != CACHE_FORMAT:
+        raise PipelineError(path, f"not a feature cache of stage {stage}")
+    if cache["meta"] != expected_meta:
+        diff = [f"{k}: file has {cache['meta'].get(k)!r}, the network {v!r}" for k, v in expected_meta.items()
+                if cache["meta"].get(k) != v]
+        raise PipelineError(path, "features of another network (" + "; ".join(diff) + f"); rerun {stage}")
+    if list(cache["ids"]) != list(ids):
+        if len(cache["ids"]) != len(ids):
+            raise PipelineError(path, f"holds {len(cache['ids'])} images, the split {len(ids)} (another split "
+                                f"or dataset?); rerun {stage}")
+        k = next(k for k, (a, b) in enumerate(zip(cache["ids"], ids)) if a != b)
+        raise PipelineError(path, f"holds other images than the split (image {k + 1}: {cache['ids'][k]!r}, the "
+                            f"split's {ids[k]!r}; another split or dataset?); rerun {stage}")
+    _check_cache_groups(path, cache, stage)
+    return cache
 
 
 def load_feature_cache(path: str | Path, model: DeepLabASPP, ids: list[str]) -> dict:
@@ -116,32 +147,36 @@ def load_feature_cache(path: str | Path, model: DeepLabASPP, ids: list[str]) -> 
     ``image_size`` (H, W), ``index`` (positions in ``ids``) and ``features``
     (``len(index) x C x h x w`` float16); see :func:`cache_positions`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise PipelineError(path, "feature cache not found (stage seg_features)")
-    try:
-        cache = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a damaged file
-        raise PipelineError(path, f"unreadable feature cache ({type(err).__name__}: {err})") from None
-    if isinstance(cache, dict) and cache.get("format") in OLD_CACHE_FORMATS:
-        raise PipelineError(path, f"feature cache of an older format ({cache['format']}; this code reads "
-                            f"{CACHE_FORMAT}); rerun seg_features")
-    if not isinstance(cache, dict) or cache.get("format") != CACHE_FORMAT:
-        raise PipelineError(path, "not a feature cache of stage seg_features")
-    expected = cache_meta(model)
-    if cache["meta"] != expected:
-        diff = [f"{k}: file has {cache['meta'].get(k)!r}, the network {v!r}" for k, v in expected.items()
-                if cache["meta"].get(k) != v]
-        raise PipelineError(path, "features of another network (" + "; ".join(diff) + "); rerun seg_features")
-    if list(cache["ids"]) != list(ids):
-        if len(cache["ids"]) != len(ids):
-            raise PipelineError(path, f"holds {len(cache['ids'])} images, the split {len(ids)} (another split "
-                                "or dataset?); rerun seg_features")
-        k = next(k for k, (a, b) in enumerate(zip(cache["ids"], ids)) if a != b)
-        raise PipelineError(path, f"holds other images than the split (image {k + 1}: {cache['ids'][k]!r}, the "
-                            f"split's {ids[k]!r}; another split or dataset?); rerun seg_features")
-    _check_cache_groups(path, cache)
-    return cache
+    return read_feature_cache(path, cache_meta(model), ids)
+
+
+FEATURE_BATCH = 16  # images per backbone pass (memory only: the features do not depend on it)
+
+
+@torch.no_grad()
+def split_features(features_fn, dataset: VOCDataset, mean, std, device, desc: str = "seg features",
+                   batch: int = FEATURE_BATCH) -> list[dict]:
+    """A feature cache's ``groups``: per image size, the float16 ``features_fn(images)`` of its
+    images (in split order), the backbone run on batches of one size group."""
+    from pipeline.data.batches import normalize_batch
+
+    sizes = [image_size(dataset.image_path(image_id))[::-1] for image_id in dataset.ids]  # (H, W)
+    groups = size_groups(sizes)
+    batches = [(size, index[start:start + batch]) for size, index in groups
+               for start in range(0, len(index), batch)]
+    chunks: dict[tuple[int, int], list[torch.Tensor]] = {size: [] for size, _ in groups}
+    for size, index in progress(batches, desc=desc, total=len(batches)):
+        images = []
+        for k in index:
+            image = dataset.load_image(dataset.ids[k])
+            if image.shape[:2] != size:
+                raise PipelineError(dataset.image_path(dataset.ids[k]), f"decodes to {image.shape[1]}x"
+                                    f"{image.shape[0]} pixels, its header says {size[1]}x{size[0]}")
+            images.append(image)
+        x = normalize_batch(np.stack(images), mean, std).to(device)
+        chunks[size].append(features_fn(x).to(torch.float16).cpu())
+    return [{"image_size": list(size), "index": index, "features": torch.cat(chunks[size])}
+            for size, index in groups]
 
 
 SUPERVISIONS = ("gt", "pseudo", "mixed")

@@ -174,7 +174,8 @@ def _format_parts(parts: Mapping[str, float]) -> str:
 def train(model: torch.nn.Module, make_batches: MakeBatches, step_fn: StepFn,
           optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler | None,
           epochs: int, checkpoint_path: str | os.PathLike, log: logging.Logger, seed: int,
-          meta: Mapping[str, Any] | None = None, device: str | None = None) -> list[dict]:
+          meta: Mapping[str, Any] | None = None, device: str | None = None,
+          after_epoch: Callable[[torch.nn.Module, int], Mapping[str, Any]] | None = None) -> list[dict]:
     """Train ``model`` for ``epochs`` epochs, resuming from ``checkpoint_path`` if it exists.
 
     ``make_batches(epoch, rng)`` yields batch dicts (tensors are moved to the device);
@@ -182,6 +183,9 @@ def train(model: torch.nn.Module, make_batches: MakeBatches, step_fn: StepFn,
     (``loss`` is added if missing). ``scheduler`` (if any) steps after every optimizer
     step. ``device``: None chooses with :func:`pipeline.runtime.choose_device`. Returns
     the per-epoch history (mean parts, lr, seconds); it is stored in the checkpoint too.
+    ``after_epoch(model, epoch)`` (optional, epoch counted from 1) runs after each epoch,
+    before its checkpoint; the values it returns join the epoch's history row (e.g. a
+    held-out score for checkpoint selection).
     """
     if epochs < 1:
         raise PipelineError("params.yaml", f"epochs = {epochs} must be >= 1")
@@ -206,6 +210,9 @@ def train(model: torch.nn.Module, make_batches: MakeBatches, step_fn: StepFn,
     for epoch in range(start, epochs):
         history.append(_run_epoch(model, make_batches, step_fn, optimizer, scheduler, epoch, epochs,
                                   seed, device, log))
+        if after_epoch is not None:
+            history[-1].update(after_epoch(model, epoch + 1))
+            model.train()
         save_checkpoint(path, {
             "format": CHECKPOINT_FORMAT, "run": run, "epoch": epoch + 1, "history": history,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -256,18 +263,24 @@ def checkpoint_path_for(out: str | os.PathLike) -> Path:
 def train_and_save(model: torch.nn.Module, make_batches: MakeBatches, step_fn: StepFn,
                    optimizer: torch.optim.Optimizer, scheduler, epochs: int, out: str | os.PathLike,
                    history_path: str | os.PathLike, log: logging.Logger, seed: int, meta: Mapping,
-                   device: str | torch.device = "cpu", model_meta: Mapping | None = None) -> list[dict]:
+                   device: str | torch.device = "cpu", model_meta: Mapping | None = None,
+                   after_epoch: Callable[[torch.nn.Module, int], Mapping[str, Any]] | None = None,
+                   before_save: Callable[[torch.nn.Module, list[dict]], None] | None = None) -> list[dict]:
     """The end of a training stage: :func:`train` with its checkpoint next to ``out``, then
     the model file (contiguous CPU weights), ``history.tsv``, and the checkpoint removed.
 
     ``meta`` identifies the run (a checkpoint with other meta is not resumed); ``model_meta``,
     when given, is what the model file records instead (e.g. without the hashes of inputs).
+    ``after_epoch``: see :func:`train`; ``before_save(model, history)`` may change the weights
+    before they are written (e.g. load the epoch a held-out score selected).
     """
     from pipeline.io import write_text
 
     checkpoint = checkpoint_path_for(out)
     history = train(model, make_batches, step_fn, optimizer, scheduler, epochs, checkpoint, log, seed,
-                    meta=dict(meta), device=device)
+                    meta=dict(meta), device=device, after_epoch=after_epoch)
+    if before_save is not None:
+        before_save(model, history)
     saved_meta = dict(meta if model_meta is None else model_meta)
     save_model(out, model.cpu().to(memory_format=torch.contiguous_format), saved_meta)
     write_text(history_path, history_tsv(history))

@@ -336,3 +336,20 @@ def snakemake(workdir: Path, *args: str, timeout: int = 1200) -> subprocess.Comp
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def rule_counts(stdout: str) -> dict[str, int]:
+    """{rule: job count} of a snakemake --quiet rules listing."""
+    counts = {}
+    for line in stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def dry_run(workdir, target):
+    """{rule: job count} that ``snakemake -n`` plans for ``target`` (it must plan without error)."""
+    proc = snakemake(workdir, target, "-n", "--cores", "2", "--quiet", "rules")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return rule_counts(proc.stdout)

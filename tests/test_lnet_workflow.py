@@ -4,22 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import scratch_workflow, snakemake
-
-
-def rule_counts(stdout: str) -> dict[str, int]:
-    counts = {}
-    for line in stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
-            counts[parts[0]] = int(parts[1])
-    return counts
-
-
-def dry_run(workdir, target):
-    proc = snakemake(workdir, target, "-n", "--cores", "2", "--quiet", "rules")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return rule_counts(proc.stdout)
+from conftest import dry_run, rule_counts, scratch_workflow, snakemake
 
 
 def test_pnet_target_reuses_the_shared_cam_and_oracle_stages(tmp_path):

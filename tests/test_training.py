@@ -172,3 +172,28 @@ def test_history_tsv_one_format_for_every_training_stage():
     # no phase column without phases; a checkpoint's old list of lrs gets numbered groups
     assert history_tsv([{"epoch": 2, "loss": 0.5, "lr": [0.01, 0.1], "batches": 3, "seconds": 1.0}]) == (
         "epoch\tloss\tlr_group0\tlr_group1\tbatches\tseconds\n2\t0.5\t0.01\t0.1\t3\t1\n")
+
+
+def test_after_epoch_scores_join_the_history_and_survive_a_resume(tmp_path: Path):
+    """The hook checkpoint selection uses (train_crnet): its values are history columns, kept in
+    the checkpoint, so a run killed in epoch 3 and resumed holds the scores of epochs 1-2 too."""
+    from pipeline.training import history_tsv
+
+    seen = []
+
+    def after_epoch(model, epoch):
+        seen.append(epoch)
+        return {"heldout": 0.1 * epoch}
+
+    def go(step):
+        model = tiny_model(0)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        return train(model, make_batches, step, optimizer, None, 3, tmp_path / "c.pt", LOG, seed=7,
+                     meta=META, device="cpu", after_epoch=after_epoch)
+
+    with pytest.raises(Interrupted):
+        go(make_step(fail_at=2 * len(X) // BATCH + 2))  # dies inside epoch 3
+    history = go(make_step())
+    assert seen == [1, 2, 3]
+    assert [round(row["heldout"], 6) for row in history] == [0.1, 0.2, 0.3]
+    assert "heldout" in history_tsv(history).splitlines()[0].split("\t")

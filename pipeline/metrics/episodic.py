@@ -103,6 +103,9 @@ class EpisodeIoUAccumulator:
         self.episodes = np.zeros(len(self.class_ids), dtype=np.int64)
         self.episode_fg_iou: list[float] = []
         self.episode_fb_iou: list[float] = []
+        # per episode, in order: {"class", "inter": [bg, fg], "union": [bg, fg]} (what a
+        # stage writes so that any later grouping of episodes can be re-scored exactly)
+        self.episode_counts: list[dict] = []
 
     def update(self, pred: np.ndarray, gt: np.ndarray, class_id: int) -> float:
         """Add one episode of ``class_id``; returns its foreground IoU (NaN if 0/0)."""
@@ -113,6 +116,7 @@ class EpisodeIoUAccumulator:
         self.inter[row] += inter
         self.union[row] += union
         self.episodes[row] += 1
+        self.episode_counts.append({"class": int(class_id), "inter": inter.tolist(), "union": union.tolist()})
         ious = _iou_or_nan(inter, union)
         self.episode_fg_iou.append(float(ious[1]))
         self.episode_fb_iou.append(_nanmean(ious))

@@ -8,7 +8,9 @@ Inputs are finished per-fold report directories, only their ``metrics.json`` (an
 ``figure.png``, ``report.md`` for the figure caption): ``--retab`` takes those of stage
 pipeline.methods.retab.report (``results/<dataset>/retab_fold<k>``, the comparison of every RETAB table
 row; a single-method report adds its row), ``--lnet`` those of pipeline.methods.lnet.report
-(``results/<dataset>/{lnet,pnet}_fold<k>``). Dataset, fold and method are read from each
+(``results/<dataset>/{lnet,pnet}_fold<k>``), ``--crnet`` those of pipeline.methods.crnet.report
+(``results/<dataset>/crnet_fold<k>``: CRNet and the prototype floor, 1-/5-shot mIoU and FB-IoU,
+each fold's mean over episode seeds). Dataset, fold and method are read from each
 metrics.json, so reports of several datasets mix freely; two reports of the same method,
 dataset and fold are an error. Rows present in several reports of one fold (the L-Net
 report's rows are also in the P-Net report) are taken from the first given.
@@ -40,8 +42,9 @@ from typing import Mapping, Sequence
 
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir, read_json, write_json, write_text
-from pipeline.method_table import LNET, RETAB
-from pipeline.report import MIOU_COLUMNS, NOVEL_ERROR_COLUMNS, fold_table, format_percent, mean_summaries, miou_table
+from pipeline.method_table import CRNET, LNET, RETAB
+from pipeline.report import (
+    MIOU_COLUMNS, NOVEL_ERROR_COLUMNS, SUMMARY_KEYS, fold_table, format_percent, mean_summaries, miou_table)
 from pipeline.runtime import stage_run
 
 FIGURE_DIR = "figures"
@@ -61,9 +64,13 @@ class Branch:
     classes_key: str  # metrics.json key listing the fold's novel / weak classes
     classes_label: str
     error_columns: Sequence[tuple[str, str]] = ()  # columns of a "where novel pixels go" table, if any
+    score_keys: Sequence[str] = SUMMARY_KEYS  # the scalars of a row's scores that are averaged over folds
 
 
 STRONG_WEAK_COLUMNS = (("all", "miou"), ("strong", "miou_base"), ("weak", "miou_novel"))
+FEWSHOT_COLUMNS = (("1-shot mIoU", "miou_1shot"), ("1-shot FB-IoU", "fb_iou_1shot"),
+                   ("5-shot mIoU", "miou_5shot"), ("5-shot FB-IoU", "fb_iou_5shot"))
+FEWSHOT_KEYS = tuple(key for _, key in FEWSHOT_COLUMNS)
 BRANCHES = {
     "retab": Branch(
         title="RETAB weak-shot comparison",
@@ -79,6 +86,14 @@ BRANCHES = {
         columns={"val": STRONG_WEAK_COLUMNS, "pseudo": (("all", "miou"), ("weak", "miou_novel"))},
         fold_scores=(("weak classes", "miou_novel"), ("all classes", "miou")),
         classes_key="weak_classes", classes_label="Weak classes"),
+    "crnet": Branch(
+        title="CRNet few-shot segmentation (episodes of the novel classes on val; each fold's mean over "
+              "episode seeds)",
+        rows=CRNET.titles(), targets=tuple(CRNET.targets),
+        kind_titles={"val": "Few-shot episodes"},
+        columns={"val": FEWSHOT_COLUMNS},
+        fold_scores=(("1-shot", "miou_1shot"), ("5-shot", "miou_5shot")),
+        classes_key="novel_classes", classes_label="Novel classes", score_keys=FEWSHOT_KEYS),
 }
 _FIGURE_LINK = re.compile(r"!\[([^\]]*)\]\(figure\.png\)")
 
@@ -101,7 +116,7 @@ def read_fold_report(directory: str | Path, branch: str) -> dict:
     document = read_json(path)
     if not (isinstance(document, dict) and isinstance(document.get("methods"), dict)
             and isinstance(document.get("fold"), int) and document.get("dataset") and "method" in document):
-        raise PipelineError(path, "not a fold report of pipeline.methods.retab.report / lnet.report "
+        raise PipelineError(path, "not a fold report of pipeline.methods.retab.report / lnet.report / crnet.report "
                             "(needs 'dataset', 'fold', 'method', 'methods')")
     target = document["method"]  # the results target the report shows (retab, cam, ..., pnet)
     if target not in spec.targets:
@@ -114,7 +129,7 @@ def read_fold_report(directory: str | Path, branch: str) -> dict:
             raise PipelineError(path, f"methods.{row} has no 'val' scores")
     figure = directory / "figure.png"
     # report_retab always draws the comparison's figure; report_lnet when it had images to show.
-    expected = target == "retab" if branch == "retab" else bool(document.get("figure_images"))
+    expected = {"retab": target == "retab", "crnet": True}.get(branch, bool(document.get("figure_images")))
     if expected and not figure.is_file():
         raise PipelineError(figure, "figure not found (the fold report is incomplete)")
     report_md = directory / "report.md"
@@ -161,7 +176,8 @@ def branch_means(folds: Mapping[int, dict], spec: Branch) -> dict:
     tables = {kind: per_fold(folds, spec, kind) for kind in KINDS}
     rows = [row for row in spec.rows if any(row in tables[kind] for kind in KINDS)]
     return {row: {"title": spec.rows[row],
-                  **{kind: mean_summaries(tables[kind].get(row, [])) for kind in KINDS}} for row in rows}
+                  **{kind: mean_summaries(tables[kind].get(row, []), spec.score_keys) for kind in KINDS}}
+            for row in rows}
 
 
 def classes_line(folds: Mapping[int, dict], spec: Branch) -> str | None:
@@ -257,11 +273,12 @@ def summary_document(collected: Mapping[str, dict], figures: Sequence[dict]) -> 
 
 # --------------------------------------------------------------------------- stage
 
-def run(retab: Sequence[str], lnet: Sequence[str], out: str) -> dict:
+def run(retab: Sequence[str], lnet: Sequence[str], out: str, crnet: Sequence[str] = ()) -> dict:
     """Read every fold report (all errors before anything is written), then write ``out``."""
-    if not retab and not lnet:
-        raise PipelineError("--retab/--lnet", "no fold report given")
-    reports = [read_fold_report(d, "retab") for d in retab] + [read_fold_report(d, "lnet") for d in lnet]
+    if not retab and not lnet and not crnet:
+        raise PipelineError("--retab/--lnet/--crnet", "no fold report given")
+    reports = ([read_fold_report(d, "retab") for d in retab] + [read_fold_report(d, "lnet") for d in lnet]
+               + [read_fold_report(d, "crnet") for d in crnet])
     collected = collect(reports)
     figures = plan_figures(collected)
     text = report_markdown(collected, figures, [r["source"] for r in reports])
@@ -282,10 +299,12 @@ def main(argv=None):
                     help="fold report directories of pipeline.methods.retab.report (results/<dataset>/retab_fold<k>)")
     ap.add_argument("--lnet", nargs="*", default=[], metavar="DIR",
                     help="fold report directories of pipeline.methods.lnet.report (results/<dataset>/{lnet,pnet}_fold<k>)")
+    ap.add_argument("--crnet", nargs="*", default=[], metavar="DIR",
+                    help="fold report directories of pipeline.methods.crnet.report (results/<dataset>/crnet_fold<k>)")
     ap.add_argument("--out", required=True, help="report directory to write (results/report)")
     args = ap.parse_args(argv)
-    with stage_run("report_all", {"retab": args.retab, "lnet": args.lnet}, {}) as log:
-        document = run(args.retab, args.lnet, args.out)
+    with stage_run("report_all", {"retab": args.retab, "lnet": args.lnet, "crnet": args.crnet}, {}) as log:
+        document = run(args.retab, args.lnet, args.out, args.crnet)
         log.info("report of %s (%d figures) written to %s", ", ".join(document["datasets"]),
                  len(document["figures"]), args.out)
 

@@ -30,44 +30,17 @@ stride, input scale, weights) which train_seg / predict_seg compare with their o
 """
 from __future__ import annotations
 
-
-import numpy as np
 import torch
 
 from pipeline.config import load_params
-from pipeline.data.batches import normalize_batch
-from pipeline.data.voc import VOCDataset, image_size
+from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_path
-from pipeline.models import DeepLabASPP, backbone_normalization
-from pipeline.runtime import progress, seed_everything, stage_run
+from pipeline.models import backbone_normalization
+from pipeline.runtime import seed_everything, stage_run
 from pipeline.segmentation import (
-    CACHE_FORMAT, build_seg_model, cache_meta, check_frozen_backbone, feature_cache_enabled, size_groups)
+    CACHE_FORMAT, build_seg_model, cache_meta, check_frozen_backbone, feature_cache_enabled, split_features)
 from pipeline.stage import stage_device, stage_parser
-
-BATCH = 16  # images per backbone pass (memory only: the features do not depend on it)
-
-
-@torch.no_grad()
-def split_features(model: DeepLabASPP, dataset: VOCDataset, mean, std, device) -> list[dict]:
-    """The cache's ``groups``: per image size, the float16 features of its images (in split order)."""
-    sizes = [image_size(dataset.image_path(image_id))[::-1] for image_id in dataset.ids]  # (H, W)
-    groups = size_groups(sizes)
-    batches = [(size, index[start:start + BATCH]) for size, index in groups
-               for start in range(0, len(index), BATCH)]
-    chunks: dict[tuple[int, int], list[torch.Tensor]] = {size: [] for size, _ in groups}
-    for size, index in progress(batches, desc="seg features", total=len(batches)):
-        images = []
-        for k in index:
-            image = dataset.load_image(dataset.ids[k])
-            if image.shape[:2] != size:
-                raise PipelineError(dataset.image_path(dataset.ids[k]), f"decodes to {image.shape[1]}x"
-                                    f"{image.shape[0]} pixels, its header says {size[1]}x{size[0]}")
-            images.append(image)
-        x = normalize_batch(np.stack(images), mean, std).to(device)
-        chunks[size].append(model.features(x).to(torch.float16).cpu())
-    return [{"image_size": list(size), "index": index, "features": torch.cat(chunks[size])}
-            for size, index in groups]
 
 
 def main(argv=None):
@@ -90,7 +63,7 @@ def main(argv=None):
     inputs = {"split": args.split, "images": len(dataset)}
     with stage_run("seg_features", inputs, {"segmentation": params["segmentation"], "backbone": params["backbone"]},
                    device) as log:
-        groups = split_features(model, dataset, mean, std, device)
+        groups = split_features(model.features, dataset, mean, std, device)
         document = {"format": CACHE_FORMAT, "ids": list(dataset.ids), "groups": groups, "meta": cache_meta(model)}
         with atomic_path(args.out) as tmp:
             torch.save(document, tmp)

@@ -1,0 +1,154 @@
+"""CRNet training and episode scoring, shared by the few-shot stages (train_crnet, the
+episodic test's k-shot finetune; TPC + CRC builds on the same pieces): variants, training
+pairs from cached features, the loss, the optimizer, scoring episodes.
+Stage docs: :mod:`pipeline.methods.crnet.train_crnet`.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.config import section
+from pipeline.data.fewshot_features import FeatureStore
+from pipeline.errors import PipelineError
+from pipeline.fewshot import binary_prediction
+from pipeline.losses import segmentation_ce
+from pipeline.metrics.episodic import EpisodeIoUAccumulator
+from pipeline.models.crnet import SWITCHES, CRNet, episode_probabilities, upsample_logits
+from pipeline.training import load_model
+
+FULL = "full"
+
+
+def variant_settings(params: dict, variant: str) -> dict:
+    """``{switch: value, ..., "novel_images": ...}`` of a variant (``full``: the defaults)."""
+    settings = {name: name != "single_level" for name in SWITCHES}
+    settings["novel_images"] = section(params, "crnet.train.novel_images")
+    if variant != FULL:
+        variants = section(params, "crnet.ablation.variants") or {}
+        if variant not in variants:
+            raise PipelineError("--variant", f"'{variant}' is neither {FULL} nor a key of crnet.ablation.variants "
+                                f"(known: {', '.join(sorted(variants)) or 'none'})")
+        settings.update(variants[variant])
+    return settings
+
+
+def build_crnet(params: dict, level_channels, settings: dict) -> CRNet:
+    return CRNet(level_channels, hidden=int(section(params, "crnet.hidden")),
+                 **{name: settings[name] for name in SWITCHES})
+
+
+def split_holdout(ids: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """(training ids, held-out ids): a seeded share of ``ids`` (at least one each when possible),
+    both in the order of ``ids``."""
+    n_hold = int(round(len(ids) * fraction))
+    n_hold = min(max(n_hold, 1), len(ids) - 1) if len(ids) > 1 else 0
+    held = set(np.random.default_rng([seed, 1]).permutation(len(ids))[:n_hold].tolist())
+    return [i for k, i in enumerate(ids) if k not in held], [i for k, i in enumerate(ids) if k in held]
+
+
+def draw_pairs(images: dict[int, list[str]], negatives: dict[int, list[str]], n: int, negative_prob: float,
+               rng: np.random.Generator) -> list[dict]:
+    """``n`` training pairs ``{class, query, support, positive, flip_query, flip_support}`` (see
+    the module docstring): the class uniform over ``images`` (classes with >= 2 images),
+    positive pairs two distinct images of it, negative pairs a query from ``negatives[c]``
+    (training images without the class; none there: the pair stays positive)."""
+    classes = sorted(images)
+    pairs = []
+    for _ in range(n):
+        c = classes[int(rng.integers(len(classes)))]
+        ids = images[c]
+        support = ids[int(rng.integers(len(ids)))]
+        positive = True
+        if negative_prob > 0 and rng.random() < negative_prob:
+            others = negatives.get(c) or []
+            if others:
+                query, positive = others[int(rng.integers(len(others)))], False
+        if positive:
+            query = support
+            while query == support:
+                query = ids[int(rng.integers(len(ids)))]
+        pairs.append({"class": c, "query": query, "support": support, "positive": positive,
+                      "flip_query": bool(rng.random() < 0.5), "flip_support": bool(rng.random() < 0.5)})
+    return pairs
+
+
+def pair_batches(pairs: list[dict], store: FeatureStore, batch_size: int, flip: bool) -> list[list[dict]]:
+    """Batches of ``batch_size`` pairs, each a list of groups whose query features, support
+    features and masks have equal sizes (stacked tensors): ``query``, ``support``,
+    ``query_mask``, ``support_mask``, ``positive``."""
+    batches = []
+    for start in range(0, len(pairs) - batch_size + 1, batch_size):
+        groups: dict[tuple, list[dict]] = {}
+        for pair in pairs[start:start + batch_size]:
+            fq, fs = pair["flip_query"] and flip, pair["flip_support"] and flip
+            item = {"query": store.features(pair["query"], fq)[0], "support": store.features(pair["support"], fs)[0],
+                    "query_mask": store.mask(pair["query"], pair["class"], fq),
+                    "support_mask": store.mask(pair["support"], pair["class"], fs),
+                    "positive": torch.tensor(pair["positive"])}
+            key = tuple(tuple(item[k].shape) for k in ("query", "support", "query_mask", "support_mask"))
+            groups.setdefault(key, []).append(item)
+        batches.append({"groups": [{k: torch.stack([item[k] for item in items]) for k in items[0]}
+                                   for items in groups.values()]})
+    return batches
+
+
+def pair_loss(model: CRNet, group: dict, iterations: int, support_weight: float, cooccurrence_weight: float,
+              ignore_index: int) -> tuple[torch.Tensor, dict]:
+    """The training loss of one group of pairs and its parts (see the module docstring)."""
+    out = model(group["query"], group["support"], group["support_mask"], query_mask=group["query_mask"],
+                iterations=iterations, predict_support=support_weight > 0, ignore_index=ignore_index)
+    qm, sm, positive = group["query_mask"], group["support_mask"], group["positive"]
+    query_ce = torch.stack([segmentation_ce(upsample_logits(o, qm.shape[-2:]), qm, ignore_index)
+                            for o in out["query"]]).mean()
+    loss, parts = query_ce, {"query_ce": float(query_ce.detach())}
+    if out["support"] is not None and positive.any():
+        support_ce = torch.stack([segmentation_ce(upsample_logits(o[positive], sm.shape[-2:]), sm[positive],
+                                                  ignore_index) for o in out["support"]]).mean()
+        loss = loss + support_weight * support_ce
+        parts["support_ce"] = float(support_ce.detach())
+    if out["cooccurrence"] is not None and cooccurrence_weight > 0:
+        target = positive.to(torch.float32)
+        bce = sum(F.binary_cross_entropy_with_logits(logit, target) for logit in out["cooccurrence"]) / 2
+        loss = loss + cooccurrence_weight * bce
+        parts["cooccurrence_bce"] = float(bce.detach())
+    return loss, parts
+
+
+@torch.no_grad()
+def score_episodes(model: CRNet, store: FeatureStore, episodes: list[dict], classes: list[int], iterations: int,
+                   device) -> EpisodeIoUAccumulator:
+    """1-shot or k-shot episodes of ``store``'s split scored at the label resolution."""
+    model.eval()
+    acc = EpisodeIoUAccumulator(classes, store.dataset.ignore_index)
+    for e in episodes:
+        c = e["class"]
+        probs = episode_probabilities(model, store.features(e["query"]).to(device),
+                                      [store.features(s).to(device) for s in e["supports"]],
+                                      [store.mask(s, c) for s in e["supports"]], iterations)
+        gt = store.mask(e["query"], c)
+        acc.update(binary_prediction(probs[-1].cpu(), gt.shape).numpy(), gt.numpy(), c)
+    return acc
+
+
+def make_optimizer(model: torch.nn.Module, cfg: dict, lr: float) -> torch.optim.Optimizer:
+    if cfg["optimizer"] == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg["weight_decay"])
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+
+
+def load_crnet(path, store: FeatureStore) -> CRNet:
+    """The model file's CRNet, built with the switches its meta records."""
+    try:
+        meta = torch.load(path, map_location="cpu", weights_only=True).get("meta", {})
+    except FileNotFoundError:
+        raise PipelineError(path, "model file not found (stage train_crnet)") from None
+    except Exception as err:  # noqa: BLE001 - any unpickling failure: not our file
+        raise PipelineError(path, f"not a readable model file ({type(err).__name__})") from None
+    settings = {k: meta[k] for k in SWITCHES if k in meta}
+    if len(settings) != len(SWITCHES):
+        raise PipelineError(path, "not a CRNet model file (stage train_crnet)")
+    model = build_crnet({"crnet": {"hidden": meta.get("hidden", 0)}}, store.level_channels, settings)
+    load_model(path, model, {"model": "CRNet", "level_channels": store.level_channels})
+    return model.eval()

@@ -1,0 +1,15 @@
+"""CRNet: Cross-Reference Networks for few-shot segmentation (Liu et al., CVPR 2020), on the
+shared few-shot test bed (:mod:`pipeline.data.episodes`, :mod:`pipeline.metrics.episodic`).
+
+The method top to bottom (rules: workflow/rules/crnet.smk):
+
+1. :mod:`.crnet_features`: the frozen siamese encoder's features of the train and val
+   splits, once (the encoder never trains: CANet/CRNet).
+2. :mod:`.train_crnet`: CRNet (:mod:`pipeline.models.crnet`) on pairs of the fold's base
+   classes (train split), the epoch chosen on held-out base-class episodes.
+3. :mod:`.test_crnet`: CRNet on every episodes file (k-shot by probability fusion; the
+   refinement-iterations scores in the same pass), the k-shot finetune vs fusion on a
+   subset, and the training-free prototype floor (:mod:`pipeline.fewshot`).
+4. :mod:`.report`: results/<dataset>/crnet_fold<k> (tables + figure), crnet_all (folds),
+   crnet_ablation (one training job per variant of ``crnet.ablation.variants``).
+"""

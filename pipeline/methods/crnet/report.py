@@ -1,0 +1,260 @@
+"""Stage report (CRNet): results/<dataset>/crnet_fold<k>, crnet_all and crnet_ablation.
+
+    python -m pipeline.methods.crnet.report --fold 0 --eval crnet:1:0=E.json ... \\
+        --eval prototype:1:0=P.json ... --finetune F.json --history H.tsv --model M.pt \\
+        --features VAL.pt --fold-file FOLD.json --episodes EPISODES.jsonl --out DIR
+    python -m pipeline.methods.crnet.report --aggregate results/D/crnet_fold0 ... --out DIR
+    python -m pipeline.methods.crnet.report --ablation --eval <variant>:<fold>:<seed>=E.json ... --out DIR
+
+Per fold (the papers' table forms): 1-shot and 5-shot mIoU and FB-IoU as mean ± std over
+the episode seeds (:func:`pipeline.metrics.episodic.summaries_over_seeds`, never the best
+seed) with the prototype floor beside them; fusion vs finetune on the finetune subset; the
+refinement-iterations table (mIoU after 1..T iterations, mean ± std over seeds); the
+checkpoint the held-out base-class episodes selected; a figure support | query |
+prediction | ground truth of the first episodes (``report.figure_samples``) of the first
+episodes file. ``--aggregate``: the mean over folds of each fold's seed means, one
+column per fold. ``--ablation``: each variant's 1-shot mIoU (mean ± std over seeds) per fold.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import load_params, section
+from pipeline.data.episodes import read_episodes
+from pipeline.data.fewshot_features import FeatureStore
+from pipeline.data.folds import fold_novel_classes, load_fold
+from pipeline.data.voc import VOCDataset
+from pipeline.errors import PipelineError, run_stage
+from pipeline.fewshot import binary_prediction
+from pipeline.io import atomic_dir, read_json, write_json
+from pipeline.metrics.episodic import format_mean_std, mean_std_over_seeds, summaries_over_seeds
+from pipeline.models.crnet import episode_probabilities
+from pipeline.report import colorize_labels, compose_figure, fit_into_cell, markdown_table
+from pipeline.runtime import stage_run
+from pipeline.stage import stage_parser
+
+KINDS = {"crnet": "CRNet", "prototype": "Prototype floor (PANet, no alignment)"}
+
+
+def parse_evals(entries: list[str]) -> dict[tuple[str, int, int], str]:
+    """``name:a:b=path`` -> ``{(name, a, b): path}`` (errors name the option)."""
+    out = {}
+    for entry in entries:
+        key, sep, path = entry.partition("=")
+        parts = key.split(":")
+        if not sep or len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+            raise PipelineError("--eval", f"'{entry}' is not NAME:INT:INT=PATH")
+        out[(parts[0], int(parts[1]), int(parts[2]))] = path
+    return out
+
+
+def seed_tables(evals: dict[tuple[str, int, int], dict]) -> dict:
+    """``{kind: {"<k>shot": summaries_over_seeds}}`` and the iteration scores of CRNet."""
+    metrics: dict = {}
+    for kind in sorted({k for k, _, _ in evals}):
+        for shots in sorted({s for k, s, _ in evals if k == kind}):
+            docs = {seed: evals[(k, s, seed)] for k, s, seed in evals if k == kind and s == shots}
+            metrics.setdefault(kind, {})[f"{shots}shot"] = summaries_over_seeds({e: d["summary"] for e, d in docs.items()})
+            if kind == "crnet":
+                its = sorted({int(t) for d in docs.values() for t in d.get("by_iterations", {})})
+                metrics.setdefault("iterations", {})[f"{shots}shot"] = {
+                    str(t): mean_std_over_seeds({e: d["by_iterations"][str(t)]["miou"] for e, d in docs.items()})
+                    for t in its}
+    return metrics
+
+
+def report_rows(metrics: dict) -> dict:
+    """``{"crnet" | "prototype": {"val": {"miou_<k>shot", "fb_iou_<k>shot"}}}``: the seed means that
+    results/report (stage report_all) tabulates over folds."""
+    return {kind: {"val": {f"{score}_{shots}": metrics[kind][shots][score]["mean"]
+                           for shots in metrics[kind] for score in ("miou", "fb_iou")}}
+            for kind in KINDS if kind in metrics}
+
+
+def fold_markdown(metrics: dict, fold: int, dataset: str) -> str:
+    shots = sorted({key for kind in KINDS for key in metrics.get(kind, {})}, key=lambda s: int(s[:-4]))
+    lines = [f"# CRNet few-shot segmentation: {dataset}, fold {fold}", "",
+             "Novel classes of the fold on the val split (episodes: work/<dataset>/episodes). Mean ± std over "
+             f"the episode seeds {metrics.get('episode_seeds')}; scores in %, at the labels' own resolution, "
+             "255 ignored.", "", "## 1-shot and 5-shot (mIoU, FB-IoU)", ""]
+    header = ["Method"] + [f"{s} {name}" for s in shots for name in ("mIoU", "FB-IoU")]
+    rows = []
+    for kind, title in KINDS.items():
+        if kind in metrics:
+            rows.append([title] + [format_mean_std(metrics[kind][s][name]) if s in metrics[kind] else "–"
+                                   for s in shots for name in ("miou", "fb_iou")])
+    lines += [markdown_table(header, rows)]
+    ft = metrics.get("finetune")
+    if ft:
+        lines += [f"## k-shot: fusion vs finetune ({ft['shots']}-shot, first {ft['subset']} episodes of episode "
+                  f"seed {ft['seed']}, {ft['steps']} finetune steps per episode)", "",
+                  markdown_table(["k-shot", "mIoU", "FB-IoU"],
+                                 [[name.capitalize(), f"{100 * ft[name]['miou']:.1f}", f"{100 * ft[name]['fb_iou']:.1f}"]
+                                  for name in ("fusion", "finetune")])]
+    its = metrics.get("iterations", {})
+    if its:
+        first = next(iter(its.values()))
+        lines += ["## Refinement iterations (mIoU after t iterations)", "",
+                  markdown_table(["Shots"] + [str(t) for t in first],
+                                 [[s] + [format_mean_std(v) for v in its[s].values()] for s in its])]
+    sel = metrics.get("selection")
+    if sel:
+        lines += [f"Checkpoint selection: epoch {sel['epoch']} of {sel['epochs']} by held-out base-class 1-shot "
+                  f"mIoU ({100 * sel['heldout_miou']:.1f}); the test fold is never used.", ""]
+    if metrics.get("figure"):
+        lines += ["## Episodes", "", f"![support | query | prediction | ground truth]({metrics['figure']})", ""]
+    return "\n".join(lines) + "\n"
+
+
+def selection(history_path: str) -> dict | None:
+    with open(history_path) as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    scored = [(float(r["heldout_miou"]), -int(r["epoch"])) for r in rows if r.get("heldout_miou")]
+    if not scored:
+        return None
+    best, neg_epoch = max(scored)
+    return {"epoch": -neg_epoch, "epochs": len(rows), "heldout_miou": best}
+
+
+def figure_rows(model, store: FeatureStore, episodes: list[dict], iterations: int, cell: int):
+    """Panels of each episode: support (outside its mask dimmed), query, prediction, ground truth."""
+    rows = []
+    dataset = store.dataset
+    for e in episodes:
+        c, support = e["class"], e["supports"][0]
+        probs = episode_probabilities(model, store.features(e["query"]), [store.features(support)],
+                                      [store.mask(support, c)], iterations)
+        gt = store.mask(e["query"], c).numpy()
+        pred = binary_prediction(probs[-1], gt.shape).numpy()
+        smask = store.mask(support, c).numpy()
+        simage = dataset.load_image(support).copy()
+        simage[smask != 1] = (0.3 * simage[smask != 1]).astype(np.uint8)  # the mask bright, the rest dimmed
+        label = np.where(gt == 255, 255, gt * c).astype(np.uint8)
+        rows.append([fit_into_cell(simage, cell), fit_into_cell(dataset.load_image(e["query"]), cell),
+                     fit_into_cell(colorize_labels((pred * c).astype(np.uint8)), cell, nearest=True),
+                     fit_into_cell(colorize_labels(label), cell, nearest=True)])
+    return rows
+
+
+def aggregate(dirs: list[str]) -> tuple[dict, str]:
+    """Mean over folds of each fold's seed means (per kind, shots, score)."""
+    folds = []
+    for d in dirs:
+        path = Path(d) / "metrics.json"
+        if not path.is_file():
+            raise PipelineError(path, "not found (build results/<dataset>/crnet_fold<k> first)")
+        folds.append(read_json(path))
+    out: dict = {"folds": [m["fold"] for m in folds], "dataset": folds[0].get("dataset")}
+    header = ["Method", "Shots", "Score"] + [f"fold {m['fold']}" for m in folds] + ["mean"]
+    rows = []
+    for kind, title in KINDS.items():
+        for shots in sorted({s for m in folds for s in m.get(kind, {})}, key=lambda s: int(s[:-4])):
+            for score in ("miou", "fb_iou"):
+                values = [m.get(kind, {}).get(shots, {}).get(score, {}).get("mean") for m in folds]
+                known = [v for v in values if v is not None]
+                mean = float(np.mean(known)) if known else None
+                out.setdefault(kind, {}).setdefault(shots, {})[score] = {"per_fold": values, "mean": mean}
+                rows.append([title, shots, score] + ["–" if v is None else f"{100 * v:.1f}" for v in values]
+                            + ["–" if mean is None else f"{100 * mean:.1f}"])
+    text = (f"# CRNet over folds: {out['dataset']}\n\nEach fold's mean over episode seeds; the last column "
+            "averages the folds.\n\n" + markdown_table(header, rows))
+    return out, text
+
+
+def ablation(evals: dict[tuple[str, int, int], str]) -> tuple[dict, str]:
+    variants = sorted({v for v, _, _ in evals}, key=lambda v: (v != "full", v))
+    folds = sorted({f for _, f, _ in evals})
+    out: dict = {"folds": folds, "variants": {}}
+    rows = []
+    for v in variants:
+        cells = []
+        for f in folds:
+            docs = {seed: read_json(p) for (vv, ff, seed), p in evals.items() if vv == v and ff == f}
+            stat = mean_std_over_seeds({s: d["summary"]["miou"] for s, d in docs.items()})
+            fb = mean_std_over_seeds({s: d["summary"]["fb_iou"] for s, d in docs.items()})
+            out["variants"].setdefault(v, {})[str(f)] = {"miou": stat, "fb_iou": fb}
+            cells.append(f"{format_mean_std(stat)} / {format_mean_std(fb)}")
+        rows.append([v] + cells)
+    text = ("# CRNet ablation (1-shot mIoU / FB-IoU, %, mean ± std over episode seeds)\n\nEach variant is its "
+            "own training job (params.yaml crnet.ablation.variants); `full` is the complete model.\n\n"
+            + markdown_table(["Variant"] + [f"fold {f}" for f in folds], rows))
+    return out, text
+
+
+def main(argv=None):
+    ap = stage_parser(__doc__)
+    ap.add_argument("--fold", type=int)
+    ap.add_argument("--eval", action="append", default=[], help="KIND:SHOTS:SEED=PATH (or VARIANT:FOLD:SEED=PATH)")
+    ap.add_argument("--finetune")
+    ap.add_argument("--history")
+    ap.add_argument("--model")
+    ap.add_argument("--features")
+    ap.add_argument("--fold-file")
+    ap.add_argument("--episodes")
+    ap.add_argument("--aggregate", nargs="+")
+    ap.add_argument("--ablation", action="store_true")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+
+    if args.aggregate:
+        with stage_run("crnet_report", {"aggregate": args.aggregate}, {}):
+            metrics, text = aggregate(args.aggregate)
+            write_outputs(args.out, metrics, text)
+        return
+    evals = parse_evals(args.eval)
+    if not evals:
+        raise PipelineError("--eval", "no evaluation files given")
+    if args.ablation:
+        with stage_run("crnet_report", {"ablation": len(evals)}, {}):
+            metrics, text = ablation(evals)
+            write_outputs(args.out, metrics, text)
+        return
+    required = ("fold", "finetune", "history", "model", "features", "fold_file", "episodes")
+    missing = [name for name in required if getattr(args, name) is None]
+    if missing:
+        raise PipelineError(f"--{missing[0].replace('_', '-')}", "required for a fold report")
+    params = load_params(args.params, args.dataset)
+    with stage_run("crnet_report", {"fold": args.fold, "evals": len(evals)}, {"report": section(params, "report")}):
+        docs = {key: read_json(path) for key, path in evals.items()}
+        metrics = {"method": "crnet", "dataset": params["dataset"], "fold": args.fold,
+                   "episode_seeds": sorted({seed for _, _, seed in evals}), **seed_tables(docs)}
+        ft = read_json(args.finetune)
+        metrics["finetune"] = {"shots": ft["shots"], "subset": ft["subset"], "steps": ft["steps"],
+                               "seed": int(section(params, "crnet.test.finetune.episode_seed")),
+                               "fusion": ft["fusion"], "finetune": ft["finetune"]}
+        metrics["methods"] = report_rows(metrics)
+        metrics["novel_classes"] = [docs[key]["class_names"][c] for key in list(docs)[:1]
+                                    for c in sorted(docs[key]["class_names"], key=int)]
+        metrics["selection"] = selection(args.history)
+        metrics["figure"] = "figure.png"
+        figure = make_figure(args, params)
+        write_outputs(args.out, metrics, fold_markdown(metrics, args.fold, params["dataset"]), figure)
+
+
+def make_figure(args, params: dict):
+    from pipeline.crnet_training import load_crnet
+
+    dataset = VOCDataset(params["data"], "val")
+    store = FeatureStore(args.features, params, dataset)
+    fold_novel_classes(load_fold(args.fold_file), args.fold_file, dataset.num_classes)
+    model = load_crnet(args.model, store)
+    settings = section(params, "report")
+    episodes = read_episodes(args.episodes)[:int(settings.get("figure_samples", 4))]
+    cell = int(settings.get("figure_cell", 160))
+    rows = figure_rows(model, store, episodes, int(section(params, "crnet.test.iterations")), cell)
+    return compose_figure(rows, ["support (masked)", "query", "prediction", "ground truth"], cell)
+
+
+def write_outputs(out: str, metrics: dict, text: str, figure=None) -> None:
+    with atomic_dir(out) as tmp:
+        write_json(tmp / "metrics.json", metrics)
+        (tmp / "report.md").write_text(text)
+        if figure is not None:
+            figure.save(tmp / "figure.png")
+
+
+if __name__ == "__main__":
+    run_stage(main)

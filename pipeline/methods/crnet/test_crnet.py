@@ -1,0 +1,172 @@
+"""Stage test_crnet: score CRNet, or the training-free prototype floor, on one episodes file.
+
+    python -m pipeline.methods.crnet.test_crnet --params params.yaml --dataset D \\
+        --features work/D/crnet/features/val.pt --fold-file work/D/folds/fold0.json \\
+        --episodes work/D/episodes/fold0_5shot_seed0.jsonl --shots 5 \\
+        (--model work/D/fold0/crnet/full/model.pt [--finetune] | --prototype) --out EVAL.json
+
+Episodes (:mod:`pipeline.data.episodes`): query and k supports of a novel class, val split.
+Each query is scored at its label's own resolution with 255 ignored, through
+:class:`pipeline.metrics.episodic.EpisodeIoUAccumulator` (per-class foreground IoU summed
+over the class's episodes, mIoU over the fold's novel classes, HSNet's FB-IoU,
+per-episode mean).
+
+``--model``: CRNet with ``crnet.test.iterations`` refinement iterations; k shots are fused by
+averaging the k foreground probabilities. The scores after each iteration 1..T are
+written too (``by_iterations``: the refinement-iterations table; one pass gives all).
+``--prototype``: the PANet prototype floor (:func:`pipeline.fewshot.prototype_probability`)
+on the same cached encoder features; an all-zero support mask predicts background.
+
+``--finetune`` (with ``--model``): only the first ``crnet.test.finetune.episodes`` episodes;
+for each, a copy of the net is trained (everything but the frozen encoder) for
+``crnet.test.finetune.steps`` steps on the k^2 ordered support pairs (i, j) -- support i as
+query, support j as support, both masks known -- with the training loss and optimizer
+(lr ``crnet.test.finetune.lr``; ``batch_size`` pairs a step, null = all k^2), then predicts
+with fusion. The file holds ``fusion`` and
+``finetune`` on the same subset.
+
+Bad input (one line, exit 2, nothing written): an episode naming an image that is not in
+the val split (or whose file is missing); fewer supports than ``--shots``; an episode of a
+class that is not novel in the fold; a novel class of the fold without any episode.
+Output: ``summary``, ``episodes`` (per episode ``class``, ``inter`` and ``union`` [bg, fg]).
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+
+from pipeline.config import load_params, section
+from pipeline.crnet_training import load_crnet, make_optimizer, pair_batches, pair_loss
+from pipeline.data.episodes import read_episodes
+from pipeline.data.fewshot_features import FeatureStore
+from pipeline.data.folds import fold_novel_classes, load_fold
+from pipeline.data.voc import VOCDataset
+from pipeline.errors import PipelineError, run_stage
+from pipeline.fewshot import binary_prediction, prototype_probability
+from pipeline.io import write_json
+from pipeline.metrics.episodic import EpisodeIoUAccumulator
+from pipeline.models.crnet import CRNet, episode_probabilities
+from pipeline.runtime import progress, seed_everything, stage_run
+from pipeline.stage import stage_device, stage_parser
+
+
+def check_episodes(episodes: list[dict], path, shots: int, novel: list[int], store: FeatureStore,
+                   class_names: list[str]) -> None:
+    """The bad-input checks of the module docstring, each one line naming the file."""
+    for n, e in enumerate(episodes, 1):
+        if e["class"] not in novel:
+            raise PipelineError(path, f"line {n}: class {e['class']} is not a novel class of the fold {novel}")
+        if len(e["supports"]) < shots:
+            raise PipelineError(path, f"line {n}: {len(e['supports'])} supports, but --shots {shots} needs {shots}")
+        store.check_ids([e["query"], *e["supports"][:shots]], path, f"line {n}: image")
+    present = {e["class"] for e in episodes}
+    for c in novel:
+        if c not in present:
+            raise PipelineError(path, f"no episode of novel class '{class_names[c]}' (id {c}): it has no val image "
+                                "in the fold")
+
+
+def finetuned(model: CRNet, store: FeatureStore, e: dict, shots: int, params: dict, device) -> CRNet:
+    """A copy of ``model`` trained on the episode's k^2 support pairs (module docstring): each
+    step takes ``crnet.test.finetune.batch_size`` pairs (null: all) in a seeded cyclic order."""
+    train_cfg = section(params, "crnet.train")
+    ft = section(params, "crnet.test.finetune")
+    supports = e["supports"][:shots]
+    pairs = [{"class": e["class"], "query": a, "support": b, "positive": True, "flip_query": False,
+              "flip_support": False} for a in supports for b in supports]
+    size = len(pairs) if ft.get("batch_size") is None else min(int(ft["batch_size"]), len(pairs))
+    order = np.random.default_rng([int(params["seed"]), int(e["episode"])]).permutation(len(pairs)).tolist()
+    net = copy.deepcopy(model).to(device).train()
+    optimizer = make_optimizer(net, train_cfg, float(ft["lr"]))
+    for step in range(int(ft["steps"])):
+        chosen = [pairs[order[(step * size + i) % len(pairs)]] for i in range(size)]
+        groups = [{k: v.to(device) for k, v in g.items()}
+                  for g in pair_batches(chosen, store, size, flip=False)[0]["groups"]]
+        loss = sum(pair_loss(net, g, int(train_cfg["iterations"]), float(train_cfg["support_weight"]),
+                             float(train_cfg["cooccurrence_weight"]), store.dataset.ignore_index)[0]
+                   * g["query"].shape[0] / size for g in groups)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return net.eval()
+
+
+def probabilities(model: CRNet | None, store: FeatureStore, e: dict, shots: int, iterations: int, device):
+    """Fused foreground probability after each iteration (the floor: one entry)."""
+    c, supports = e["class"], e["supports"][:shots]
+    query = store.features(e["query"]).to(device)
+    feats = [store.features(s).to(device) for s in supports]
+    masks = [store.mask(s, c) for s in supports]
+    if model is None:
+        return [prototype_probability(query[0], [f[0] for f in feats], masks, ignore_index=store.dataset.ignore_index)]
+    return episode_probabilities(model, query, feats, masks, iterations)
+
+
+def main(argv=None):
+    ap = stage_parser(__doc__, threads=True)
+    ap.add_argument("--features", required=True, help="val-split feature cache (stage crnet_features)")
+    ap.add_argument("--fold-file", required=True, help="fold JSON: its novel classes are the episodes' classes")
+    ap.add_argument("--episodes", required=True, help="episodes JSONL (stage make_episodes)")
+    ap.add_argument("--shots", required=True, type=int, help="supports per episode used (k)")
+    which = ap.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="CRNet model file (stage train_crnet)")
+    which.add_argument("--prototype", action="store_true", help="the training-free prototype floor")
+    ap.add_argument("--finetune", action="store_true", help="k-shot finetune vs fusion on the first episodes")
+    ap.add_argument("--out", required=True, help="evaluation JSON to write")
+    args = ap.parse_args(argv)
+
+    params = load_params(args.params, args.dataset)
+    if args.shots < 1:
+        raise PipelineError("--shots", f"{args.shots} must be >= 1")
+    if args.finetune and not args.model:
+        raise PipelineError("--finetune", "needs --model")
+    dataset = VOCDataset(params["data"], "val")
+    fold = load_fold(args.fold_file)
+    novel = fold_novel_classes(fold, args.fold_file, dataset.num_classes)
+    episodes = read_episodes(args.episodes)
+    store = FeatureStore(args.features, params, dataset)
+    check_episodes(episodes, args.episodes, args.shots, novel, store, dataset.class_names)
+    device = stage_device(args, params)
+    seed_everything(int(params["seed"]))
+    iterations = int(section(params, "crnet.test.iterations"))
+    model = load_crnet(args.model, store).to(device) if args.model else None
+    if args.finetune:
+        episodes = episodes[:int(section(params, "crnet.test.finetune.episodes"))]
+    kinds = ("fusion", "finetune") if args.finetune else ("crnet",) if model is not None else ("prototype",)
+    inputs = {"episodes": args.episodes, "shots": args.shots, "model": args.model, "kinds": kinds,
+              "count": len(episodes)}
+    used = {"crnet.test": section(params, "crnet.test"), "seed": params["seed"]}
+    with stage_run("test_crnet", inputs, used, device) as log:
+        accs = {kind: [EpisodeIoUAccumulator(novel, dataset.ignore_index)
+                       for _ in range(iterations if kind != "prototype" else 1)] for kind in kinds}
+        started = time.perf_counter()
+        for e in progress(episodes, desc="episodes", total=len(episodes)):
+            gt = store.mask(e["query"], e["class"])
+            for kind in kinds:
+                net = finetuned(model, store, e, args.shots, params, device) if kind == "finetune" else model
+                for acc, p in zip(accs[kind], probabilities(net, store, e, args.shots, iterations, device)):
+                    acc.update(binary_prediction(p.cpu(), gt.shape).numpy(), gt.numpy(), e["class"])
+        rate = len(episodes) / max(time.perf_counter() - started, 1e-9)
+        log.info("%.1f episodes per second (%s, %d-shot)", rate, "+".join(kinds), args.shots)
+        document = {"method": "prototype" if model is None else "crnet", "episodes_file": args.episodes,
+                    "shots": args.shots, "fold": fold.get("fold"), "class_names": {str(c): dataset.class_names[c]
+                                                                                   for c in novel}}
+        if args.finetune:
+            document.update(subset=len(episodes), steps=int(section(params, "crnet.test.finetune.steps")),
+                            fusion=accs["fusion"][-1].summary(), finetune=accs["finetune"][-1].summary())
+            log.info("%d episodes: fusion mIoU %.4f, finetune mIoU %.4f", len(episodes), document["fusion"]["miou"],
+                     document["finetune"]["miou"])
+        else:
+            final = accs[kinds[0]][-1]
+            document.update(iterations=len(accs[kinds[0]]), summary=final.summary(), episodes=final.episode_counts)
+            if model is not None:
+                document["by_iterations"] = {str(t + 1): acc.summary() for t, acc in enumerate(accs["crnet"])}
+            log.info("%d episodes: mIoU %.4f FB-IoU %.4f", len(episodes), document["summary"]["miou"],
+                     document["summary"]["fb_iou"])
+        write_json(args.out, document)
+
+
+if __name__ == "__main__":
+    run_stage(main)

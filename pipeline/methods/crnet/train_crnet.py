@@ -1,0 +1,170 @@
+"""Stage train_crnet: CRNet (:class:`pipeline.models.crnet.CRNet`) on the fold's base classes.
+
+    python -m pipeline.methods.crnet.train_crnet --params params.yaml --dataset D \\
+        --features work/D/crnet/features/train.pt --labels work/D/image_labels.json \\
+        --fold-file work/D/folds/fold0.json --variant full \\
+        --out work/D/fold0/crnet/full/model.pt --history work/D/fold0/crnet/full/history.tsv
+
+Training-set hygiene (PFENet/HSNet/BAM): pairs come from the train split only and only
+from the fold's *base* object classes. ``crnet.train.novel_images``: ``background`` uses
+every train image, where a novel class is never the pair's class, so its pixels are
+"not the class" = background (PFENet/HSNet); ``drop`` uses only the fold's base samples,
+the images without any novel pixel (BAM).
+
+Checkpoint selection: a seeded share (``crnet.select.holdout_fraction``, seed = the global
+``seed``) of those images is kept out of training; ``crnet.select.episodes`` 1-shot
+episodes of the base classes are drawn among them (:func:`pipeline.data.episodes.draw_episodes`)
+and after each epoch the net is scored on them (mIoU, ``crnet.test.iterations``
+refinement iterations). The model file holds the epoch with the best held-out mIoU
+(``history.tsv``: ``heldout_miou`` per epoch; the best weights so far wait in
+``<out stem>.best.pt`` until the end, so a resumed run selects the same epoch). The test
+fold's episodes are never read here.
+
+A training pair (per epoch ``crnet.train.episodes_per_epoch``, drawn from ``(seed, epoch)``):
+a base class c with two training images, query and support two distinct images holding
+>= ``min_pixels`` px of c; with probability ``negative_prob`` the query is an image
+without c (co-occurrence target 0, query target all background, no support loss). Each
+image is flipped with probability 1/2 (``flip``). Loss: cross-entropy of the query
+prediction after each of ``iterations`` refinement iterations (mean) + ``support_weight``
+x the same for the support branch (conditioned on the query's ground-truth mask) +
+``cooccurrence_weight`` x BCE of both co-occurrence logits (the paper sums the terms).
+Masks are scored at their own resolution (logits resized bilinearly, 255 ignored).
+
+Variants (``--variant``): ``full`` or a key of ``crnet.ablation.variants`` (its CRNet
+switches and/or ``novel_images``). Resumable per epoch (pipeline.training).
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.config import check_range, load_params, params_hash, section
+from pipeline.crnet_training import (
+    FULL, build_crnet, draw_pairs, make_optimizer, pair_batches, pair_loss, score_episodes, split_holdout,
+    variant_settings)
+from pipeline.data.episodes import draw_episodes, images_with_class
+from pipeline.data.fewshot_features import FeatureStore
+from pipeline.data.folds import load_base_samples
+from pipeline.data.labels import check_labels_match, read_image_labels_file
+from pipeline.data.voc import VOCDataset
+from pipeline.errors import PipelineError, run_stage
+from pipeline.models.crnet import CRNet
+from pipeline.runtime import seed_everything, stage_run
+from pipeline.stage import stage_device, stage_parser
+from pipeline.training import count_steps, load_model, poly_scheduler, save_model, train_and_save
+
+def main(argv=None):
+    ap = stage_parser(__doc__, training=True, inputs=("labels",))
+    ap.add_argument("--features", required=True, help="train-split feature cache (stage crnet_features)")
+    ap.add_argument("--fold-file", required=True, help="fold JSON (stage make_folds)")
+    ap.add_argument("--variant", default=FULL, help="full or a key of crnet.ablation.variants")
+    args = ap.parse_args(argv)
+
+    params = load_params(args.params, args.dataset)
+    cfg = dict(section(params, "crnet.train"))
+    select = section(params, "crnet.select")
+    check_range(cfg["lr"], "crnet.train.lr", 0, low_open=True)
+    settings = variant_settings(params, args.variant)
+    dataset = VOCDataset(params["data"], "train")
+    document = read_image_labels_file(args.labels)
+    check_labels_match(document, params["data"], params["dataset"], args.labels)
+    if document.get("pixel_counts") is None:
+        raise PipelineError(args.labels, "has no 'pixel_counts' (rerun stage image_labels)")
+    fold, base_samples, novel = load_base_samples(args.fold_file, dataset, params["dataset"])
+    base_classes = [c for c in range(dataset.num_classes) if c not in novel and c != dataset.background_index]
+    device = stage_device(args, params)
+    seed = int(params["seed"])
+    seed_everything(seed)
+    ids = list(dataset.ids) if settings["novel_images"] == "background" else base_samples
+    train_ids, held_ids = split_holdout(ids, float(select["holdout_fraction"]), seed)
+    counts = document["pixel_counts"]
+    min_px = int(cfg["min_pixels"])
+    train_images = {c: v for c, v in images_with_class(counts, train_ids, base_classes, min_px).items() if len(v) >= 2}
+    held_images = {c: v for c, v in images_with_class(counts, held_ids, base_classes, min_px).items() if len(v) >= 2}
+    if not train_images:
+        raise PipelineError(args.fold_file, f"no base class is in 2 training images with >= {min_px} px "
+                            "(crnet.train.min_pixels)")
+    if not held_images:
+        raise PipelineError(args.fold_file, f"no base class is in 2 held-out images ({len(held_ids)} held out; "
+                            "raise crnet.select.holdout_fraction)")
+
+    store = FeatureStore(args.features, params, dataset)
+    used = {"crnet": {k: v for k, v in params["crnet"].items() if k != "test" and k != "ablation"},
+            "iterations": section(params, "crnet.test.iterations"), "variant": settings,
+            "backbone": params["backbone"], "seed": seed}
+    inputs = {"features": args.features, "fold_file": args.fold_file, "variant": args.variant,
+              "train_images": len(train_ids), "heldout_images": len(held_ids),
+              "classes": [dataset.class_names[c] for c in sorted(train_images)]}
+    with stage_run("train_crnet", inputs, used, device) as log:
+        heldout = draw_episodes(held_images, sorted(held_images), int(select["episodes"]), 1, seed, dataset.class_names)
+        log.info("fold %s: %d training images (%d base classes), %d held out (%d episodes of %d classes); novel "
+                 "images: %s", fold.get("fold"), len(train_ids), len(train_images), len(held_ids), len(heldout),
+                 len(held_images), settings["novel_images"])
+        model = build_crnet(params, store.level_channels, settings)
+        ignore = dataset.ignore_index
+        iterations = int(cfg["iterations"])
+        test_iterations = int(section(params, "crnet.test.iterations"))
+        negatives = {c: [i for i in train_ids if counts[i][c] == 0] for c in train_images}
+
+        def make_batches(epoch: int, rng: np.random.Generator):
+            pairs = draw_pairs(train_images, negatives, int(cfg["episodes_per_epoch"]),
+                               float(cfg["negative_prob"]), rng)
+            return pair_batches(pairs, store, int(cfg["batch_size"]), bool(cfg["flip"]))
+
+        def step(net: CRNet, batch: dict):
+            total, sums = 0.0, {}
+            for group in batch["groups"]:
+                loss, parts = pair_loss(net, group, iterations, float(cfg["support_weight"]),
+                                        float(cfg["cooccurrence_weight"]), ignore)
+                share = group["query"].shape[0] / int(cfg["batch_size"])
+                total = total + share * loss
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + share * v
+            return total, sums
+
+        best_path = Path(args.out).with_name(Path(args.out).stem + ".best.pt")  # the best epoch so far
+        meta = {**model.meta, "task": "crnet", "variant": args.variant, "dataset": params["dataset"],
+                "fold": fold.get("fold"), "novel_classes": novel, "params_hash": params_hash(used)}
+
+        scores: dict[int, float] = {}  # held-out mIoU by epoch (restored from the checkpoint on resume)
+        checkpoint = Path(args.out).with_name(Path(args.out).stem + ".checkpoint.pt")
+        if checkpoint.exists():
+            try:
+                saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["history"]
+                scores = {int(row["epoch"]): float(row["heldout_miou"]) for row in saved}
+            except Exception:  # noqa: BLE001 - stale or foreign: pipeline.training decides, epoch 1 resets
+                scores = {}
+
+        def after_epoch(net: CRNet, epoch: int) -> dict:
+            nonlocal scores
+            score = score_episodes(net, store, heldout, sorted(held_images), test_iterations, device).miou()
+            if epoch == 1:
+                scores = {}
+            earlier = [v for e, v in scores.items() if e < epoch]
+            if epoch == 1 or not best_path.exists() or score > max(earlier, default=-1.0):
+                save_model(best_path, copy.deepcopy(net).cpu(), {**meta, "epoch": epoch, "heldout_miou": score})
+            scores[epoch] = score
+            log.info("epoch %d: held-out base-class 1-shot mIoU %.4f", epoch, score)
+            return {"heldout_miou": score}
+
+        model_meta = dict(meta)
+
+        def before_save(net: CRNet, history: list[dict]) -> None:
+            best = load_model(best_path, net)
+            log.info("selected epoch %d of %d (held-out mIoU %.4f)", best["epoch"], len(history), best["heldout_miou"])
+            model_meta.update(selected_epoch=best["epoch"], heldout_miou=best["heldout_miou"])
+            best_path.unlink(missing_ok=True)
+
+        optimizer = make_optimizer(model, cfg, float(cfg["lr"]))
+        steps = count_steps(int(cfg["episodes_per_epoch"]), int(cfg["batch_size"])) or 1
+        scheduler = poly_scheduler(optimizer, steps * int(cfg["epochs"]))
+        train_and_save(model, make_batches, step, optimizer, scheduler, int(cfg["epochs"]), args.out, args.history,
+                       log, seed, meta, device, model_meta=model_meta, after_epoch=after_epoch,
+                       before_save=before_save)
+
+
+if __name__ == "__main__":
+    run_stage(main)

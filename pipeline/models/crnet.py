@@ -1,0 +1,233 @@
+"""CRNet: Cross-Reference Networks for few-shot segmentation (Liu et al., CVPR 2020).
+
+No public code exists; this follows the paper's text and CANet (``icoz69/CaNet``, the same
+group's predecessor) for what the text leaves open.
+
+Encoder (siamese): the shared ImageNet backbone (:func:`pipeline.models.backbone.build_backbone`),
+frozen as in CANet/CRNet. :func:`encoder_features` takes its mid- and high-level maps
+(``levels``, e.g. EfficientNet-Lite0 levels 2 and 3: 40 + 112 channels, both at stride 8
+with output stride 8) and concatenates them at the finest of their grids. Because the
+encoder never trains, the few-shot stages compute these features once per image and
+:class:`CRNet` works on them; ``CRNet`` itself holds no backbone.
+
+:class:`CRNet` (``forward(query, support, support_mask)``):
+
+1. *Projection* (shared by both branches): 1x1 conv to ``hidden`` channels + ReLU.
+2. *Cross-reference module*: per branch, global average pooling -> FC -> ReLU -> FC ->
+   sigmoid gives a channel vector; the two vectors are multiplied element-wise (what both
+   images hold) and reweight both feature maps. Auxiliary co-occurrence heads (one linear
+   logit per branch on its reweighted, pooled features) predict whether the other image's
+   class occurs in this one.
+3. *Condition module* (one module for both branches): the other image's foreground
+   features average-pooled under its mask (:func:`pipeline.fewshot.masked_average_pooling`),
+   expanded over the grid, concatenated with the branch's features, 1x1 conv, then a
+   residual block of two 3x3 convs. The query is conditioned on the support's mask; the
+   support on the query's mask: the ground truth in training (both images of a training
+   pair are annotated), else the query's predicted foreground probability (soft, not
+   detached: TPC + CRC's cyclic constraint trains through it).
+4. *Mask refinement with a probability cache* (CANet's iterative optimisation module): the
+   cache (foreground probability, zero at first) is concatenated with the features, then a
+   downsample block (3x3 conv, stride 2), a global-convolution block (1x7 -> 7x1 plus
+   7x1 -> 1x7, summed) and a combine block (upsample, concatenate with the block input,
+   3x3 conv, residual) feed a 1x1 classifier of {background, foreground}. The softmax
+   foreground becomes the next cache (detached, as CANet's history mask). Each iteration's
+   logits are returned; 5 iterations at test. Both query and support masks are predicted.
+
+Ablation switches (constructor): ``cross_reference``, ``condition``, ``refinement`` (False:
+a 3x3 conv + classifier once), ``cache`` (False: the refinement never sees its previous
+output, so every iteration gives the same logits), ``single_level`` (only the last level's
+channels of the cached features). ``iterations`` is a forward argument (1-5).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pipeline.fewshot import mask_weights, masked_average_pooling
+
+SWITCHES = ("cross_reference", "condition", "refinement", "cache", "single_level")
+
+
+def encoder_features(backbone: nn.Module, images: torch.Tensor, levels: Sequence[int]) -> torch.Tensor:
+    """The backbone's maps at ``levels`` (indices into its finest-first list), resized
+    bilinearly to the finest of them and concatenated: ``B x sum(channels) x h x w``."""
+    maps = backbone(images)
+    chosen = [maps[i] for i in levels]
+    size = max((m.shape[-2:] for m in chosen), key=lambda s: s[0] * s[1])
+    chosen = [m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+              for m in chosen]
+    return torch.cat(chosen, dim=1)
+
+
+def _conv(cin: int, cout: int, kernel=3, stride: int = 1) -> nn.Conv2d:
+    kernel = (kernel, kernel) if isinstance(kernel, int) else kernel
+    return nn.Conv2d(cin, cout, kernel, stride=stride, padding=(kernel[0] // 2, kernel[1] // 2))
+
+
+class CrossReference(nn.Module):
+    """Channel vectors of both branches (GAP -> FC -> ReLU -> FC -> sigmoid), their product,
+    and the co-occurrence logits of the reweighted features."""
+
+    def __init__(self, channels: int, reduction: int = 16):
+        super().__init__()
+        inner = max(channels // reduction, 8)
+        self.fc_query = nn.Sequential(nn.Linear(channels, inner), nn.ReLU(inplace=True), nn.Linear(inner, channels))
+        self.fc_support = nn.Sequential(nn.Linear(channels, inner), nn.ReLU(inplace=True), nn.Linear(inner, channels))
+        self.head_query = nn.Linear(channels, 1)
+        self.head_support = nn.Linear(channels, 1)
+
+    def forward(self, query: torch.Tensor, support: torch.Tensor):
+        vq = torch.sigmoid(self.fc_query(query.mean(dim=(2, 3))))
+        vs = torch.sigmoid(self.fc_support(support.mean(dim=(2, 3))))
+        common = (vq * vs)[:, :, None, None]
+        query, support = query * common, support * common
+        logits = (self.head_query(query.mean(dim=(2, 3)))[:, 0], self.head_support(support.mean(dim=(2, 3)))[:, 0])
+        return query, support, logits
+
+
+class Condition(nn.Module):
+    """Features + the other image's masked-average prototype -> 1x1 conv -> residual block."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.fuse = nn.Sequential(nn.Conv2d(2 * channels, channels, 1), nn.ReLU(inplace=True))
+        self.res = nn.Sequential(_conv(channels, channels), nn.ReLU(inplace=True), _conv(channels, channels))
+
+    def forward(self, features: torch.Tensor, prototype: torch.Tensor) -> torch.Tensor:
+        expanded = prototype[:, :, None, None].expand(-1, -1, *features.shape[-2:])
+        x = self.fuse(torch.cat([features, expanded], dim=1))
+        return F.relu(x + self.res(x))
+
+
+class Refinement(nn.Module):
+    """One iteration of the mask refinement: [features, cache] -> downsample -> global
+    convolution (1x7/7x1) -> combine -> {background, foreground} logits."""
+
+    def __init__(self, channels: int, cache: bool = True, kernel: int = 7):
+        super().__init__()
+        self.cache = cache
+        self.fuse = nn.Sequential(nn.Conv2d(channels + (1 if cache else 0), channels, 1), nn.ReLU(inplace=True))
+        self.down = nn.Sequential(_conv(channels, channels, stride=2), nn.ReLU(inplace=True))
+        self.gcn_a = nn.Sequential(_conv(channels, channels, (1, kernel)), _conv(channels, channels, (kernel, 1)))
+        self.gcn_b = nn.Sequential(_conv(channels, channels, (kernel, 1)), _conv(channels, channels, (1, kernel)))
+        self.combine = nn.Sequential(_conv(2 * channels, channels), nn.ReLU(inplace=True), _conv(channels, channels))
+        self.classifier = nn.Conv2d(channels, 2, 1)
+
+    def forward(self, features: torch.Tensor, cache: torch.Tensor | None) -> torch.Tensor:
+        x = self.fuse(torch.cat([features, cache], dim=1) if self.cache else features)
+        y = F.relu(self.gcn_a(self.down(x)) + self.gcn_b(self.down(x)))
+        y = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        x = F.relu(x + self.combine(torch.cat([x, y], dim=1)))
+        return self.classifier(x)
+
+
+class CRNet(nn.Module):
+    """The CRNet head on cached encoder features (see the module docstring)."""
+
+    def __init__(self, level_channels: Sequence[int], hidden: int = 256, cross_reference: bool = True,
+                 condition: bool = True, refinement: bool = True, cache: bool = True, single_level: bool = False,
+                 reduction: int = 16):
+        super().__init__()
+        self.level_channels = [int(c) for c in level_channels]
+        self.switches = {"cross_reference": bool(cross_reference), "condition": bool(condition),
+                         "refinement": bool(refinement), "cache": bool(cache), "single_level": bool(single_level)}
+        self.hidden = int(hidden)
+        cin = self.level_channels[-1] if single_level else sum(self.level_channels)
+        self.project = nn.Sequential(nn.Conv2d(cin, hidden, 1), nn.ReLU(inplace=True))
+        self.cross = CrossReference(hidden, reduction) if cross_reference else None
+        self.condition = Condition(hidden) if condition else None
+        if refinement:
+            self.refine = Refinement(hidden, cache=cache)
+        else:
+            self.refine = nn.Sequential(_conv(hidden, hidden), nn.ReLU(inplace=True), nn.Conv2d(hidden, 2, 1))
+
+    @property
+    def meta(self) -> dict:
+        return {"model": "CRNet", "level_channels": self.level_channels, "hidden": self.hidden, **self.switches}
+
+    def _levels(self, features: torch.Tensor) -> torch.Tensor:
+        if features.shape[1] != sum(self.level_channels):
+            raise ValueError(f"features have {features.shape[1]} channels, the net expects "
+                             f"{sum(self.level_channels)} ({self.level_channels})")
+        return features[:, -self.level_channels[-1]:] if self.switches["single_level"] else features
+
+    def _predict(self, features: torch.Tensor, iterations: int) -> list[torch.Tensor]:
+        if not self.switches["refinement"]:
+            return [self.refine(features)] * iterations
+        if not self.switches["cache"]:
+            return [self.refine(features, None)] * iterations
+        cache = features.new_zeros(features.shape[0], 1, *features.shape[-2:])
+        outputs = []
+        for _ in range(iterations):
+            logits = self.refine(features, cache)
+            outputs.append(logits)
+            cache = torch.softmax(logits, dim=1)[:, 1:].detach()
+        return outputs
+
+    def forward(self, query: torch.Tensor, support: torch.Tensor, support_mask: torch.Tensor,
+                query_mask: torch.Tensor | None = None, iterations: int = 5, predict_support: bool = True,
+                ignore_index: int = 255) -> dict:
+        """``query``, ``support``: ``B x C x h x w`` encoder features (grids may differ);
+        ``support_mask`` (and ``query_mask``, optional): ``B x H x W`` episode masks.
+
+        Returns ``{"query": [B x 2 x h x w logits per iteration], "support": the same for the
+        support or None, "cooccurrence": (query logit B, support logit B) or None}``."""
+        if iterations < 1:
+            raise ValueError(f"iterations must be >= 1, not {iterations}")
+        fq = self.project(self._levels(query))
+        fs = self.project(self._levels(support))
+        cooccurrence = None
+        if self.cross is not None:
+            fq, fs, cooccurrence = self.cross(fq, fs)
+        cq = fq
+        if self.condition is not None:
+            support_fg, _ = mask_weights(support_mask, fs.shape[-2:], ignore_index)
+            cq = self.condition(fq, masked_average_pooling(fs, support_fg)[0])
+        out_query = self._predict(cq, iterations)
+        out_support = None
+        if predict_support:
+            cs = fs
+            if self.condition is not None:
+                if query_mask is not None:
+                    query_fg, _ = mask_weights(query_mask, fq.shape[-2:], ignore_index)
+                else:
+                    query_fg = torch.softmax(out_query[-1], dim=1)[:, 1:]
+                cs = self.condition(fs, masked_average_pooling(fq, query_fg)[0])
+            out_support = self._predict(cs, iterations)
+        return {"query": out_query, "support": out_support, "cooccurrence": cooccurrence}
+
+
+def foreground_probability(logits: torch.Tensor) -> torch.Tensor:
+    """``B x h x w`` softmax foreground of ``B x 2 x h x w`` logits."""
+    return torch.softmax(logits, dim=1)[:, 1]
+
+
+def upsample_logits(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``B x 2 x h x w`` logits resized bilinearly to the label's ``size`` (H, W)."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def episode_probabilities(model: CRNet, query: torch.Tensor, supports: Sequence[torch.Tensor],
+                          masks: Sequence[torch.Tensor], iterations: int) -> list[torch.Tensor]:
+    """Foreground probability ``h x w`` of the query after each refinement iteration, fused
+    over the k supports by probability averaging (``query``: ``1 x C x h x w``; ``supports``:
+    k maps ``1 x C x h_i x w_i``; ``masks``: their episode masks ``H_i x W_i``). Supports of
+    one size run as one batch."""
+    groups: dict[tuple, list[int]] = {}
+    for i, (s, m) in enumerate(zip(supports, masks)):
+        groups.setdefault((tuple(s.shape[-2:]), tuple(m.shape[-2:])), []).append(i)
+    sums = [torch.zeros(query.shape[-2:], device=query.device) for _ in range(iterations)]
+    for index in groups.values():
+        s = torch.cat([supports[i] for i in index])
+        m = torch.stack([masks[i] for i in index]).to(query.device)
+        q = query.expand(len(index), -1, -1, -1)
+        out = model(q, s, m, iterations=iterations, predict_support=False)["query"]
+        for t, logits in enumerate(out):
+            sums[t] += foreground_probability(logits).sum(0)
+    return [total / len(supports) for total in sums]

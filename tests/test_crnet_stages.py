@@ -1,0 +1,189 @@
+"""CRNet stages on a tiny dataset: crnet_features, train_crnet (base classes only, held-out
+selection, resume), test_crnet (CRNet with fusion and iterations, the prototype floor, the
+finetune), the report; and the bad-input paths (one line, exit 2, nothing written)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import run_fails, run_ok, tiny_params, write_tiny_voc, write_yaml
+from pipeline.data.episodes import read_episodes
+from pipeline.methods.crnet import crnet_features, report, test_crnet, train_crnet
+from pipeline.stages import make_episodes
+
+CAT, DOG, BUS = 1, 2, 3
+TRAIN = {**{f"t{i}": [(DOG, 4 + i, 16 + i, 4, 16)] for i in range(6)},
+         **{f"t{i}": [(BUS, 10, 24, 2 + i, 16 + i)] for i in range(6, 12)}}
+TRAIN["t2"] = TRAIN["t2"] + [(CAT, 20, 30, 20, 30)]   # a novel object in a training image
+VAL = {**{f"v{i}": [(CAT, 4 + 2 * i, 18 + 2 * i, 6, 20)] for i in range(4)}, "v4": [(DOG, 4, 20, 4, 20)]}
+
+SMALL = {"crnet.hidden": 8, "crnet.train.episodes_per_epoch": 8, "crnet.train.batch_size": 4,
+         "crnet.train.epochs": 2, "crnet.train.optimizer": "adam", "crnet.train.lr": 0.001,
+         "crnet.select.holdout_fraction": 0.5, "crnet.select.episodes": 4,
+         "crnet.test.finetune.episodes": 2, "crnet.test.finetune.steps": 2, "crnet.test.finetune.shots": 2,
+         "episodes.num_episodes": 6, "backbone.output_stride": 16}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("crnet")
+    data = write_tiny_voc(tmp / "tiny", TRAIN, VAL)
+    params = write_yaml(tmp / "params.yaml", tiny_params(data, [["cat"]], SMALL))
+    labels = data.write_labels(tmp / "labels.json")
+    fold = data.write_fold(tmp / "fold0.json", [CAT])
+    common = ["--params", params, "--dataset", "tiny"]
+    for split in ("train", "val"):
+        run_ok(crnet_features.main, common + ["--split", split, "--out", tmp / f"{split}.pt"])
+    for shots in (1, 2):
+        run_ok(make_episodes.main, common + ["--labels", labels, "--fold-file", fold, "--shots", shots, "--seed", 0,
+                                             "--out", tmp / f"ep{shots}.jsonl"])
+    train_args = common + ["--features", tmp / "train.pt", "--labels", labels, "--fold-file", fold,
+                           "--out", tmp / "model.pt", "--history", tmp / "history.tsv"]
+    run_ok(train_crnet.main, train_args)
+    return {"tmp": tmp, "data": data, "params": params, "labels": labels, "fold": fold, "common": common,
+            "train_args": train_args}
+
+
+def eval_args(tiny, episodes, shots, out, *extra):
+    return tiny["common"] + ["--features", tiny["tmp"] / "val.pt", "--fold-file", tiny["fold"],
+                             "--episodes", episodes, "--shots", shots, *extra, "--out", out]
+
+
+def test_training_selects_on_heldout_base_episodes_and_records_it(tiny):
+    history = (tiny["tmp"] / "history.tsv").read_text().splitlines()
+    assert "heldout_miou" in history[0].split("\t") and len(history) == 3
+    meta = torch.load(tiny["tmp"] / "model.pt", weights_only=True)["meta"]
+    assert meta["selected_epoch"] in (1, 2) and meta["novel_classes"] == [CAT]
+    assert not (tiny["tmp"] / "model.best.pt").exists() and not (tiny["tmp"] / "model.checkpoint.pt").exists()
+
+
+def test_training_pairs_never_use_a_novel_class_and_drop_removes_novel_images(tiny):
+    from pipeline.crnet_training import draw_pairs, split_holdout
+    import numpy as np
+
+    ids = tiny["data"].train
+    train_ids, held = split_holdout(ids, 0.5, 0)
+    assert sorted(train_ids + held) == sorted(ids) and not set(train_ids) & set(held)
+    assert split_holdout(ids, 0.5, 0) == (train_ids, held)
+    images = {DOG: ["t0", "t1"], BUS: ["t6", "t7"]}
+    pairs = draw_pairs(images, {DOG: ["t6"], BUS: ["t0"]}, 50, 0.3, np.random.default_rng(0))
+    assert {p["class"] for p in pairs} == {DOG, BUS}
+    for p in pairs:
+        assert p["support"] in images[p["class"]]
+        assert (p["query"] in images[p["class"]] and p["query"] != p["support"]) == p["positive"]
+    assert any(not p["positive"] for p in pairs)
+    # drop (BAM): only base samples, i.e. t2 (holds a cat) is never a training image
+    settings = train_crnet.variant_settings({"crnet": {"train": {"novel_images": "drop"}, "ablation": {
+        "variants": {}}}}, "full")
+    assert settings["novel_images"] == "drop" and settings["cross_reference"] and not settings["single_level"]
+
+
+def test_crnet_prototype_and_finetune_evaluations(tiny):
+    tmp = tiny["tmp"]
+    run_ok(test_crnet.main, eval_args(tiny, tmp / "ep2.jsonl", 2, tmp / "crnet2.json", "--model", tmp / "model.pt"))
+    doc = json.loads((tmp / "crnet2.json").read_text())
+    assert doc["summary"]["episodes"] == 6 and set(doc["by_iterations"]) == {"1", "2", "3", "4", "5"}
+    assert doc["by_iterations"]["5"] == doc["summary"]
+    assert len(doc["episodes"]) == 6 and set(doc["episodes"][0]) == {"class", "inter", "union"}
+    assert 0.0 <= doc["summary"]["miou"] <= 1.0
+    run_ok(test_crnet.main, eval_args(tiny, tmp / "ep1.jsonl", 1, tmp / "proto1.json", "--prototype"))
+    proto = json.loads((tmp / "proto1.json").read_text())
+    assert proto["method"] == "prototype" and "by_iterations" not in proto
+    # clean synthetic colours: the floor finds the cat squares
+    assert proto["summary"]["miou"] > 0.3
+    run_ok(test_crnet.main, eval_args(tiny, tmp / "ep2.jsonl", 2, tmp / "ft.json", "--model", tmp / "model.pt",
+                                      "--finetune"))
+    ft = json.loads((tmp / "ft.json").read_text())
+    assert ft["subset"] == 2 and ft["fusion"]["episodes"] == 2 and ft["finetune"]["episodes"] == 2
+
+
+def test_fold_report_and_aggregate_and_ablation(tiny):
+    tmp = tiny["tmp"]
+    for name, args in (("c1", ["--model", tmp / "model.pt"]), ("p1", ["--prototype"])):
+        run_ok(test_crnet.main, eval_args(tiny, tmp / "ep1.jsonl", 1, tmp / f"{name}.json", *args))
+    if not (tmp / "ft.json").exists():
+        run_ok(test_crnet.main, eval_args(tiny, tmp / "ep2.jsonl", 2, tmp / "ft.json", "--model", tmp / "model.pt",
+                                          "--finetune"))
+    out = tmp / "result"
+    run_ok(report.main, tiny["common"] + ["--fold", 0, "--eval", f"crnet:1:0={tmp / 'c1.json'}",
+                                          "--eval", f"crnet:1:1={tmp / 'c1.json'}",
+                                          "--eval", f"prototype:1:0={tmp / 'p1.json'}", "--finetune", tmp / "ft.json",
+                                          "--history", tmp / "history.tsv", "--model", tmp / "model.pt",
+                                          "--features", tmp / "val.pt", "--fold-file", tiny["fold"],
+                                          "--episodes", tmp / "ep1.jsonl", "--out", out])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["crnet"]["1shot"]["miou"]["n"] == 2 and metrics["crnet"]["1shot"]["miou"]["std"] == 0.0
+    assert set(metrics["iterations"]["1shot"]) == {"1", "2", "3", "4", "5"}
+    text = (out / "report.md").read_text()
+    assert "Prototype floor" in text and "fusion vs finetune" in text and "Refinement iterations" in text
+    assert (out / "figure.png").stat().st_size > 0
+    run_ok(report.main, ["--aggregate", out, out, "--out", tmp / "all"])
+    assert json.loads((tmp / "all" / "metrics.json").read_text())["crnet"]["1shot"]["miou"]["mean"] == \
+        metrics["crnet"]["1shot"]["miou"]["mean"]
+    run_ok(report.main, ["--ablation", "--eval", f"full:0:0={tmp / 'c1.json'}",
+                         "--eval", f"no_cache:0:0={tmp / 'c1.json'}", "--out", tmp / "abl"])
+    assert "no_cache" in (tmp / "abl" / "report.md").read_text()
+
+
+def _write_episodes(path, rows):
+    path.write_text("".join(json.dumps({"episode": i, "class_name": "cat", **r}) + "\n" for i, r in enumerate(rows)))
+    return path
+
+
+def test_bad_episodes_one_line_and_nothing_written(tiny, capsys):
+    tmp = tiny["tmp"]
+    out = tmp / "bad.json"
+    missing = _write_episodes(tmp / "missing.jsonl", [{"class": CAT, "query": "v0", "supports": ["v9"]}])
+    run_fails(test_crnet.main, eval_args(tiny, missing, 1, out, "--prototype"), capsys, str(missing), "'v9'",
+              "val split")
+    assert not out.exists()
+    # k larger than the supports an episode has
+    run_fails(test_crnet.main, eval_args(tiny, tmp / "ep1.jsonl", 2, out, "--prototype"), capsys,
+              "ep1.jsonl", "1 supports", "--shots 2")
+    # a novel class of the fold without any episode (it has no val image)
+    fold2 = tiny["data"].write_fold(tmp / "fold_catdog.json", [CAT, BUS])
+    args = eval_args(tiny, tmp / "ep1.jsonl", 1, out, "--prototype")
+    args[args.index("--fold-file") + 1] = fold2
+    run_fails(test_crnet.main, args, capsys, "ep1.jsonl", "'bus'", "no val image")
+    assert not out.exists()
+
+
+def test_make_episodes_refuses_a_class_without_val_images_and_k_beyond_them(tiny, capsys):
+    tmp = tiny["tmp"]
+    fold2 = tiny["data"].write_fold(tmp / "fold_bus.json", [CAT, BUS])
+    base = tiny["common"] + ["--labels", tiny["labels"], "--seed", 0]
+    run_fails(make_episodes.main, base + ["--fold-file", fold2, "--shots", 1, "--out", tmp / "x.jsonl"], capsys,
+              "'bus'", "0 val images")
+    run_fails(make_episodes.main, base + ["--fold-file", tiny["fold"], "--shots", 4, "--out", tmp / "x.jsonl"],
+              capsys, "'cat'", "4 val images", "need 5")
+    assert not (tmp / "x.jsonl").exists()
+
+
+def test_unknown_variant_and_resume(tiny, capsys):
+    run_fails(train_crnet.main, tiny["train_args"] + ["--variant", "nope"], capsys, "--variant", "'nope'")
+    # a finished model and a rerun: same weights (deterministic, seeded)
+    tmp = tiny["tmp"]
+    args = list(tiny["train_args"])
+    args[args.index("--out") + 1] = tmp / "again.pt"
+    run_ok(train_crnet.main, args)
+    a = torch.load(tmp / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp / "again.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert read_episodes(tmp / "ep1.jsonl")[0]["class"] == CAT
+
+
+def test_results_report_includes_the_crnet_fold_report(tiny):
+    from pipeline.stages import report_all
+
+    tmp = tiny["tmp"]
+    if not (tmp / "result" / "metrics.json").exists():
+        test_fold_report_and_aggregate_and_ablation(tiny)
+    run_ok(report_all.main, ["--crnet", tmp / "result", "--out", tmp / "report"])
+    text = (tmp / "report" / "report.md").read_text()
+    assert "CRNet few-shot segmentation" in text and "1-shot mIoU" in text and "Prototype floor" in text
+    document = json.loads((tmp / "report" / "metrics.json").read_text())
+    mean = document["datasets"]["tiny"]["crnet"]["mean"]["crnet"]["val"]
+    assert mean["num_folds"] == 1 and 0.0 <= mean["miou_1shot"] <= 1.0
+    assert (tmp / "report" / "figures" / "tiny_crnet_fold0.png").is_file()

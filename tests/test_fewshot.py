@@ -1,0 +1,77 @@
+"""Few-shot math (pipeline/fewshot.py): masked average pooling, the prototype floor and its
+all-zero support mask, k-shot fusion, the binary prediction; hand-computed cases."""
+from __future__ import annotations
+
+import torch
+
+from pipeline.fewshot import (binary_prediction, cosine_map, fuse_probabilities, mask_weights,
+                              masked_average_pooling, prototype_probability)
+
+
+def test_masked_average_pooling_by_hand():
+    # 2 channels on a 2x2 grid; weights pick the top row fully and the bottom-left by half.
+    feats = torch.tensor([[[1.0, 3.0], [5.0, 7.0]], [[2.0, 2.0], [4.0, 0.0]]])
+    w = torch.tensor([[[[1.0, 1.0], [0.5, 0.0]]]])
+    proto, has = masked_average_pooling(feats, w)
+    # channel 0: (1 + 3 + 2.5) / 2.5 = 2.6; channel 1: (2 + 2 + 2) / 2.5 = 2.4
+    assert torch.allclose(proto, torch.tensor([[2.6, 2.4]]))
+    assert has.tolist() == [True]
+
+
+def test_masked_average_pooling_of_an_empty_mask_is_zero_not_nan():
+    proto, has = masked_average_pooling(torch.ones(1, 3, 2, 2), torch.zeros(1, 1, 2, 2))
+    assert torch.equal(proto, torch.zeros(1, 3)) and has.tolist() == [False]
+
+
+def test_mask_weights_ignore_counts_for_neither_region_and_resize_is_the_area_share():
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [255, 255, 0, 0], [255, 255, 0, 1]], dtype=torch.uint8)
+    fg, bg = mask_weights(mask, (4, 4))
+    assert fg.sum() == 5 and bg.sum() == 7  # 4 ignored pixels in neither
+    fg2, bg2 = mask_weights(mask, (2, 2))  # bilinear halving = 2x2 block means here
+    assert torch.allclose(fg2[0, 0], torch.tensor([[1.0, 0.0], [0.0, 0.25]]))
+    assert torch.allclose(bg2[0, 0], torch.tensor([[0.0, 1.0], [0.0, 0.75]]))
+
+
+def test_cosine_map_by_hand():
+    feats = torch.tensor([[[[1.0, 0.0]], [[0.0, 2.0]]]])  # positions (1, 0) and (0, 2)
+    assert torch.allclose(cosine_map(feats, torch.tensor([1.0, 1.0])), torch.tensor([[[2 ** -0.5, 2 ** -0.5]]]))
+    assert torch.allclose(cosine_map(feats, torch.tensor([1.0, 0.0])), torch.tensor([[[1.0, 0.0]]]))
+
+
+def test_prototype_floor_segments_the_support_class_and_fuses_shots():
+    # channel 0 = "object", channel 1 = "background"
+    support = torch.zeros(2, 4, 4)
+    support[1] = 1.0
+    support[0, :2, :2], support[1, :2, :2] = 1.0, 0.0
+    mask = torch.zeros(4, 4, dtype=torch.uint8)
+    mask[:2, :2] = 1
+    query = torch.zeros(2, 4, 4)
+    query[1] = 1.0
+    query[0, 2:, 2:], query[1, 2:, 2:] = 1.0, 0.0
+    p = prototype_probability(query, [support], [mask])
+    expected = torch.zeros(4, 4, dtype=torch.uint8)
+    expected[2:, 2:] = 1
+    assert torch.equal(binary_prediction(p, (4, 4)), expected)
+    # exact value: cos 1 vs 0, scale 20 -> sigmoid(20)
+    assert torch.isclose(p[3, 3], torch.sigmoid(torch.tensor(20.0)))
+    # two shots: one with an empty mask contributes only its background prototype
+    p2 = prototype_probability(query, [support, support], [mask, torch.zeros(4, 4, dtype=torch.uint8)])
+    assert torch.equal(binary_prediction(p2, (4, 4)), expected)
+
+
+def test_prototype_floor_all_zero_support_mask_predicts_background_everywhere():
+    query, support = torch.randn(3, 4, 4), torch.randn(3, 4, 4)
+    zero = torch.zeros(8, 8, dtype=torch.uint8)
+    p = prototype_probability(query, [support], [zero])
+    assert torch.equal(p, torch.zeros(4, 4))
+    assert binary_prediction(p, (8, 8)).sum() == 0
+    # all object (no background to pool): every pixel foreground; all ignored: background
+    assert prototype_probability(query, [support], [torch.ones(8, 8, dtype=torch.uint8)]).min() == 1
+    assert prototype_probability(query, [support], [torch.full((8, 8), 255, dtype=torch.uint8)]).max() == 0
+
+
+def test_fusion_averages_and_binary_prediction_upsamples():
+    fused = fuse_probabilities([torch.tensor([[0.2, 0.9]]), torch.tensor([[0.6, 0.3]])])
+    assert torch.allclose(fused, torch.tensor([[0.4, 0.6]]))
+    pred = binary_prediction(torch.tensor([[0.0, 1.0]]), (2, 4))
+    assert pred.dtype == torch.uint8 and pred.tolist() == [[0, 0, 1, 1], [0, 0, 1, 1]]

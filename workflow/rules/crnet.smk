@@ -1,0 +1,245 @@
+# CRNet few-shot segmentation (Liu et al., CVPR 2020) on the shared episodes. Paths and input
+# functions: crnet_inputs.smk; stages: pipeline/methods/crnet/.
+#
+#   work/<ds>/crnet/features/{train,val}.pt        frozen encoder features, once per split
+#   work/<ds>/fold<k>/crnet/<variant>/model.pt     CRNet on the fold's base classes (variant full
+#                                                  or a key of crnet.ablation.variants)
+#   work/<ds>/fold<k>/crnet/<variant>/eval/<s>shot_seed<e>.json            episodic scores
+#   work/<ds>/fold<k>/crnet/<variant>/eval/finetune_<s>shot_seed<e>.json   fusion vs finetune
+#   work/<ds>/fold<k>/crnet_prototype/eval/<s>shot_seed<e>.json            prototype floor
+#
+# Targets: results/<ds>/crnet_fold<k>, results/<ds>/crnet_all (every fold),
+# results/<ds>/crnet_ablation (each variant its own training job, folds crnet.ablation.folds);
+# results/crnet_fold<k>, results/crnet_all, results/crnet_ablation for the default dataset.
+
+
+rule crnet_features:
+    input:
+        root=dataset_root,
+    output:
+        CRNET_FEATURES,
+    wildcard_constraints:
+        split="train|val",
+    params:
+        **STAGE_PARAMS,
+        encoder=lambda w: crnet_section(w.dataset, "encoder"),
+        backbone=lambda w: section(w.dataset, "backbone"),
+    log:
+        "logs/{dataset}/crnet/features_{split}.log",
+    benchmark:
+        "benchmarks/out/{dataset}/crnet/features_{split}.tsv"
+    threads: TRAIN_THREADS
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        CONDA_ENV
+    shell:
+        stage_shell("pipeline.methods.crnet.crnet_features", "--split {wildcards.split} --out {output} --threads {threads}")
+
+
+rule train_crnet:
+    input:
+        features=CRNET_FEATURES.replace("{split}", "train"),
+        labels=IMAGE_LABELS,
+        fold=FOLD_FILE,
+    output:
+        model=f"{CRNET_DIR}/model.pt",
+        history=f"{CRNET_DIR}/history.tsv",
+    wildcard_constraints:
+        variant=r"[a-z][a-z0-9_]*",
+    params:
+        **STAGE_PARAMS,
+        crnet=crnet_train_params,
+        backbone=lambda w: section(w.dataset, "backbone"),
+    log:
+        "logs/{dataset}/fold{fold}/crnet/{variant}/train_crnet.log",
+    benchmark:
+        "benchmarks/out/{dataset}/fold{fold}/crnet/{variant}/train_crnet.tsv"
+    threads: TRAIN_THREADS
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=480,
+    conda:
+        CONDA_ENV
+    shell:
+        stage_shell("pipeline.methods.crnet.train_crnet",
+                    "--features {input.features} --labels {input.labels} --fold-file {input.fold} "
+                    "--variant {wildcards.variant} --out {output.model} --history {output.history} --threads {threads}")
+
+
+rule test_crnet:
+    input:
+        model=f"{CRNET_DIR}/model.pt",
+        features=CRNET_FEATURES.replace("{split}", "val"),
+        fold=FOLD_FILE,
+        episodes=EPISODES_FILE,
+    output:
+        CRNET_EVAL,
+    wildcard_constraints:
+        variant=r"[a-z][a-z0-9_]*",
+        shots=r"\d+",
+        seed=r"\d+",
+    params:
+        **STAGE_PARAMS,
+        iterations=lambda w: crnet_section(w.dataset, "test")["iterations"],
+        mode="",
+    log:
+        "logs/{dataset}/fold{fold}/crnet/{variant}/test_{shots}shot_seed{seed}.log",
+    benchmark:
+        "benchmarks/out/{dataset}/fold{fold}/crnet/{variant}/test_{shots}shot_seed{seed}.tsv"
+    threads: TRAIN_THREADS
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        CONDA_ENV
+    shell:
+        stage_shell("pipeline.methods.crnet.test_crnet",
+                    "--features {input.features} --fold-file {input.fold} --episodes {input.episodes} "
+                    "--shots {wildcards.shots} --model {input.model} {params.mode} --out {output} --threads {threads}")
+
+
+use rule test_crnet as finetune_crnet with:
+    # k-shot finetune vs fusion on the first crnet.test.finetune.episodes episodes
+    output:
+        CRNET_FINETUNE,
+    params:
+        **STAGE_PARAMS,
+        test=lambda w: crnet_section(w.dataset, "test"),
+        train=lambda w: crnet_section(w.dataset, "train"),
+        mode="--finetune",
+    log:
+        "logs/{dataset}/fold{fold}/crnet/{variant}/finetune_{shots}shot_seed{seed}.log",
+    benchmark:
+        "benchmarks/out/{dataset}/fold{fold}/crnet/{variant}/finetune_{shots}shot_seed{seed}.tsv"
+
+
+rule test_prototype:
+    # The training-free floor (PANet prototypes without alignment) on the same features.
+    input:
+        features=CRNET_FEATURES.replace("{split}", "val"),
+        fold=FOLD_FILE,
+        episodes=EPISODES_FILE,
+    output:
+        PROTOTYPE_EVAL,
+    wildcard_constraints:
+        shots=r"\d+",
+        seed=r"\d+",
+    params:
+        **STAGE_PARAMS,
+    log:
+        "logs/{dataset}/fold{fold}/crnet_prototype/test_{shots}shot_seed{seed}.log",
+    benchmark:
+        "benchmarks/out/{dataset}/fold{fold}/crnet_prototype/test_{shots}shot_seed{seed}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        CONDA_ENV
+    shell:
+        stage_shell("pipeline.methods.crnet.test_crnet",
+                    "--features {input.features} --fold-file {input.fold} --episodes {input.episodes} "
+                    "--shots {wildcards.shots} --prototype --out {output}")
+
+
+rule crnet_result:
+    # results/<dataset>/crnet_fold<k>: metrics.json, report.md (1-/5-shot mIoU and FB-IoU over
+    # the episode seeds beside the prototype floor, fusion vs finetune, refinement iterations)
+    # and figure.png (support | query | prediction | ground truth).
+    input:
+        unpack(crnet_result_inputs),
+    output:
+        directory("results/{dataset}/crnet_fold{fold}"),
+    params:
+        **STAGE_PARAMS,
+        evals=crnet_eval_args,
+        report=lambda w: fold_report_params(w.dataset),
+    log:
+        "logs/{dataset}/fold{fold}/result_crnet.log",
+    benchmark:
+        "benchmarks/out/{dataset}/fold{fold}/result_crnet.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        CONDA_ENV
+    shell:
+        stage_shell("pipeline.methods.crnet.report",
+                    "--fold {wildcards.fold} {params.evals} --finetune {input.finetune} --history {input.history} "
+                    "--model {input.model} --features {input.features} --fold-file {input.fold} "
+                    "--episodes {input.episodes} --out {output}")
+
+
+rule crnet_all:
+    input:
+        crnet_all_inputs,
+    output:
+        directory("results/{dataset}/crnet_all"),
+    params:
+        **STAGE_PARAMS,
+    log:
+        "logs/{dataset}/result_crnet_all.log",
+    benchmark:
+        "benchmarks/out/{dataset}/result_crnet_all.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        CONDA_ENV
+    shell:
+        stage_shell("pipeline.methods.crnet.report", "--aggregate {input} --out {output}")
+
+
+rule crnet_ablation:
+    input:
+        unpack(crnet_ablation_inputs),
+    output:
+        directory("results/{dataset}/crnet_ablation"),
+    params:
+        **STAGE_PARAMS,
+        evals=crnet_ablation_args,
+        ablation=lambda w: crnet_section(w.dataset, "ablation"),
+    log:
+        "logs/{dataset}/result_crnet_ablation.log",
+    benchmark:
+        "benchmarks/out/{dataset}/result_crnet_ablation.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        CONDA_ENV
+    shell:
+        stage_shell("pipeline.methods.crnet.report", "--ablation {params.evals} --out {output}")
+
+
+rule publish_crnet_default:
+    # results/crnet_all and results/crnet_ablation mirror the default dataset's.
+    input:
+        lambda w: f"results/{DEFAULT_DATASET}/crnet_{w.kind}",
+    output:
+        directory("results/crnet_{kind}"),
+    wildcard_constraints:
+        kind="all|ablation",
+    params:
+        **STAGE_PARAMS,
+    log:
+        "logs/publish_crnet_{kind}.log",
+    benchmark:
+        "benchmarks/out/publish_crnet_{kind}.tsv"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=200,
+        runtime=5,
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.py} -m pipeline.stages.publish --src {input} --out {output} 2> {log}"

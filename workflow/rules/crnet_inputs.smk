@@ -1,0 +1,96 @@
+# Paths and input functions of the CRNet rules (crnet.smk).
+
+CRNET_FEATURES = "work/{dataset}/crnet/features/{split}.pt"
+CRNET_DIR = "work/{dataset}/fold{fold}/crnet/{variant}"
+CRNET_EVAL = f"{CRNET_DIR}/eval/{{shots}}shot_seed{{seed}}.json"
+CRNET_FINETUNE = f"{CRNET_DIR}/eval/finetune_{{shots}}shot_seed{{seed}}.json"
+PROTOTYPE_EVAL = "work/{dataset}/fold{fold}/crnet_prototype/eval/{shots}shot_seed{seed}.json"
+CRNET_FULL = "full"
+
+
+def crnet_section(dataset, key):
+    """crnet.<key> for a dataset, passed as a param so that an edit reruns what reads it."""
+    return P(dataset)["crnet"][key]
+
+
+def crnet_train_params(wildcards):
+    """What train_crnet reads: the crnet sections but test.finetune and the ablation list,
+    plus the variant's own switches."""
+    settings = P(wildcards.dataset)["crnet"]
+    variant = {} if wildcards.variant == CRNET_FULL else crnet_variant(wildcards.dataset, wildcards.variant)
+    return {"encoder": settings["encoder"], "hidden": settings["hidden"], "train": settings["train"],
+            "select": settings["select"], "iterations": settings["test"]["iterations"], "variant": variant}
+
+
+def crnet_variant(dataset, variant):
+    variants = P(dataset)["crnet"]["ablation"]["variants"] or {}
+    if variant not in variants:
+        raise WorkflowError(f"error: params.yaml: crnet.ablation.variants has no variant '{variant}' "
+                            f"(known: {', '.join(sorted(variants)) or 'none'}; the full model is '{CRNET_FULL}')")
+    return variants[variant]
+
+
+def crnet_shots_seeds(dataset):
+    episodes = P(dataset)["episodes"]
+    return [int(k) for k in episodes["shots"]], [int(s) for s in episodes["seeds"]]
+
+
+def crnet_finetune_file(dataset, fold, variant=CRNET_FULL):
+    ft = P(dataset)["crnet"]["test"]["finetune"]
+    return CRNET_FINETUNE.format(dataset=dataset, fold=fold, variant=variant, shots=ft["shots"], seed=ft["episode_seed"])
+
+
+def crnet_result_inputs(wildcards):
+    """Everything results/<dataset>/crnet_fold<k> reads: CRNet and the floor on every shot
+    count and episode seed, the finetune comparison, the model (figure) and its history."""
+    d, k = wildcards.dataset, wildcards.fold
+    num_folds(d, k)
+    shots, seeds = crnet_shots_seeds(d)
+    inputs = {f"crnet_{s}_{e}": CRNET_EVAL.format(dataset=d, fold=k, variant=CRNET_FULL, shots=s, seed=e)
+              for s in shots for e in seeds}
+    inputs.update({f"prototype_{s}_{e}": PROTOTYPE_EVAL.format(dataset=d, fold=k, shots=s, seed=e)
+                   for s in shots for e in seeds})
+    inputs.update({
+        "finetune": crnet_finetune_file(d, k),
+        "model": f"{CRNET_DIR}/model.pt".format(dataset=d, fold=k, variant=CRNET_FULL),
+        "history": f"{CRNET_DIR}/history.tsv".format(dataset=d, fold=k, variant=CRNET_FULL),
+        "features": CRNET_FEATURES.format(dataset=d, split="val"),
+        "fold": FOLD_FILE.format(dataset=d, fold=k),
+        "episodes": EPISODES_FILE.format(dataset=d, fold=k, shots=min(shots), seed=min(seeds)),
+    })
+    return inputs
+
+
+def crnet_eval_args(wildcards, input):
+    """--eval crnet:<shots>:<seed>=PATH ... for the report stage."""
+    names = [name for name in input.keys() if name.startswith(("crnet_", "prototype_"))]
+    return " ".join(f"--eval {name.replace('_', ':')}={input[name]}" for name in names)
+
+
+def crnet_all_inputs(wildcards):
+    return [f"results/{wildcards.dataset}/crnet_fold{k}" for k in range(num_folds(wildcards.dataset))]
+
+
+def crnet_ablation_inputs(wildcards):
+    """1-shot evaluations of the full model and every variant of crnet.ablation on its folds
+    and every episode seed: {"<variant>_<fold>_<seed>": path}."""
+    d = wildcards.dataset
+    ablation = P(d)["crnet"]["ablation"]
+    shots, seeds = crnet_shots_seeds(d)
+    inputs = {}
+    for fold in ablation["folds"]:
+        num_folds(d, fold)
+        for variant in [CRNET_FULL, *sorted(ablation["variants"] or {})]:
+            for seed in seeds:
+                inputs[f"{variant}_{fold}_{seed}"] = CRNET_EVAL.format(dataset=d, fold=fold, variant=variant,
+                                                                        shots=min(shots), seed=seed)
+    return inputs
+
+
+def crnet_ablation_args(wildcards, input):
+    """--eval <variant>:<fold>:<seed>=PATH (variant names may hold '_': split from the right)."""
+    out = []
+    for name in input.keys():
+        variant, fold, seed = name.rsplit("_", 2)
+        out.append(f"--eval {variant}:{fold}:{seed}={input[name]}")
+    return " ".join(out)
