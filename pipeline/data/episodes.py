@@ -54,6 +54,29 @@ def episode_mask(mask: np.ndarray, class_id: int, ignore_index: int | None = 255
     return out
 
 
+def class_ids_by_name(names: Sequence[str] | None, class_names: Sequence[str], background: str | None,
+                      where: str | os.PathLike) -> list[int]:
+    """Ids of the named classes (episodes keyed by a class list, e.g. the cross-dataset test
+    classes); ``None``: every object class (all but ``background``). A name the dataset lacks,
+    or the background, is one line naming ``where``."""
+    if names is None:
+        return [i for i, n in enumerate(class_names) if n != background]
+    ids = []
+    for name in names:
+        if name not in class_names or name == background:
+            raise PipelineError(where, f"'{name}' is not an object class of the dataset "
+                                f"(classes: {', '.join(n for n in class_names if n != background)})")
+        ids.append(list(class_names).index(name))
+    if not ids:
+        raise PipelineError(where, "the class list is empty")
+    return ids
+
+
+def class_list_arg(text: str) -> list[str] | None:
+    """A stage's ``--classes`` value: ``all`` -> None (every object class), else comma-separated names."""
+    return None if text == "all" else [n for n in text.split(",") if n]
+
+
 def images_with_class(pixel_counts: Mapping[str, Sequence[int]], ids: Sequence[str], classes: Sequence[int],
                       min_pixels: int = 1) -> dict[int, list[str]]:
     """``{class: [ids with >= min_pixels pixels of it]}``, ids in the order of ``ids``."""

@@ -10,11 +10,16 @@ episodes cycle over the novel classes. The same seed gives the same file, and it
 supports are a prefix of its K-shot ones (k < K). Format and drawing:
 :mod:`pipeline.data.episodes`. A novel class in fewer than shots + 1 val images stops the
 stage with one line naming the class and the labels file.
+
+``--classes a,b,c`` instead of ``--fold-file``: the episodes of those classes of the dataset
+(``all``: every object class), keyed by the class list rather than a fold -- the
+cross-dataset test bed (``work/<ds>/episodes/cross_<shots>shot_seed<s>.jsonl``).
 """
 from __future__ import annotations
 
 from pipeline.config import load_params, section
-from pipeline.data.episodes import check_enough_images, draw_episodes, images_with_class, write_episodes
+from pipeline.data.episodes import (check_enough_images, class_ids_by_name, class_list_arg, draw_episodes,
+                                    images_with_class, write_episodes)
 from pipeline.data.folds import fold_novel_classes, load_fold
 from pipeline.data.labels import check_labels_match, read_image_labels_file
 from pipeline.errors import PipelineError, run_stage
@@ -24,9 +29,26 @@ from pipeline.stage import stage_parser
 SPLIT = "val"
 
 
+def episode_classes(args, params: dict, names: list[str]) -> tuple[list[int], dict]:
+    """The episodes' classes and the fold they come from (``{"fold": "cross"}`` for --classes)."""
+    if args.classes is not None:
+        ids = class_ids_by_name(class_list_arg(args.classes), names, params["data"].get("background"), "--classes")
+        return ids, {"fold": "cross"}
+    fold = load_fold(args.fold_file)
+    if fold.get("dataset", params["dataset"]) != params["dataset"]:
+        raise PipelineError(args.fold_file, f"was made for dataset '{fold['dataset']}', "
+                            f"but params select '{params['dataset']}'")
+    novel = fold_novel_classes(fold, args.fold_file, len(names))
+    if not novel:
+        raise PipelineError(args.fold_file, "'novel_classes' is empty")
+    return novel, fold
+
+
 def main(argv=None):
     ap = stage_parser(__doc__, inputs=("labels",))
-    ap.add_argument("--fold-file", required=True, help="fold JSON (stage make_folds)")
+    which = ap.add_mutually_exclusive_group(required=True)
+    which.add_argument("--fold-file", help="fold JSON (stage make_folds): its novel classes")
+    which.add_argument("--classes", help="comma-separated class names, or 'all' object classes")
     ap.add_argument("--shots", required=True, type=int, help="support images per episode (k)")
     ap.add_argument("--seed", required=True, type=int, help="episode seed")
     ap.add_argument("--out", required=True, help="episodes JSONL to write")
@@ -44,16 +66,11 @@ def main(argv=None):
     check_labels_match(document, data_cfg, params["dataset"], args.labels, splits=(SPLIT,))
     if document.get("pixel_counts") is None:
         raise PipelineError(args.labels, "has no 'pixel_counts' (rerun stage image_labels)")
-    fold = load_fold(args.fold_file)
-    if fold.get("dataset", params["dataset"]) != params["dataset"]:
-        raise PipelineError(args.fold_file, f"was made for dataset '{fold['dataset']}', "
-                            f"but params select '{params['dataset']}'")
     names = list(data_cfg["classes"])
-    novel = fold_novel_classes(fold, args.fold_file, len(names))
-    if not novel:
-        raise PipelineError(args.fold_file, "'novel_classes' is empty")
+    novel, fold = episode_classes(args, params, names)
 
-    with stage_run("make_episodes", {"labels": args.labels, "fold_file": args.fold_file, "shots": args.shots,
+    with stage_run("make_episodes", {"labels": args.labels, "fold_file": args.fold_file, "classes": args.classes,
+                                     "shots": args.shots,
                                      "seed": args.seed}, {"episodes": settings}) as log:
         val_ids = document["splits"][SPLIT]
         missing = [i for i in val_ids if i not in document["pixel_counts"]]

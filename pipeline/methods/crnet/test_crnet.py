@@ -25,6 +25,10 @@ query, support j as support, both masks known -- with the training loss and opti
 with fusion. The file holds ``fusion`` and
 ``finetune`` on the same subset.
 
+``--classes a,b,c`` (``all``: every object class) instead of ``--fold-file``: the episodes'
+classes by name -- the cross-dataset test, where ``--model`` was trained on another dataset
+(its encoder features must match: same levels and channels).
+
 Bad input (one line, exit 2, nothing written): an episode naming an image that is not in
 the val split (or whose file is missing); fewer supports than ``--shots``; an episode of a
 class that is not novel in the fold; a novel class of the fold without any episode.
@@ -39,7 +43,7 @@ import numpy as np
 
 from pipeline.config import load_params, section
 from pipeline.crnet_training import load_crnet, make_optimizer, pair_batches, pair_loss
-from pipeline.data.episodes import read_episodes
+from pipeline.data.episodes import class_ids_by_name, class_list_arg, read_episodes
 from pipeline.data.fewshot_features import FeatureStore
 from pipeline.data.folds import fold_novel_classes, load_fold
 from pipeline.data.voc import VOCDataset
@@ -107,7 +111,9 @@ def probabilities(model: CRNet | None, store: FeatureStore, e: dict, shots: int,
 def main(argv=None):
     ap = stage_parser(__doc__, threads=True)
     ap.add_argument("--features", required=True, help="val-split feature cache (stage crnet_features)")
-    ap.add_argument("--fold-file", required=True, help="fold JSON: its novel classes are the episodes' classes")
+    classes = ap.add_mutually_exclusive_group(required=True)
+    classes.add_argument("--fold-file", help="fold JSON: its novel classes are the episodes' classes")
+    classes.add_argument("--classes", help="comma-separated class names or 'all' (cross-dataset episodes)")
     ap.add_argument("--episodes", required=True, help="episodes JSONL (stage make_episodes)")
     ap.add_argument("--shots", required=True, type=int, help="supports per episode used (k)")
     which = ap.add_mutually_exclusive_group(required=True)
@@ -123,8 +129,13 @@ def main(argv=None):
     if args.finetune and not args.model:
         raise PipelineError("--finetune", "needs --model")
     dataset = VOCDataset(params["data"], "val")
-    fold = load_fold(args.fold_file)
-    novel = fold_novel_classes(fold, args.fold_file, dataset.num_classes)
+    if args.classes is not None:
+        novel = class_ids_by_name(class_list_arg(args.classes), dataset.class_names, params["data"].get("background"),
+                                  "--classes")
+        fold = {"fold": "cross"}
+    else:
+        fold = load_fold(args.fold_file)
+        novel = fold_novel_classes(fold, args.fold_file, dataset.num_classes)
     episodes = read_episodes(args.episodes)
     store = FeatureStore(args.features, params, dataset)
     check_episodes(episodes, args.episodes, args.shots, novel, store, dataset.class_names)
