@@ -10,7 +10,7 @@ import torch
 
 from conftest import run_fails, run_ok, tiny_params, write_tiny_voc, write_yaml
 from pipeline.data.episodes import read_episodes
-from pipeline.methods.crnet import crnet_features, report, test_crnet, train_crnet
+from pipeline.methods.crnet import cross_dataset, crnet_features, report, test_crnet, train_crnet
 from pipeline.stages import make_episodes
 
 CAT, DOG, BUS = 1, 2, 3
@@ -187,3 +187,38 @@ def test_results_report_includes_the_crnet_fold_report(tiny):
     mean = document["datasets"]["tiny"]["crnet"]["mean"]["crnet"]["val"]
     assert mean["num_folds"] == 1 and 0.0 <= mean["miou_1shot"] <= 1.0
     assert (tmp / "report" / "figures" / "tiny_crnet_fold0.png").is_file()
+
+
+def test_seen_unseen_split_by_name_and_by_the_class_map():
+    # MSRC fold -> CamVid: car seen by name, pedestrian through the user's map to MSRC's body
+    seen = cross_dataset.seen_classes(["pole", "car", "pedestrian", "bicyclist", "sign_symbol"],
+                                      ["car", "body", "cow"], {"pedestrian": "body", "sign_symbol": "sign"})
+    assert seen == {"pole": None, "car": "car", "pedestrian": "body", "bicyclist": None, "sign_symbol": None}
+    iou = {"pole": 0.2, "car": 0.6, "pedestrian": 0.4, "bicyclist": 0.0, "sign_symbol": 0.1}
+    split = cross_dataset.split_miou(iou, seen)
+    assert split["seen"] == pytest.approx(0.5) and split["unseen"] == pytest.approx(0.1)
+    assert split["all"] == pytest.approx(0.26)
+    # no seen class (a single-class test dataset): the seen group is empty, not zero
+    assert cross_dataset.split_miou({"cat": 0.3}, {"cat": None}) == {"seen": None, "unseen": 0.3, "all": 0.3}
+
+
+def test_cross_dataset_episodes_scores_and_report(tiny, capsys):
+    tmp = tiny["tmp"]
+    base = tiny["common"] + ["--labels", tiny["labels"], "--seed", 0, "--shots", 1]
+    run_ok(make_episodes.main, base + ["--classes", "cat", "--out", tmp / "cross1.jsonl"])
+    assert {e["class_name"] for e in read_episodes(tmp / "cross1.jsonl")} == {"cat"}
+    run_fails(make_episodes.main, base + ["--classes", "cat,horse", "--out", tmp / "x.jsonl"], capsys,
+              "--classes", "'horse'", "not an object class")
+    assert not (tmp / "x.jsonl").exists()
+    common = tiny["common"] + ["--features", tmp / "val.pt", "--classes", "cat", "--episodes", tmp / "cross1.jsonl",
+                               "--shots", 1]
+    run_ok(test_crnet.main, common + ["--model", tmp / "model.pt", "--out", tmp / "xc.json"])
+    run_ok(test_crnet.main, common + ["--prototype", "--out", tmp / "xp.json"])
+    out = tmp / "cross_result"
+    run_ok(cross_dataset.main, tiny["common"] + ["--train-dataset", "tiny", "--train-fold-file", tiny["fold"],
+                                                 "--eval", f"crnet:1:0={tmp / 'xc.json'}",
+                                                 "--eval", f"prototype:1:0={tmp / 'xp.json'}", "--out", out])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["seen"] == {"cat": None} and "seen" not in metrics["crnet"]["1shot"]
+    assert metrics["crnet"]["1shot"]["unseen"] == metrics["crnet"]["1shot"]["all"]
+    assert "mIoU over seen, unseen and all" in (out / "report.md").read_text()

@@ -37,6 +37,24 @@ def test_dry_runs_of_the_crnet_targets(tmp_path):
     assert camvid["train_crnet"] == 1 and "make_embedded" not in camvid
 
 
+def test_dry_runs_of_the_cross_dataset_targets(tmp_path):
+    workdir = scratch_workflow(tmp_path)
+    msrc = rule_counts(workdir, "results/msrc/crnet_from_embedded_fold0")
+    # CRNet and the floor on 2 shot counts x 5 episode seeds of MSRC's cross episodes
+    assert msrc["train_crnet"] == 1 and msrc["make_cross_episodes"] == 10 and msrc["test_crnet_cross"] == 20
+    assert msrc["crnet_cross_result"] == 1 and "test_crnet" not in msrc and "make_episodes" not in msrc
+    camvid = rule_counts(workdir, "results/camvid/crnet_from_msrc_fold0")  # no background class
+    assert camvid["train_crnet"] == 1 and camvid["test_crnet_cross"] == 20 and "make_embedded" not in camvid
+
+
+def test_unknown_cross_dataset_class_is_one_line(tmp_path):
+    workdir = scratch_workflow(tmp_path, {"crnet": {"cross_dataset": {"camvid": {"classes": ["pole", "person"]}}}})
+    proc = snakemake(workdir, "results/camvid/crnet_from_msrc_fold0", "-n", "--cores", "1")
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "crnet.cross_dataset.camvid.classes: 'person' is not an object class of the dataset" in text
+
+
 def test_unknown_ablation_variant_is_one_line(tmp_path):
     workdir = scratch_workflow(tmp_path)
     proc = snakemake(workdir, "work/embedded/fold0/crnet/nope/model.pt", "-n", "--cores", "1")

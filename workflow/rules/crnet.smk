@@ -11,6 +11,11 @@
 # Targets: results/<ds>/crnet_fold<k>, results/<ds>/crnet_all (every fold),
 # results/<ds>/crnet_ablation (each variant its own training job, folds crnet.ablation.folds);
 # results/crnet_fold<k>, results/crnet_all, results/crnet_ablation for the default dataset.
+# Cross-dataset (COCO->PASCAL protocol): results/<test>/crnet_from_<train>_fold<k>, the CRNet
+# of <train> fold k on <test>'s val episodes of crnet.cross_dataset.<test>.classes:
+#   work/<test>/episodes/cross_<s>shot_seed<e>.jsonl               episodes keyed by that class list
+#   work/<test>/crnet_from_<train>_fold<k>/eval/<s>shot_seed<e>.json
+#   work/<test>/crnet_prototype/cross/eval/<s>shot_seed<e>.json     the floor on the same episodes
 
 
 rule crnet_features:
@@ -243,3 +248,99 @@ rule publish_crnet_default:
         CONDA_ENV
     shell:
         "{params.py} -m pipeline.stages.publish --src {input} --out {output} 2> {log}"
+
+
+# The cross-dataset rules are written out, not `use rule` of the per-fold ones: those name
+# --fold-file in their commands, and changing them would rerun every existing episode file and score.
+
+
+rule make_cross_episodes:
+    # the test bed of the cross-dataset target: episodes of a class list, not of a fold
+    input:
+        labels=IMAGE_LABELS,
+    output:
+        CROSS_EPISODES,
+    wildcard_constraints:
+        shots=r"[1-9]\d*",
+        seed=r"\d+",
+    params:
+        py=PY,
+        params_file=PARAMS_FILE,
+        episodes=episode_params,
+        classes=cross_classes_arg,
+    log:
+        "logs/{dataset}/episodes/cross_{shots}shot_seed{seed}.log",
+    benchmark:
+        "benchmarks/out/{dataset}/episodes/cross_{shots}shot_seed{seed}.tsv"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    conda:
+        CONDA_ENV
+    shell:
+        stage_shell("pipeline.stages.make_episodes", "--labels {input.labels} {params.classes} "
+                    "--shots {wildcards.shots} --seed {wildcards.seed} --out {output}")
+
+
+rule test_crnet_cross:
+    # CRNet of <train> fold k (model) or, without a model, the prototype floor on <test>'s cross episodes
+    input:
+        unpack(cross_test_inputs),
+        features=CRNET_FEATURES.replace("{split}", "val"),
+        episodes=CROSS_EPISODES,
+    output:
+        "work/{dataset}/{method}/eval/{shots}shot_seed{seed}.json",
+    wildcard_constraints:
+        method=r"crnet_from_(" + "|".join(DATASETS) + r")_fold\d+|crnet_prototype/cross",
+        shots=r"\d+",
+        seed=r"\d+",
+    params:
+        **STAGE_PARAMS,
+        iterations=lambda w: crnet_section(w.dataset, "test")["iterations"],
+        classes=cross_classes_arg,
+        which=lambda w, input: f"--model {input.model}" if "model" in input.keys() else "--prototype",
+    log:
+        "logs/{dataset}/{method}/cross_test_{shots}shot_seed{seed}.log",
+    benchmark:
+        "benchmarks/out/{dataset}/{method}/cross_test_{shots}shot_seed{seed}.tsv"
+    threads: TRAIN_THREADS
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        CONDA_ENV
+    shell:
+        stage_shell("pipeline.methods.crnet.test_crnet",
+                    "--features {input.features} {params.classes} --episodes {input.episodes} "
+                    "--shots {wildcards.shots} {params.which} --out {output} --threads {threads}")
+
+
+rule crnet_cross_result:
+    # results/<test>/crnet_from_<train>_fold<k>: metrics.json and report.md, mIoU over the seen,
+    # unseen and all test classes (pipeline/methods/crnet/cross_dataset.py)
+    input:
+        unpack(crnet_cross_inputs),
+    output:
+        directory("results/{dataset}/crnet_from_{train}_fold{fold}"),
+    wildcard_constraints:
+        train="|".join(DATASETS),
+    params:
+        **STAGE_PARAMS,
+        evals=crnet_eval_args,
+        cross=lambda w: cross_settings(w.dataset),
+    log:
+        "logs/{dataset}/crnet_from_{train}_fold{fold}/result.log",
+    benchmark:
+        "benchmarks/out/{dataset}/crnet_from_{train}_fold{fold}/result.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        CONDA_ENV
+    shell:
+        stage_shell("pipeline.methods.crnet.cross_dataset",
+                    "--train-dataset {wildcards.train} --train-fold-file {input.train_fold} {params.evals} "
+                    "--out {output}")

@@ -1,4 +1,5 @@
 # Paths and input functions of the CRNet rules (crnet.smk).
+import re
 
 CRNET_FEATURES = "work/{dataset}/crnet/features/{split}.pt"
 CRNET_DIR = "work/{dataset}/fold{fold}/crnet/{variant}"
@@ -6,11 +7,61 @@ CRNET_EVAL = f"{CRNET_DIR}/eval/{{shots}}shot_seed{{seed}}.json"
 CRNET_FINETUNE = f"{CRNET_DIR}/eval/finetune_{{shots}}shot_seed{{seed}}.json"
 PROTOTYPE_EVAL = "work/{dataset}/fold{fold}/crnet_prototype/eval/{shots}shot_seed{seed}.json"
 CRNET_FULL = "full"
+CROSS_EPISODES = "work/{dataset}/episodes/cross_{shots}shot_seed{seed}.jsonl"
+CROSS_EVAL = "work/{dataset}/crnet_from_{train}_fold{fold}/eval/{shots}shot_seed{seed}.json"
+CROSS_PROTOTYPE_EVAL = "work/{dataset}/crnet_prototype/cross/eval/{shots}shot_seed{seed}.json"
+CROSS_METHOD = re.compile(r"crnet_from_(?P<train>[a-z][a-z0-9_]*)_fold(?P<fold>\d+)")
 
 
 def crnet_section(dataset, key):
     """crnet.<key> for a dataset, passed as a param so that an edit reruns what reads it."""
     return P(dataset)["crnet"][key]
+
+
+from pipeline.data.episodes import class_ids_by_name  # noqa: E402
+from pipeline.errors import PipelineError  # noqa: E402
+
+
+def cross_settings(dataset):
+    """crnet.cross_dataset.<dataset>: the test classes and the class map of a test dataset."""
+    return (P(dataset)["crnet"].get("cross_dataset") or {}).get(dataset) or {}
+
+
+def cross_classes_arg(wildcards):
+    """--classes of the cross-dataset episodes; a name the test dataset lacks is one line."""
+    names = cross_settings(wildcards.dataset).get("classes")
+    data = P(wildcards.dataset)["data"]
+    try:
+        class_ids_by_name(names, data["classes"], data.get("background"),
+                          f"params.yaml: crnet.cross_dataset.{wildcards.dataset}.classes")
+    except PipelineError as err:
+        raise WorkflowError(f"error: {err}") from None
+    return "--classes " + (",".join(names) if names else "all")
+
+
+def cross_test_inputs(wildcards):
+    """{"model": <train>'s fold-k CRNet} for work/<test>/crnet_from_<train>_fold<k>; {} for the floor."""
+    match = CROSS_METHOD.fullmatch(wildcards.method)
+    if match is None:
+        return {}
+    train, fold = match["train"], match["fold"]
+    num_folds(train, fold)
+    return {"model": f"{CRNET_DIR}/model.pt".format(dataset=train, fold=fold, variant=CRNET_FULL)}
+
+
+def crnet_cross_inputs(wildcards):
+    """CRNet of <train> fold k and the floor on <test>'s cross episodes, every shot count and
+    episode seed of <test>, and <train>'s fold file (its base classes are the seen ones)."""
+    d, t, k = wildcards.dataset, wildcards.train, wildcards.fold
+    cross_classes_arg(wildcards)
+    num_folds(t, k)
+    shots, seeds = crnet_shots_seeds(d)
+    inputs = {f"crnet_{s}_{e}": CROSS_EVAL.format(dataset=d, train=t, fold=k, shots=s, seed=e)
+              for s in shots for e in seeds}
+    inputs.update({f"prototype_{s}_{e}": CROSS_PROTOTYPE_EVAL.format(dataset=d, shots=s, seed=e)
+                   for s in shots for e in seeds})
+    inputs["train_fold"] = FOLD_FILE.format(dataset=t, fold=k)
+    return inputs
 
 
 def crnet_train_params(wildcards):
