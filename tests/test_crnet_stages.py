@@ -222,3 +222,6 @@ def test_cross_dataset_episodes_scores_and_report(tiny, capsys):
     assert metrics["seen"] == {"cat": None} and "seen" not in metrics["crnet"]["1shot"]
     assert metrics["crnet"]["1shot"]["unseen"] == metrics["crnet"]["1shot"]["all"]
     assert "mIoU over seen, unseen and all" in (out / "report.md").read_text()
+    run_ok(cross_dataset.main, ["--aggregate", out, "--out", tmp / "cross_all"])
+    assert list(json.loads((tmp / "cross_all" / "metrics.json").read_text())) == ["tiny_fold0->tiny"]
+    assert "## CRNet across datasets: tiny fold 0 -> tiny" in (tmp / "cross_all" / "report.md").read_text()

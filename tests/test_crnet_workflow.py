@@ -45,6 +45,8 @@ def test_dry_runs_of_the_cross_dataset_targets(tmp_path):
     assert msrc["crnet_cross_result"] == 1 and "test_crnet" not in msrc and "make_episodes" not in msrc
     camvid = rule_counts(workdir, "results/camvid/crnet_from_msrc_fold0")  # no background class
     assert camvid["train_crnet"] == 1 and camvid["test_crnet_cross"] == 20 and "make_embedded" not in camvid
+    both = rule_counts(workdir, "results/crnet_cross")  # crnet.cross_dataset.pairs
+    assert both["crnet_cross_result"] == 2 and both["train_crnet"] == 2 and both["crnet_cross_all"] == 1
 
 
 def test_unknown_cross_dataset_class_is_one_line(tmp_path):

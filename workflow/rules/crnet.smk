@@ -344,3 +344,25 @@ rule crnet_cross_result:
         stage_shell("pipeline.methods.crnet.cross_dataset",
                     "--train-dataset {wildcards.train} --train-fold-file {input.train_fold} {params.evals} "
                     "--out {output}")
+
+
+rule crnet_cross_all:
+    # results/crnet_cross: the cross-dataset reports of crnet.cross_dataset.pairs, one after another
+    input:
+        cross_pair_results,
+    output:
+        directory("results/crnet_cross"),
+    params:
+        **STAGE_PARAMS,
+    log:
+        "logs/result_crnet_cross.log",
+    benchmark:
+        "benchmarks/out/result_crnet_cross.tsv"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.py} -m pipeline.methods.crnet.cross_dataset --aggregate {input} --out {output} 2> {log}"

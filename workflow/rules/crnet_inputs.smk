@@ -145,3 +145,16 @@ def crnet_ablation_args(wildcards, input):
         variant, fold, seed = name.rsplit("_", 2)
         out.append(f"--eval {variant}:{fold}:{seed}={input[name]}")
     return " ".join(out)
+
+
+def cross_pair_results(wildcards):
+    """results/<test>/crnet_from_<train>_fold<k> of every pair of crnet.cross_dataset.pairs."""
+    pairs = P(DEFAULT_DATASET)["crnet"].get("cross_dataset", {}).get("pairs") or []
+    for pair in pairs:
+        for key in ("train", "test"):
+            if pair[key] not in DATASETS:
+                raise WorkflowError(f"error: params.yaml: crnet.cross_dataset.pairs: unknown dataset '{pair[key]}' "
+                                    f"(known: {', '.join(DATASETS)})")
+    if not pairs:
+        raise WorkflowError("error: params.yaml: crnet.cross_dataset.pairs is empty")
+    return [f"results/{p['test']}/crnet_from_{p['train']}_fold{p['fold']}" for p in pairs]

@@ -12,6 +12,9 @@ name, or hold the name that ``crnet.cross_dataset.<TEST>.class_map`` ({test: tra
 it (:func:`seen_classes`); mIoU is reported over the seen, the unseen and all test classes
 (:func:`split_miou`), per shot count as mean ± std over the episode seeds, with the
 training-free prototype floor beside it (it learns nothing, so "seen" means nothing to it).
+
+``--aggregate DIR ...`` (results/crnet_cross, the pairs of ``crnet.cross_dataset.pairs``): the
+reports one after another and ``{"<train>_fold<k>-><test>": metrics}``.
 """
 from __future__ import annotations
 
@@ -96,14 +99,32 @@ def cross_markdown(metrics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def aggregate(dirs: Sequence[str]) -> tuple[dict, str]:
+    metrics, texts = {}, []
+    for d in dirs:
+        m = read_json(f"{d}/metrics.json")
+        metrics[f"{m['train_dataset']}_fold{m['train_fold']}->{m['dataset']}"] = m
+        with open(f"{d}/report.md") as f:  # each report's headings one level down
+            texts.append("\n".join("#" + line if line.startswith("#") else line for line in f.read().splitlines()))
+    return metrics, "# CRNet across datasets\n\n" + "\n".join(texts)
+
+
 def main(argv=None):
     ap = stage_parser(__doc__)
-    ap.add_argument("--train-dataset", required=True, help="dataset the CRNet was trained on")
-    ap.add_argument("--train-fold-file", required=True, help="its fold file: the base classes are the trained ones")
+    ap.add_argument("--aggregate", nargs="+", help="results/<test>/crnet_from_<train>_fold<k> directories")
+    ap.add_argument("--train-dataset", help="dataset the CRNet was trained on")
+    ap.add_argument("--train-fold-file", help="its fold file: the base classes are the trained ones")
     ap.add_argument("--eval", action="append", default=[], help="crnet|prototype:<shots>:<seed>=EVAL.json")
     ap.add_argument("--out", required=True, help="result directory")
     args = ap.parse_args(argv)
 
+    if args.aggregate:
+        with stage_run("crnet_cross_result", {"aggregate": args.aggregate}, {}):
+            write_outputs(args.out, *aggregate(args.aggregate))
+        return
+    for name in ("train_dataset", "train_fold_file"):
+        if getattr(args, name) is None:
+            raise PipelineError(f"--{name.replace('_', '-')}", "required for a cross-dataset report")
     params = load_params(args.params, args.dataset)
     train_params = load_params(args.params, args.train_dataset)
     evals = parse_evals(args.eval)
