@@ -43,7 +43,7 @@ def test_dry_runs_of_the_cross_dataset_targets(tmp_path):
     # CRNet and the floor on 2 shot counts x 5 episode seeds of MSRC's cross episodes
     assert msrc["train_crnet"] == 1 and msrc["make_cross_episodes"] == 10 and msrc["test_crnet_cross"] == 20
     assert msrc["crnet_cross_result"] == 1 and "test_crnet" not in msrc and "make_episodes" not in msrc
-    camvid = rule_counts(workdir, "results/camvid/crnet_from_msrc_fold0")  # no background class
+    camvid = rule_counts(workdir, "results/camvid/crnet_from_msrc_fold1")  # no background class
     assert camvid["train_crnet"] == 1 and camvid["test_crnet_cross"] == 20 and "make_embedded" not in camvid
     both = rule_counts(workdir, "results/crnet_cross")  # crnet.cross_dataset.pairs
     assert both["crnet_cross_result"] == 2 and both["train_crnet"] == 2 and both["crnet_cross_all"] == 1
