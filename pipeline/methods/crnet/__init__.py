@@ -12,4 +12,8 @@ The method top to bottom (rules: workflow/rules/crnet.smk):
    subset, and the training-free prototype floor (:mod:`pipeline.fewshot`).
 4. :mod:`.report`: results/<dataset>/crnet_fold<k> (tables + figure), crnet_all (folds),
    crnet_ablation (one training job per variant of ``crnet.ablation.variants``).
+5. :mod:`.cross_dataset`: results/<test>/crnet_from_<train>_fold<k> (a fold's CRNet on another
+   dataset's episodes, seen vs unseen test classes) and results/crnet_cross.
+
+:mod:`.results` holds what the report stages share (``--eval`` entries, the result writer).
 """

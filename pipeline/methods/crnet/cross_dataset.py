@@ -25,7 +25,7 @@ from pipeline.config import load_params, section
 from pipeline.data.folds import load_fold
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import read_json
-from pipeline.methods.crnet.report import KINDS, parse_evals, write_outputs
+from pipeline.methods.crnet.results import KINDS, parse_evals, write_outputs
 from pipeline.metrics.episodic import format_mean_std, mean_std_over_seeds
 from pipeline.report import markdown_table
 from pipeline.runtime import stage_run

@@ -29,26 +29,13 @@ from pipeline.data.folds import fold_novel_classes, load_fold
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
 from pipeline.fewshot import binary_prediction
-from pipeline.io import atomic_dir, read_json, write_json
+from pipeline.io import read_json
+from pipeline.methods.crnet.results import KINDS, parse_evals, write_outputs
 from pipeline.metrics.episodic import format_mean_std, mean_std_over_seeds, summaries_over_seeds
 from pipeline.models.crnet import episode_probabilities
 from pipeline.report import colorize_labels, compose_figure, fit_into_cell, markdown_table
 from pipeline.runtime import stage_run
 from pipeline.stage import stage_parser
-
-KINDS = {"crnet": "CRNet", "prototype": "Prototype floor (PANet, no alignment)"}
-
-
-def parse_evals(entries: list[str]) -> dict[tuple[str, int, int], str]:
-    """``name:a:b=path`` -> ``{(name, a, b): path}`` (errors name the option)."""
-    out = {}
-    for entry in entries:
-        key, sep, path = entry.partition("=")
-        parts = key.split(":")
-        if not sep or len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
-            raise PipelineError("--eval", f"'{entry}' is not NAME:INT:INT=PATH")
-        out[(parts[0], int(parts[1]), int(parts[2]))] = path
-    return out
 
 
 def seed_tables(evals: dict[tuple[str, int, int], dict]) -> dict:
@@ -246,14 +233,6 @@ def make_figure(args, params: dict):
     cell = int(settings.get("figure_cell", 160))
     rows = figure_rows(model, store, episodes, int(section(params, "crnet.test.iterations")), cell)
     return compose_figure(rows, ["support (masked)", "query", "prediction", "ground truth"], cell)
-
-
-def write_outputs(out: str, metrics: dict, text: str, figure=None) -> None:
-    with atomic_dir(out) as tmp:
-        write_json(tmp / "metrics.json", metrics)
-        (tmp / "report.md").write_text(text)
-        if figure is not None:
-            figure.save(tmp / "figure.png")
 
 
 if __name__ == "__main__":
