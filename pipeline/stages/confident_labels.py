@@ -58,9 +58,14 @@ CRF_DEFAULTS = {"iterations": 10, "gaussian_sxy": 3, "gaussian_compat": 3, "bila
 IRN_CONF_FG = 0.30  # IRN conf_fg_thres: `auto` without a background class (no threshold to map)
 
 
+def auto_keys(cfg: dict) -> list[str]:
+    """The confident-label thresholds set to ``auto``."""
+    return [key for key in ("conf_fg", "conf_bg") if cfg.get(key) == "auto"]
+
+
 def resolve_thresholds(cfg: dict, cam_threshold: str | None, has_background: bool) -> dict:
     """``conf_fg`` / ``conf_bg`` as numbers: ``auto`` ones from the fold's CAM threshold."""
-    auto = [key for key in ("conf_fg", "conf_bg") if cfg.get(key) == "auto"]
+    auto = auto_keys(cfg)
     if not auto:
         return dict(cfg)
     if not has_background:
@@ -104,6 +109,7 @@ def main(argv=None):
 
     params = load_params(args.params, args.dataset)
     dataset = VOCDataset(params["data"], args.split)
+    auto = auto_keys(section(params, "confident_labels"))
     cfg = resolve_thresholds(section(params, "confident_labels"), args.cam_threshold,
                              dataset.background_index is not None)
     check_confident_params(cfg)
@@ -141,8 +147,7 @@ def main(argv=None):
             for kind, n in label_counts(label, bg, ignore).items():
                 counts[kind] += n
         write_json(tmp / CONFIDENT_INFO, {"conf_fg": cfg["conf_fg"], "conf_bg": cfg["conf_bg"],
-                                          "auto": [k for k in ("conf_fg", "conf_bg")
-                                                   if section(params, "confident_labels").get(k) == "auto"],
+                                          "auto": auto,
                                           "cam_threshold_file": args.cam_threshold})
         total = max(1, sum(counts.values()))
         log.info("wrote %d label maps to %s (method %s): %s", len(dataset), args.out,
