@@ -5,6 +5,8 @@ Stage docs: :mod:`pipeline.methods.crnet.train_crnet`.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -19,10 +21,20 @@ from pipeline.models.crnet import SWITCHES, CRNet, episode_probabilities, upsamp
 from pipeline.training import load_model
 
 FULL = "full"
+TRAINING_SEED = re.compile(r"(?P<variant>.+)_seed(?P<seed>\d+)")
+
+
+def split_training_seed(variant: str) -> tuple[str, int | None]:
+    """``"full_seed2"`` -> ``("full", 2)``; ``"full"`` -> ``("full", None)``: a variant trained
+    with another training seed is its own job and directory (the seed spread of a claim)."""
+    match = TRAINING_SEED.fullmatch(variant)
+    return (match["variant"], int(match["seed"])) if match else (variant, None)
 
 
 def variant_settings(params: dict, variant: str) -> dict:
-    """``{switch: value, ..., "novel_images": ...}`` of a variant (``full``: the defaults)."""
+    """``{switch: value, ..., "novel_images": ...}`` of a variant (``full``: the defaults; a
+    ``_seed<n>`` suffix changes the training seed only)."""
+    variant, _ = split_training_seed(variant)
     settings = {name: name != "single_level" for name in SWITCHES}
     settings["novel_images"] = section(params, "crnet.train.novel_images")
     if variant != FULL:

@@ -127,6 +127,45 @@ def test_fold_report_and_aggregate_and_ablation(tiny):
     assert "no_cache" in (tmp / "abl" / "report.md").read_text()
 
 
+def _summary_file(path, miou, fb_iou):
+    path.write_text(json.dumps({"summary": {"miou": miou, "fb_iou": fb_iou}}))
+    return path
+
+
+def test_training_seed_suffix_changes_only_the_seed():
+    assert train_crnet.split_training_seed("full_seed2") == ("full", 2)
+    assert train_crnet.split_training_seed("no_cache_seed10") == ("no_cache", 10)
+    assert train_crnet.split_training_seed("full") == ("full", None)
+    assert train_crnet.split_training_seed("seed3") == ("seed3", None)   # no variant before the suffix
+    params = {"crnet": {"train": {"novel_images": "background"}, "ablation": {"variants": {"no_cache": {"cache": False}}}}}
+    assert train_crnet.variant_settings(params, "no_cache_seed1") == train_crnet.variant_settings(params, "no_cache")
+    assert train_crnet.variant_settings(params, "full_seed1") == train_crnet.variant_settings(params, "full")
+
+
+def test_training_seeds_report_spread_and_worst_margin(tmp_path):
+    # CRNet 1-shot mIoU per training seed (mean over 2 episode seeds): 0.30, 0.20, 0.40; floor 0.25
+    evals = []
+    for t, (a, b) in {0: (0.29, 0.31), 1: (0.19, 0.21), 2: (0.40, 0.40)}.items():
+        for e, v in enumerate((a, b)):
+            evals += ["--eval", f"crnet:{t}:0:1:{e}={_summary_file(tmp_path / f'c{t}{e}.json', v, 0.6)}"]
+    for e in (0, 1):
+        evals += ["--eval", f"prototype:0:0:1:{e}={_summary_file(tmp_path / f'p{e}.json', 0.25, 0.5)}"]
+    run_ok(report.main, ["--training-seeds", *evals, "--out", tmp_path / "seeds"])
+    cell = json.loads((tmp_path / "seeds" / "metrics.json").read_text())["folds"]["0"]["1shot"]
+    over = cell["crnet"]["miou"]["over_training_seeds"]
+    assert over["mean"] == pytest.approx(0.30) and over["std"] == pytest.approx(0.10)   # stdev(0.3, 0.2, 0.4)
+    assert cell["crnet"]["miou"]["per_training_seed"]["1"]["std"] == pytest.approx(0.01414, abs=1e-4)
+    assert cell["seeds_above_floor_miou"] == 2 and cell["worst_margin_miou"] == pytest.approx(-0.05)
+    assert "30.0 ± 10.0" in (tmp_path / "seeds" / "report.md").read_text()
+
+
+def test_training_seeds_report_needs_the_floor(tmp_path, capsys):
+    path = _summary_file(tmp_path / "c.json", 0.3, 0.6)
+    run_fails(report.main, ["--training-seeds", "--eval", f"crnet:0:0:1:0={path}", "--out", tmp_path / "s"], capsys,
+              "prototype")
+    assert not (tmp_path / "s").exists()
+
+
 def _write_episodes(path, rows):
     path.write_text("".join(json.dumps({"episode": i, "class_name": "cat", **r}) + "\n" for i, r in enumerate(rows)))
     return path

@@ -35,6 +35,9 @@ def test_dry_runs_of_the_crnet_targets(tmp_path):
     assert ablation["train_crnet"] == 7 and ablation["test_crnet"] == 7 * 5  # full + 6 variants, 1-shot
     camvid = rule_counts(workdir, "results/camvid/crnet_fold0")  # no background class
     assert camvid["train_crnet"] == 1 and "make_embedded" not in camvid
+    seeds = rule_counts(workdir, "results/crnet_seeds")
+    # training seeds 0 (the `full` run), 1, 2, each its own job; 3 x 2 shots x 5 episode seeds
+    assert seeds["train_crnet"] == 3 and seeds["test_crnet"] == 30 and seeds["test_prototype"] == 10
 
 
 def test_dry_runs_of_the_cross_dataset_targets(tmp_path):

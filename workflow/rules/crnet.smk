@@ -10,7 +10,9 @@
 #
 # Targets: results/<ds>/crnet_fold<k>, results/<ds>/crnet_all (every fold),
 # results/<ds>/crnet_ablation (each variant its own training job, folds crnet.ablation.folds);
-# results/crnet_fold<k>, results/crnet_all, results/crnet_ablation for the default dataset.
+# results/<ds>/crnet_seeds (CRNet over the training seeds of crnet.training_seeds vs the floor);
+# results/crnet_fold<k>, results/crnet_all, results/crnet_ablation, results/crnet_seeds for the
+# default dataset.
 # Cross-dataset (COCO->PASCAL protocol): results/<test>/crnet_from_<train>_fold<k>, the CRNet
 # of <train> fold k on <test>'s val episodes of crnet.cross_dataset.<test>.classes:
 #   work/<test>/episodes/cross_<s>shot_seed<e>.jsonl               episodes keyed by that class list
@@ -225,14 +227,39 @@ rule crnet_ablation:
         stage_shell("pipeline.methods.crnet.report", "--ablation {params.evals} --out {output}")
 
 
+rule crnet_seeds:
+    # results/<dataset>/crnet_seeds: CRNet trained with each seed of crnet.training_seeds (each its
+    # own job: variant full_seed<n>) against the prototype floor -- what a "beats the floor"
+    # claim rests on; the episode seeds measure the test sample's noise, these the training's
+    input:
+        unpack(crnet_seeds_inputs),
+    output:
+        directory("results/{dataset}/crnet_seeds"),
+    params:
+        **STAGE_PARAMS,
+        evals=crnet_seeds_args,
+    log:
+        "logs/{dataset}/result_crnet_seeds.log",
+    benchmark:
+        "benchmarks/out/{dataset}/result_crnet_seeds.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        CONDA_ENV
+    shell:
+        stage_shell("pipeline.methods.crnet.report", "--training-seeds {params.evals} --out {output}")
+
+
 rule publish_crnet_default:
-    # results/crnet_all and results/crnet_ablation mirror the default dataset's.
+    # results/crnet_all, results/crnet_ablation and results/crnet_seeds mirror the default dataset's.
     input:
         lambda w: f"results/{DEFAULT_DATASET}/crnet_{w.kind}",
     output:
         directory("results/crnet_{kind}"),
     wildcard_constraints:
-        kind="all|ablation",
+        kind="all|ablation|seeds",
     params:
         **STAGE_PARAMS,
     log:

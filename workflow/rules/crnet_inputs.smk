@@ -18,6 +18,7 @@ def crnet_section(dataset, key):
     return P(dataset)["crnet"][key]
 
 
+from pipeline.crnet_training import split_training_seed  # noqa: E402
 from pipeline.data.episodes import class_ids_by_name  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
 
@@ -66,11 +67,16 @@ def crnet_cross_inputs(wildcards):
 
 def crnet_train_params(wildcards):
     """What train_crnet reads: the crnet sections but test.finetune and the ablation list,
-    plus the variant's own switches."""
+    plus the variant's own switches and, for <variant>_seed<n>, its training seed (absent
+    otherwise, so that adding the key reran no existing model)."""
     settings = P(wildcards.dataset)["crnet"]
-    variant = {} if wildcards.variant == CRNET_FULL else crnet_variant(wildcards.dataset, wildcards.variant)
-    return {"encoder": settings["encoder"], "hidden": settings["hidden"], "train": settings["train"],
-            "select": settings["select"], "iterations": settings["test"]["iterations"], "variant": variant}
+    name, training_seed = split_training_seed(wildcards.variant)
+    variant = {} if name == CRNET_FULL else crnet_variant(wildcards.dataset, name)
+    out = {"encoder": settings["encoder"], "hidden": settings["hidden"], "train": settings["train"],
+           "select": settings["select"], "iterations": settings["test"]["iterations"], "variant": variant}
+    if training_seed is not None:
+        out["training_seed"] = training_seed
+    return out
 
 
 def crnet_variant(dataset, variant):
@@ -158,3 +164,35 @@ def cross_pair_results(wildcards):
     if not pairs:
         raise WorkflowError("error: params.yaml: crnet.cross_dataset.pairs is empty")
     return [f"results/{p['test']}/crnet_from_{p['train']}_fold{p['fold']}" for p in pairs]
+
+
+def seed_variant(variant, training_seed):
+    """The variant directory of a training seed: the variant itself for the global ``seed``
+    (the run every other target uses), ``<variant>_seed<n>`` for the others."""
+    return variant if int(training_seed) == int(config.get("seed", 0)) else f"{variant}_seed{training_seed}"
+
+
+def crnet_seeds_inputs(wildcards):
+    """results/<dataset>/crnet_seeds: CRNet of every training seed of crnet.training_seeds on
+    its folds, and the floor, every shot count and episode seed:
+    {"crnet_<tseed>_<fold>_<shots>_<eseed>": path, "prototype_0_<fold>_<shots>_<eseed>": path}."""
+    d = wildcards.dataset
+    spec = P(d)["crnet"]["training_seeds"]
+    shots, seeds = crnet_shots_seeds(d)
+    if len(spec["seeds"]) < 2:
+        raise WorkflowError("error: params.yaml: crnet.training_seeds.seeds needs at least 2 seeds")
+    inputs = {}
+    for fold in spec["folds"]:
+        num_folds(d, fold)
+        for s in shots:
+            for e in seeds:
+                for t in spec["seeds"]:
+                    inputs[f"crnet_{t}_{fold}_{s}_{e}"] = CRNET_EVAL.format(
+                        dataset=d, fold=fold, variant=seed_variant(CRNET_FULL, t), shots=s, seed=e)
+                inputs[f"prototype_0_{fold}_{s}_{e}"] = PROTOTYPE_EVAL.format(dataset=d, fold=fold, shots=s, seed=e)
+    return inputs
+
+
+def crnet_seeds_args(wildcards, input):
+    """--eval KIND:TSEED:FOLD:SHOTS:ESEED=PATH for the report stage."""
+    return " ".join(f"--eval {name.replace('_', ':')}={input[name]}" for name in input.keys())

@@ -5,6 +5,8 @@
         --features VAL.pt --fold-file FOLD.json --episodes EPISODES.jsonl --out DIR
     python -m pipeline.methods.crnet.report --aggregate results/D/crnet_fold0 ... --out DIR
     python -m pipeline.methods.crnet.report --ablation --eval <variant>:<fold>:<seed>=E.json ... --out DIR
+    python -m pipeline.methods.crnet.report --training-seeds --eval crnet:<tseed>:<fold>:<shots>:<eseed>=E.json \
+        --eval prototype:0:<fold>:<shots>:<eseed>=P.json ... --out DIR
 
 Per fold (the papers' table forms): 1-shot and 5-shot mIoU and FB-IoU as mean ± std over
 the episode seeds (:func:`pipeline.metrics.episodic.summaries_over_seeds`, never the best
@@ -14,6 +16,10 @@ checkpoint the held-out base-class episodes selected; a figure support | query |
 prediction | ground truth of the first episodes (``report.figure_samples``) of the first
 episodes file. ``--aggregate``: the mean over folds of each fold's seed means, one
 column per fold. ``--ablation``: each variant's 1-shot mIoU (mean ± std over seeds) per fold.
+``--training-seeds`` (results/<dataset>/crnet_seeds; ``--eval KIND:TSEED:FOLD:SHOTS:ESEED=E.json``):
+per fold and shot count, CRNet of each training seed (mean ± std over the episode seeds), the
+mean ± std over the training seeds of those means, and the floor, with the margin of the
+worst training seed over the floor -- the spread a "beats the floor" claim needs.
 """
 from __future__ import annotations
 
@@ -171,6 +177,49 @@ def ablation(evals: dict[tuple[str, int, int], str]) -> tuple[dict, str]:
     return out, text
 
 
+def training_seeds(evals: dict[tuple[str, int, int, int, int], str]) -> tuple[dict, str]:
+    """CRNet over training seeds against the floor: {fold: {"<k>shot": {...}}} and the table."""
+    docs = {key: read_json(path)["summary"] for key, path in evals.items()}
+    folds = sorted({f for _, _, f, _, _ in docs})
+    shots_list = sorted({s for _, _, _, s, _ in docs})
+    out: dict = {"folds": {}, "training_seeds": sorted({t for k, t, *_ in docs if k == "crnet"})}
+    rows = []
+    for f in folds:
+        for shots in shots_list:
+            def over_episodes(kind, t, score):
+                return mean_std_over_seeds({e: d[score] for (k, tt, ff, s, e), d in docs.items()
+                                            if k == kind and tt == t and ff == f and s == shots})
+            cell: dict = {"crnet": {}, "prototype": {}}
+            for score in ("miou", "fb_iou"):
+                per_seed = {t: over_episodes("crnet", t, score) for t in out["training_seeds"]}
+                floor = over_episodes("prototype", 0, score)
+                over = mean_std_over_seeds({t: v["mean"] for t, v in per_seed.items()})
+                cell["crnet"][score] = {"per_training_seed": {str(t): v for t, v in per_seed.items()},
+                                        "over_training_seeds": over}
+                cell["prototype"][score] = floor
+                cell[f"worst_margin_{score}"] = min(v["mean"] for v in per_seed.values()) - floor["mean"]
+                cell[f"seeds_above_floor_{score}"] = sum(v["mean"] > floor["mean"] for v in per_seed.values())
+            out["folds"].setdefault(str(f), {})[f"{shots}shot"] = cell
+            seeds_text = ", ".join(format_mean_std(v) for v in cell["crnet"]["miou"]["per_training_seed"].values())
+            rows.append([f"fold {f}", f"{shots}-shot", seeds_text,
+                         format_mean_std(cell["crnet"]["miou"]["over_training_seeds"]),
+                         format_mean_std(cell["prototype"]["miou"]),
+                         f"{cell['seeds_above_floor_miou']}/{len(out['training_seeds'])}",
+                         f"{100 * cell['worst_margin_miou']:+.1f}",
+                         format_mean_std(cell["crnet"]["fb_iou"]["over_training_seeds"]),
+                         format_mean_std(cell["prototype"]["fb_iou"])])
+    text = ("# CRNet over training seeds against the prototype floor\n\n"
+            f"Training seeds {out['training_seeds']} (params.yaml crnet.training_seeds; each its own "
+            "training job). Per seed: mIoU mean ± std over the episode seeds; 'over seeds': mean ± std "
+            "over the training seeds of those means (the spread a claim rests on); the floor is "
+            "training-free, so only the episode seeds move it. Worst margin: the lowest training "
+            "seed's mIoU minus the floor's. Scores in %.\n\n"
+            + markdown_table(["Fold", "Shots", "CRNet mIoU per training seed", "CRNet mIoU over seeds",
+                              "Floor mIoU", "Seeds above floor", "Worst margin", "CRNet FB-IoU over seeds",
+                              "Floor FB-IoU"], rows))
+    return out, text
+
+
 def main(argv=None):
     ap = stage_parser(__doc__)
     ap.add_argument("--fold", type=int)
@@ -183,12 +232,21 @@ def main(argv=None):
     ap.add_argument("--episodes")
     ap.add_argument("--aggregate", nargs="+")
     ap.add_argument("--ablation", action="store_true")
+    ap.add_argument("--training-seeds", action="store_true")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
 
     if args.aggregate:
         with stage_run("crnet_report", {"aggregate": args.aggregate}, {}):
             metrics, text = aggregate(args.aggregate)
+            write_outputs(args.out, metrics, text)
+        return
+    if args.training_seeds:
+        evals = parse_evals(args.eval, ints=4)
+        if not any(k == "crnet" for k, *_ in evals) or not any(k == "prototype" for k, *_ in evals):
+            raise PipelineError("--eval", "needs crnet:... and prototype:... evaluations")
+        with stage_run("crnet_report", {"training_seeds": len(evals)}, {}):
+            metrics, text = training_seeds(evals)
             write_outputs(args.out, metrics, text)
         return
     evals = parse_evals(args.eval)

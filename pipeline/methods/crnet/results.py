@@ -8,15 +8,16 @@ from pipeline.io import atomic_dir, write_json
 KINDS = {"crnet": "CRNet", "prototype": "Prototype floor (PANet, no alignment)"}
 
 
-def parse_evals(entries: list[str]) -> dict[tuple[str, int, int], str]:
-    """``name:a:b=path`` -> ``{(name, a, b): path}`` (errors name the option)."""
+def parse_evals(entries: list[str], ints: int = 2) -> dict[tuple, str]:
+    """``name:a:b=path`` -> ``{(name, a, b): path}``, with ``ints`` integer fields after the
+    name (errors name the option)."""
     out = {}
     for entry in entries:
         key, sep, path = entry.partition("=")
         parts = key.split(":")
-        if not sep or len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
-            raise PipelineError("--eval", f"'{entry}' is not NAME:INT:INT=PATH")
-        out[(parts[0], int(parts[1]), int(parts[2]))] = path
+        if not sep or len(parts) != ints + 1 or not all(p.isdigit() for p in parts[1:]):
+            raise PipelineError("--eval", f"'{entry}' is not NAME{':INT' * ints}=PATH")
+        out[(parts[0], *(int(p) for p in parts[1:]))] = path
     return out
 
 

@@ -31,7 +31,8 @@ x the same for the support branch (conditioned on the query's ground-truth mask)
 Masks are scored at their own resolution (logits resized bilinearly, 255 ignored).
 
 Variants (``--variant``): ``full`` or a key of ``crnet.ablation.variants`` (its CRNet
-switches and/or ``novel_images``). Resumable per epoch (pipeline.training).
+switches and/or ``novel_images``), optionally with a ``_seed<n>`` suffix that sets the
+training seed to n (``full_seed1``; results/<ds>/crnet_seeds). Resumable per epoch (pipeline.training).
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ import torch
 from pipeline.config import check_range, load_params, params_hash, section
 from pipeline.crnet_training import (
     FULL, build_crnet, draw_pairs, make_optimizer, pair_batches, pair_loss, score_episodes, split_holdout,
-    variant_settings)
+    split_training_seed, variant_settings)
 from pipeline.data.episodes import draw_episodes, images_with_class
 from pipeline.data.fewshot_features import FeatureStore
 from pipeline.data.folds import load_base_samples
@@ -60,7 +61,7 @@ def main(argv=None):
     ap = stage_parser(__doc__, training=True, inputs=("labels",))
     ap.add_argument("--features", required=True, help="train-split feature cache (stage crnet_features)")
     ap.add_argument("--fold-file", required=True, help="fold JSON (stage make_folds)")
-    ap.add_argument("--variant", default=FULL, help="full or a key of crnet.ablation.variants")
+    ap.add_argument("--variant", default=FULL, help="full or a key of crnet.ablation.variants, optionally + _seed<n>")
     args = ap.parse_args(argv)
 
     params = load_params(args.params, args.dataset)
@@ -76,7 +77,8 @@ def main(argv=None):
     fold, base_samples, novel = load_base_samples(args.fold_file, dataset, params["dataset"])
     base_classes = [c for c in range(dataset.num_classes) if c not in novel and c != dataset.background_index]
     device = stage_device(args, params)
-    seed = int(params["seed"])
+    _, training_seed = split_training_seed(args.variant)
+    seed = int(params["seed"]) if training_seed is None else training_seed  # variant <name>_seed<n>
     seed_everything(seed)
     ids = list(dataset.ids) if settings["novel_images"] == "background" else base_samples
     train_ids, held_ids = split_holdout(ids, float(select["holdout_fraction"]), seed)
