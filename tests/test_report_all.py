@@ -238,17 +238,44 @@ def test_dry_run_resolves_results_report(tmp_path):
     outputs = planned_outputs(proc)
     assert "results/report" in outputs
     assert {f"results/embedded/{m}_fold{k}" for m in ("retab", "pnet") for k in range(4)} <= outputs
-    # params.yaml's report covers the real MSRC photos too (datasets/msrc.yaml, 3 folds)
-    assert {f"results/msrc/{m}_fold{k}" for m in ("retab", "pnet") for k in range(3)} <= outputs
+    # params.yaml's report covers the real MSRC photos too (datasets/msrc.yaml, 3 folds), CRNet,
+    # and the whole-target reports of report.extras
+    assert {f"results/msrc/{m}_fold{k}" for m in ("retab", "pnet", "crnet") for k in range(3)} <= outputs
+    assert {"results/embedded/crnet_seeds", "results/msrc/crnet_seeds", "results/crnet_cross"} <= outputs
 
 
 def test_dry_run_follows_the_report_selection(tmp_path):
-    workdir = scratch_workflow(tmp_path, {"report": {"datasets": ["embedded"], "folds": [0], "methods": ["retab"]}})
+    workdir = scratch_workflow(tmp_path, {"report": {"datasets": ["embedded"], "folds": [0], "methods": ["retab"],
+                                                     "extras": []}})
     proc = snakemake(workdir, "results/report", "-n", "-p", "--cores", "2")
     assert proc.returncode == 0, proc.stderr[-2000:]
     reports = {o for o in planned_outputs(proc) if re.search(r"_fold\d+$", o)}
     assert reports == {"results/embedded/retab_fold0"}
     assert "--retab results/embedded/retab_fold0 --out results/report" in proc.stdout
+    (tmp_path / "extras").mkdir()
+    workdir = scratch_workflow(tmp_path / "extras", {"report": {
+        "datasets": ["embedded"], "folds": [0], "methods": ["retab"], "extras": ["results/crnet_seeds"]}})
+    proc = snakemake(workdir, "results/report", "-n", "-p", "--cores", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "results/embedded/crnet_seeds" in planned_outputs(proc)
+    assert "--retab results/embedded/retab_fold0 --extra results/crnet_seeds --out results/report" in proc.stdout
+
+
+def test_extra_reports_are_included_with_headings_moved_down(fold_reports, tmp_path, capsys):
+    extra = tmp_path / "results" / "crnet_cross"
+    extra.mkdir(parents=True)
+    (extra / "report.md").write_text("# Cross-dataset CRNet\n\n## embedded -> msrc\n\n| a | b |\n")
+    out = tmp_path / "report"
+    report_all.main(["--retab", fold_reports["retab"][0], "--extra", str(extra), "--out", str(out)])
+    text = (out / "report.md").read_text()
+    assert "## Whole-target reports" in text and f"### `{extra}`" in text
+    assert "#### Cross-dataset CRNet" in text and "##### embedded -> msrc" in text and "| a | b |" in text
+    assert json.loads((out / "metrics.json").read_text())["extras"] == [str(extra)]
+    with pytest.raises(SystemExit):
+        run_stage(report_all.main, ["--retab", fold_reports["retab"][0], "--extra", str(tmp_path / "nope"),
+                                    "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert "nope/report.md: missing" in err and "\n" not in err and not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("selection, message", [

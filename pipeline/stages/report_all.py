@@ -10,7 +10,9 @@ pipeline.methods.retab.report (``results/<dataset>/retab_fold<k>``, the comparis
 row; a single-method report adds its row), ``--lnet`` those of pipeline.methods.lnet.report
 (``results/<dataset>/{lnet,pnet}_fold<k>``), ``--crnet`` those of pipeline.methods.crnet.report
 (``results/<dataset>/crnet_fold<k>``: CRNet and the prototype floor, 1-/5-shot mIoU and FB-IoU,
-each fold's mean over episode seeds). Dataset, fold and method are read from each
+each fold's mean over episode seeds). ``--extra`` takes whole-target report directories
+(``report.extras``: e.g. results/crnet_cross, results/<dataset>/crnet_seeds): their report.md
+is included as it is, headings moved two levels down. Dataset, fold and method are read from each
 metrics.json, so reports of several datasets mix freely; two reports of the same method,
 dataset and fold are an error. Rows present in several reports of one fold (the L-Net
 report's rows are also in the P-Net report) are taken from the first given.
@@ -237,7 +239,17 @@ def plan_figures(collected: Mapping[str, dict]) -> list[dict]:
     return plan
 
 
-def report_markdown(collected: Mapping[str, dict], figures: Sequence[dict], sources: Sequence[str]) -> str:
+def read_extra_report(directory: str | Path) -> str:
+    """The report.md of a whole-target report, its headings two levels down (under ``### dir``)."""
+    path = Path(directory) / "report.md"
+    if not path.is_file():
+        raise PipelineError(path, "missing (report.extras names a target whose report is not built)")
+    text = path.read_text()
+    return re.sub(r"^(#+) ", lambda m: "#" * min(len(m[1]) + 3, 6) + " ", text, flags=re.M)
+
+
+def report_markdown(collected: Mapping[str, dict], figures: Sequence[dict], sources: Sequence[str],
+                    extras: Mapping[str, str] | None = None) -> str:
     """report.md: an introduction, then per dataset every branch's tables and its figures."""
     parts = ["# Results report\n",
              f"Datasets: {', '.join(collected)}. Scores are mIoU in % (one decimal); **mean** averages the "
@@ -255,7 +267,11 @@ def report_markdown(collected: Mapping[str, dict], figures: Sequence[dict], sour
                 parts += [f"#### {BRANCHES[figure['branch']].title}, fold {figure['fold']}\n",
                           f"Columns: {figure['caption']}.\n",
                           f"![{figure['caption']}]({FIGURE_DIR}/{figure['name']})\n"]
-    parts += ["## Sources\n", "\n".join(f"- `{s}`" for s in sources) + "\n"]
+    if extras:
+        parts.append("## Whole-target reports\n")
+        for directory, text in extras.items():
+            parts += [f"### `{directory}`\n", text.rstrip() + "\n"]
+    parts += ["## Sources\n", "\n".join(f"- `{s}`" for s in [*sources, *(extras or {})]) + "\n"]
     return "\n".join(parts)
 
 
@@ -273,16 +289,19 @@ def summary_document(collected: Mapping[str, dict], figures: Sequence[dict]) -> 
 
 # --------------------------------------------------------------------------- stage
 
-def run(retab: Sequence[str], lnet: Sequence[str], out: str, crnet: Sequence[str] = ()) -> dict:
+def run(retab: Sequence[str], lnet: Sequence[str], out: str, crnet: Sequence[str] = (),
+        extra: Sequence[str] = ()) -> dict:
     """Read every fold report (all errors before anything is written), then write ``out``."""
     if not retab and not lnet and not crnet:
         raise PipelineError("--retab/--lnet/--crnet", "no fold report given")
     reports = ([read_fold_report(d, "retab") for d in retab] + [read_fold_report(d, "lnet") for d in lnet]
                + [read_fold_report(d, "crnet") for d in crnet])
+    extras = {str(d): read_extra_report(d) for d in extra}
     collected = collect(reports)
     figures = plan_figures(collected)
-    text = report_markdown(collected, figures, [r["source"] for r in reports])
+    text = report_markdown(collected, figures, [r["source"] for r in reports], extras)
     document = summary_document(collected, figures)
+    document["extras"] = list(extras)
     with atomic_dir(out) as tmp:
         write_text(tmp / "report.md", text)
         write_json(tmp / "metrics.json", document)
@@ -301,10 +320,13 @@ def main(argv=None):
                     help="fold report directories of pipeline.methods.lnet.report (results/<dataset>/{lnet,pnet}_fold<k>)")
     ap.add_argument("--crnet", nargs="*", default=[], metavar="DIR",
                     help="fold report directories of pipeline.methods.crnet.report (results/<dataset>/crnet_fold<k>)")
+    ap.add_argument("--extra", nargs="*", default=[], metavar="DIR",
+                    help="whole-target report directories included as they are (report.extras)")
     ap.add_argument("--out", required=True, help="report directory to write (results/report)")
     args = ap.parse_args(argv)
-    with stage_run("report_all", {"retab": args.retab, "lnet": args.lnet, "crnet": args.crnet}, {}) as log:
-        document = run(args.retab, args.lnet, args.out, args.crnet)
+    with stage_run("report_all", {"retab": args.retab, "lnet": args.lnet, "crnet": args.crnet,
+                                  "extra": args.extra}, {}) as log:
+        document = run(args.retab, args.lnet, args.out, args.crnet, args.extra)
         log.info("report of %s (%d figures) written to %s", ", ".join(document["datasets"]),
                  len(document["figures"]), args.out)
 

@@ -86,9 +86,10 @@ def report_all_inputs(wildcards):
                                 f"0..{len(available) - 1}, none of {wanted}")
         for target in targets:
             inputs[method_of_target(target).name] += [f"results/{dataset}/{target}_fold{k}" for k in folds]
+    inputs["extra"] = list(selection.get("extras") or [])
     return inputs
 
 
 def report_all_args(wildcards, input):
     """--retab DIR... --lnet DIR... (an option only when it has directories)."""
-    return " ".join(f"--{name} " + " ".join(input[name]) for name in METHODS if input[name])
+    return " ".join(f"--{name} " + " ".join(input[name]) for name in [*METHODS, "extra"] if input[name])
