@@ -13,7 +13,9 @@ loss are off, :func:`effective_switches`).
 
 **Training** (:func:`train_refnet`), per step: ``n_critic`` updates of each critic
 (Adam 1e-4, betas (0, 0.9), WGAN-GP lambda 10: the paper), then one step of the
-segmentation net on ``xi L_dice + zeta L_rep + eta L_sel - D_o(fake) - D_i(fake)``:
+segmentation net on ``xi L_dice + zeta L_rep + eta L_sel - D_o(fake) - D_i(fake)`` (the critics
+and their term join after ``warmup_steps`` RSM-only steps: a critic of random masks has no
+boundary to teach):
 
 * L_dice on labelled pairs: a reference image as target, another reference of the same
   class as condition (itself when K = 1); with probability ``negative_prob`` the condition
@@ -250,11 +252,12 @@ def self_supervision_loss(model: RefNet, target_feats: torch.Tensor, ref_feats: 
 @dataclass
 class TrainConfig:
     steps: int
+    warmup_steps: int        # RSM-only steps before the critics start
     batch_size: int
     lr: float
     negative_prob: float
     dice_tau: float
-    weights: dict            # dice, representation, self_supervision
+    weights: dict            # dice, representation, self_supervision, adversarial
     boundary_radius: int
     affine: dict
     flip: bool
@@ -304,13 +307,14 @@ def train_refnet(model: RefNet, setting: Setting, bank: ImageBank, labels: Mappi
 
     for step in range(1, cfg.steps + 1):
         row = {"step": step}
+        adversarial = critics if step > cfg.warmup_steps else {}
         # ---- critics (n_critic updates each, the segmentation net fixed)
-        for _ in range(cfg.n_critic if critics else 0):
+        for _ in range(cfg.n_critic if adversarial else 0):
             feats, images, ref_feats, ref_masks = unlabelled_batch()
             with torch.no_grad():
                 fake_masks = model.probability(feats, ref_feats, ref_masks, size)
             open_images, open_masks, radii = open_batch()
-            for k, (name, critic) in enumerate(critics.items()):
+            for k, (name, critic) in enumerate(adversarial.items()):
                 real = critic_inputs(name, open_images, open_masks)
                 fake = critic_inputs(name, images, fake_masks)
                 d_real, d_fake = critic(real), critic(fake)
@@ -339,7 +343,7 @@ def train_refnet(model: RefNet, setting: Setting, bank: ImageBank, labels: Mappi
             loss_dice = dice_loss(prob, gt.to(device), cfg.dice_tau, valid.to(device))
             total = total + cfg.weights["dice"] * loss_dice
             row["loss_dice"] = float(loss_dice.detach())
-        needs_unlabelled = switches["representation"] or switches["self_supervision"] or critics
+        needs_unlabelled = switches["representation"] or switches["self_supervision"] or adversarial
         if needs_unlabelled:
             feats, images, ref_feats, ref_masks = unlabelled_batch()
             prob = model.probability(feats, ref_feats, ref_masks, size)
@@ -354,9 +358,9 @@ def train_refnet(model: RefNet, setting: Setting, bank: ImageBank, labels: Mappi
                 loss_sel = self_supervision_loss(model, feats, ref_feats, ref_masks, prob, theta, cfg.boundary_radius)
                 total = total + cfg.weights["self_supervision"] * loss_sel
                 row["loss_sel"] = float(loss_sel.detach())
-            for name, critic in critics.items():
+            for name, critic in adversarial.items():
                 adv = critic_generator_loss(critic(critic_inputs(name, images, prob)))
-                total = total + adv
+                total = total + cfg.weights["adversarial"] * adv
                 row[f"loss_adv_{name}"] = float(adv.detach())
         optimizer.zero_grad(set_to_none=True)
         total.backward()

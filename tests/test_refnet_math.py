@@ -89,7 +89,7 @@ def test_critic_loss_formula():
 
 def test_all_zero_reference_mask_segments_nothing():
     torch.manual_seed(0)
-    model = RefNet(6, hidden=32, aspp_rates=(1,)).eval()
+    model = RefNet(6, hidden=64, aspp_rates=(1,)).eval()
     target, reference = torch.randn(2, 6, 4, 4), torch.randn(2, 6, 4, 4)
     masks = torch.zeros(2, 8, 8)
     masks[1, 2:5, 2:5] = 1

@@ -36,7 +36,7 @@ from pipeline.refnet_training import (
 from pipeline.report import pick_largest
 from pipeline.runtime import progress, seed_everything, stage_run
 from pipeline.stage import stage_device, stage_parser
-from pipeline.training import load_model
+from pipeline.training import load_model, read_model_meta
 
 
 def summarize(cm: np.ndarray) -> dict:
@@ -57,8 +57,7 @@ def main(argv=None):
     cfg = section(params, "refnet")
     device = stage_device(args, params)
     seed_everything(int(params["seed"]))
-    data = torch.load(args.model, map_location="cpu", weights_only=True)
-    meta = data.get("meta", {}) if isinstance(data, dict) else {}
+    meta = read_model_meta(args.model)
     if meta.get("task") != "refnet":
         raise PipelineError(args.model, "not a model file of stage train_refnet")
     model = RefNet(meta["in_channels"], meta["hidden"], tuple(meta["aspp_rates"]), meta["condition"])

@@ -57,10 +57,11 @@ def train_config(params: dict, size: int) -> TrainConfig:
     train, critic = section(params, "refnet.train"), section(params, "refnet.critic")
     check_range(float(train["lr"]), "refnet.train.lr", 0, low_open=True)
     return TrainConfig(
-        steps=int(train["steps"]), batch_size=int(train["batch_size"]), lr=float(train["lr"]),
+        steps=int(train["steps"]), warmup_steps=int(train["warmup_steps"]), batch_size=int(train["batch_size"]), lr=float(train["lr"]),
         negative_prob=float(train["negative_prob"]), dice_tau=float(train["dice_tau"]),
         weights={"dice": float(train["dice_weight"]), "representation": float(train["representation_weight"]),
-                 "self_supervision": float(train["self_supervision_weight"])},
+                 "self_supervision": float(train["self_supervision_weight"]),
+                 "adversarial": float(train["adversarial_weight"])},
         boundary_radius=int(train["boundary_radius"]), affine=dict(train["affine"]), flip=bool(train["flip"]),
         n_critic=int(critic["n_critic"]), critic_lr=float(critic["lr"]), critic_betas=tuple(critic["betas"]),
         gp_weight=float(critic["gp_weight"]), critic_channels=int(critic["channels"]),
