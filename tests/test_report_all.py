@@ -253,7 +253,7 @@ def test_dry_run_follows_the_report_selection(tmp_path):
 
 @pytest.mark.parametrize("selection, message", [
     ({"datasets": ["nope"]}, "report.datasets: no dataset 'nope'"),
-    ({"methods": ["refnet"]}, "report.methods"),
+    ({"methods": ["nope"]}, "report.methods"),
 ])
 def test_bad_report_selection_is_one_line(tmp_path, selection, message):
     workdir = scratch_workflow(tmp_path, {"report": selection})
