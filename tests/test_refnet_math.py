@@ -165,3 +165,13 @@ def test_mpa_and_fwiou_by_hand():
     # accuracies 6/8 and 1/2; IoUs 6/9 and 1/4; GT shares 8/10 and 2/10
     assert mean_pixel_accuracy(cm) == pytest.approx((0.75 + 0.5) / 2)
     assert frequency_weighted_iou(cm) == pytest.approx(0.8 * 6 / 9 + 0.2 * 0.25)
+
+
+def test_critic_stability_summary_by_hand():
+    from pipeline.methods.refnet.report import critic_stability
+
+    tsv = "step\tw_outer\tw_inner\n1\t\t\n2\t1\t-2\n3\t-3\t2\n4\t2\t2\n5\t4\tnan\n"
+    out = critic_stability(tsv)
+    assert out["outer"] == {"steps": 4, "finite": True, "first_quarter_mean_abs": 1.0, "last_quarter_mean_abs": 4.0,
+                            "max_abs": 4.0}
+    assert out["inner"]["finite"] is False

@@ -38,6 +38,12 @@ def test_dry_runs_of_the_refnet_targets(tmp_path):
     assert msrc["train_refnet"] == 5 * 3
 
 
+def test_results_report_includes_refnet(tmp_path):
+    workdir = scratch_workflow(tmp_path, {"report": {"datasets": ["embedded"], "methods": ["refnet"]}})
+    counts = rule_counts(workdir, "results/report")
+    assert counts["refnet_result"] == 4 and counts["report_all"] == 1 and "train_seg" not in counts
+
+
 def test_params_errors_stop_before_any_job(tmp_path):
     workdir = scratch_workflow(tmp_path)
     proc = snakemake(workdir, "work/embedded/fold0/refnet/nope/10shot_seed0/model.pt", "-n", "--cores", "1")

@@ -45,6 +45,25 @@ def critics_tsv(history_path: str) -> str:
     return out.getvalue()
 
 
+def critic_stability(tsv: str) -> dict:
+    """Per critic, over the steps it trained: the number of steps, whether every value is finite,
+    and mean / max |W| of the first and the last quarter of those steps (a diverging WGAN shows
+    a last-quarter |W| far above the first's, or non-finite values)."""
+    rows = list(csv.DictReader(io.StringIO(tsv), delimiter="\t"))
+    out = {}
+    for name in ("outer", "inner"):
+        values = [float(r[f"w_{name}"]) for r in rows if r.get(f"w_{name}")]
+        if not values:
+            continue
+        quarter = max(1, len(values) // 4)
+        finite = all(v == v and abs(v) != float("inf") for v in values)
+        out[name] = {"steps": len(values), "finite": finite,
+                     "first_quarter_mean_abs": sum(abs(v) for v in values[:quarter]) / quarter,
+                     "last_quarter_mean_abs": sum(abs(v) for v in values[-quarter:]) / quarter,
+                     "max_abs": max(abs(v) for v in values)}
+    return out
+
+
 def retab_rows(path: str | None) -> dict:
     """{row: novel mIoU} of a RETAB fold report (rows that it lacks are left out)."""
     if not path:
@@ -124,9 +143,16 @@ def main(argv=None):
             "\n## Critics\n", "critics.tsv: the outer and inner critics' Wasserstein estimates "
             "E[D(real)] - E[D(fake)] and losses per training step (`dvc plots show`).\n",
             "\n## Figure\n", "![target | reference | prediction | ground truth](figure.png)\n"])
+        critics = critics_tsv(args.history)
+        metrics["critic_stability"] = stability = critic_stability(critics)
+        stability_rows = [[name, str(v["steps"]), "yes" if v["finite"] else "NO", f"{v['first_quarter_mean_abs']:.3g}",
+                           f"{v['last_quarter_mean_abs']:.3g}", f"{v['max_abs']:.3g}"] for name, v in stability.items()]
+        if stability_rows:
+            text += "\n## Critic stability (|Wasserstein estimate|)\n\n" + markdown_table(
+                ["critic", "steps", "finite", "first quarter mean", "last quarter mean", "max"], stability_rows)
         cell = int(section(params, "report").get("figure_cell", 128))
         image = figure(document, args.predictions, val, train, targets, cell)
-        write_outputs(args.out, metrics, text, image, {"critics.tsv": critics_tsv(args.history)})
+        write_outputs(args.out, metrics, text, image, {"critics.tsv": critics})
         log.info("%s: MIoU %.4f novel mIoU %.4f -> %s", args.scope, summary["miou"], summary["novel_miou"], args.out)
 
 

@@ -19,7 +19,6 @@ target pixels, for the report's figure.
 from __future__ import annotations
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 
 from pipeline.config import load_params, section
@@ -54,7 +53,6 @@ def main(argv=None):
     ap.add_argument("--predictions", required=True, help="npz of the figure samples' label maps")
     args = ap.parse_args(argv)
     params = load_params(args.params, args.dataset)
-    cfg = section(params, "refnet")
     device = stage_device(args, params)
     seed_everything(int(params["seed"]))
     meta = read_model_meta(args.model)
