@@ -33,15 +33,17 @@ RETAB_ROWS = (("oracle", "RETAB Fully Oracle"), ("retab", "RETAB"))
 
 
 def critics_tsv(history_path: str) -> str:
-    """The critic columns of a train_refnet history (blank columns of a critic the variant lacks)."""
+    """The critic columns of a train_refnet history, one row per step in which a critic trained
+    (blank columns of a critic the variant lacks)."""
     try:
         rows = list(csv.DictReader(open(history_path), delimiter="\t"))
     except OSError as err:
         raise PipelineError(history_path, f"unreadable ({err})") from None
     out = io.StringIO()
     out.write("\t".join(CRITIC_COLUMNS) + "\n")
-    for row in rows:
-        out.write("\t".join(row.get(k, "") or "" for k in CRITIC_COLUMNS) + "\n")
+    for row in rows:  # the steps where a critic trained (none during the warm-up, none without critics)
+        if any(row.get(k) for k in CRITIC_COLUMNS[1:]):
+            out.write("\t".join(row.get(k, "") or "" for k in CRITIC_COLUMNS) + "\n")
     return out.getvalue()
 
 
