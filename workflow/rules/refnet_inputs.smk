@@ -35,15 +35,20 @@ def refnet_variant(dataset, variant):
 
 def refnet_scope_inputs(wildcards):
     """{"fold": the fold file} for fold<k>; {} for single_<class> (checked against the classes)."""
-    scope = wildcards.scope
+    return refnet_scope_files(wildcards.dataset, wildcards.scope)
+
+
+def refnet_scope_files(dataset, scope):
+    """A fold scope's fold file (the fold checked), or nothing for a single-category scope whose
+    class the dataset has (else one line at DAG construction)."""
     if scope.startswith("fold"):
-        num_folds(wildcards.dataset, scope[4:])
-        return {"fold": FOLD_FILE.format(dataset=wildcards.dataset, fold=scope[4:])}
-    data = P(wildcards.dataset)["data"]
+        num_folds(dataset, scope[4:])
+        return {"fold": FOLD_FILE.format(dataset=dataset, fold=scope[4:])}
+    data = P(dataset)["data"]
     name = scope[len("single_"):]
     if name not in data["classes"] or name == data.get("background"):
-        raise WorkflowError(f"error: results/{wildcards.dataset}/refnet_{scope}: '{name}' is not an object class "
-                            f"of dataset '{wildcards.dataset}'")
+        raise WorkflowError(f"error: results/{dataset}/refnet_{scope}: '{name}' is not an object class "
+                            f"of dataset '{dataset}'")
     return {}
 
 
@@ -84,7 +89,7 @@ def refnet_table_inputs(wildcards):
         return {f"{s}:{scope}:0": refnet_eval(d, scope, REFNET_FULL, s, 0)
                 for s in settings["rk"]["shots"] for scope in scopes}
     if table.startswith("single_"):
-        refnet_scope_inputs(type("W", (), {"dataset": d, "scope": table})())
+        refnet_scope_files(d, table)
         return {f"{s}:{table}:0": refnet_eval(d, table, REFNET_FULL, s, 0) for s in settings["single"]["shots"]}
     selection = settings["ablation"] if table == "ablation" else settings["critics_check"]
     variants = ([REFNET_FULL, *sorted(settings["ablation"]["variants"] or {})] if table == "ablation"
