@@ -71,6 +71,16 @@ def test_fold_setting_trains_tests_and_reports(tiny):
     assert metrics["fold"] == 0 and metrics["methods"]["refnet"]["val"]["miou"] == scores["summary"]["miou"]
     assert (result / "figure.png").is_file() and "w_outer" in (result / "critics.tsv").read_text()
     assert "absent" in (result / "report.md").read_text()  # no RETAB report given
+    retab = tiny["tmp"] / "retab_metrics.json"
+    retab.write_text(json.dumps({"methods": {"oracle": {"val": {"miou_novel": 0.5}}, "retab": {"val": {"miou_novel": 0.25}},
+                                             "cam": {"val": {"miou_novel": 0.1}}}}))
+    with_retab = tiny["tmp"] / "result_retab"
+    run_ok(report.main, tiny["common"] + ["--scope", "fold0", "--eval", out / "eval.json", "--predictions",
+                                          out / "predictions.npz", "--history", out / "history.tsv", "--retab", retab,
+                                          "--out", with_retab])
+    text = (with_retab / "report.md").read_text()
+    assert "| RETAB Fully Oracle | – | – | – | 50.0 |" in text and "| RETAB | – | – | – | 25.0 |" in text
+    assert json.loads((with_retab / "metrics.json").read_text())["retab_novel_miou"] == {"oracle": 0.5, "retab": 0.25}
 
 
 def test_k_larger_than_available_uses_all_and_the_table_marks_it(tiny):
