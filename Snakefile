@@ -32,6 +32,8 @@ include: "workflow/rules/lnet_inputs.smk"
 include: "workflow/rules/lnet.smk"
 include: "workflow/rules/crnet_inputs.smk"
 include: "workflow/rules/crnet.smk"
+include: "workflow/rules/refnet_inputs.smk"
+include: "workflow/rules/refnet.smk"
 
 
 rule all:

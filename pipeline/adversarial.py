@@ -129,3 +129,53 @@ def split_by_flag(batch_index: torch.Tensor, flags: Sequence[bool] | torch.Tenso
     """
     flags = torch.as_tensor(flags, dtype=torch.bool, device=batch_index.device)
     return flags[batch_index] if batch_index.numel() else torch.zeros(0, dtype=torch.bool, device=batch_index.device)
+
+
+# --------------------------------------------------------------------------- WGAN-GP (Ref-Net BKTM)
+# Ref-Net's boundary critics (IJCAI 2021, Eqs. 5-6; Gulrajani et al. 2017 for the penalty).
+# A critic D scores triplets [x, m, x*m]; real = an open-source image with its GT mask,
+# fake = a target image with the predicted mask, pseudo = an open-source image with its
+# mask dilated (a plausible but wrong boundary the critic must also reject).
+
+
+def triplet(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Critic input ``B x 7 x H x W``: ``[x, m, x * m]`` from images ``B x 3 x H x W`` and
+    masks ``B x H x W``."""
+    m = masks[:, None].to(images.dtype)
+    return torch.cat([images, m, images * m], dim=1)
+
+
+def interpolates(real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """x_hat = eps * real + (1 - eps) * fake, ``eps`` one value per sample (``B``)."""
+    e = eps.reshape(-1, *([1] * (real.dim() - 1))).to(real.dtype)
+    return e * real + (1.0 - e) * fake
+
+
+def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """``mean (||grad_x D(x_hat)||_2 - 1)^2`` at the interpolates (graph kept for the critic's
+    update). Hand check: D(x) = sum(a * x) has gradient a everywhere, penalty (||a|| - 1)^2."""
+    x_hat = interpolates(real.detach(), fake.detach(), eps).requires_grad_(True)
+    scores = critic(x_hat)
+    (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
+    norms = grad.reshape(grad.shape[0], -1).norm(2, dim=1)
+    return ((norms - 1.0) ** 2).mean()
+
+
+def critic_loss(d_real: torch.Tensor, d_fake: torch.Tensor, d_pseudo: torch.Tensor | None,
+                penalty: torch.Tensor, gp_weight: float) -> torch.Tensor:
+    """Ref-Net Eq. 5 for one critic, to minimise:
+    ``1/2 E[D(fake)] + 1/2 E[D(pseudo)] - E[D(real)] + lambda * GP``; without pseudo triplets
+    (the ablation) plain WGAN-GP: ``E[D(fake)] - E[D(real)] + lambda * GP``."""
+    negative = d_fake.mean() if d_pseudo is None else 0.5 * d_fake.mean() + 0.5 * d_pseudo.mean()
+    return negative - d_real.mean() + float(gp_weight) * penalty
+
+
+def wasserstein_estimate(d_real: torch.Tensor, d_fake: torch.Tensor) -> float:
+    """The critic's estimate of the Wasserstein distance real <-> fake: ``E[D(real)] - E[D(fake)]``
+    (the training-curve quantity; it shrinks as the segmentation net fools the critic)."""
+    return float(d_real.mean() - d_fake.mean())
+
+
+def critic_generator_loss(d_fake: torch.Tensor) -> torch.Tensor:
+    """The segmentation net's term of Eq. 6 for one critic, to minimise: ``-E[D(fake)]``."""
+    return -d_fake.mean()

@@ -136,3 +136,44 @@ def segmentation_ce(logits: torch.Tensor, target: torch.Tensor, ignore_index: in
     if not (target != ignore_index).any():
         return logits.sum() * 0.0
     return F.cross_entropy(logits, target, ignore_index=ignore_index)
+
+
+# --------------------------------------------------------------------------- Ref-Net RSM
+
+def dice_loss(prob: torch.Tensor, target: torch.Tensor, tau: float = 1.0,
+              valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Ref-Net's Dice loss with Laplace smoothing ``tau``, mean over the batch.
+
+    Per sample: ``1 - (2 sum(p g) + tau) / (sum(p) + sum(g) + tau)`` over its pixels.
+    ``prob``, ``target``: ``B x H x W`` in [0, 1]; ``valid`` (same shape, bool): only those
+    pixels count (void / padding left out). The smoothing makes an all-zero target with an
+    all-zero prediction a loss of 0 (the paper's "no shared category" pairs) instead of 0/0.
+    Hand check: p = g = one pixel of 1 -> 1 - 3/3 = 0; p = 1, g = 0 on one pixel -> 1 - 1/2.
+    """
+    if valid is not None:
+        weight = valid.to(prob.dtype)
+        prob, target = prob * weight, target.to(prob.dtype) * weight
+    dims = tuple(range(1, prob.dim()))
+    inter = (prob * target).sum(dims)
+    total = prob.sum(dims) + target.to(prob.dtype).sum(dims)
+    return (1.0 - (2.0 * inter + tau) / (total + tau)).mean()
+
+
+def gaussian_mmd(a: torch.Tensor, b: torch.Tensor, bandwidths: tuple[float, ...] | None = None) -> torch.Tensor:
+    """Squared MMD (biased V-statistic) between samples ``a`` (``N x C``) and ``b`` (``M x C``)
+    with a sum of Gaussian kernels ``exp(-||x - y||^2 / (2 s^2))`` over ``bandwidths`` s.
+
+    ``bandwidths=None``: the median heuristic, one s^2 = median of the pooled squared
+    distances (detached; 1 when all are 0). The V-statistic is >= 0 and exactly 0 for
+    identical samples. Hand check, 1-D, a = [0], b = [1], s = 1: 2 - 2 exp(-1/2).
+    """
+    pooled = torch.cat([a, b], dim=0)
+    sq = torch.cdist(pooled, pooled).pow(2)
+    if bandwidths is None:
+        positive = sq.detach()[sq.detach() > 0]
+        variances = [float(positive.median()) if positive.numel() else 1.0]
+    else:
+        variances = [float(s) ** 2 for s in bandwidths]
+    kernel = sum(torch.exp(-sq / (2.0 * v)) for v in variances)
+    n = a.shape[0]
+    return kernel[:n, :n].mean() + kernel[n:, n:].mean() - 2.0 * kernel[:n, n:].mean()

@@ -1,6 +1,6 @@
 """The table of methods, in one place.
 
-A *method* is a paper (``retab``, ``lnet``, ``crnet``; ``refnet`` will follow); a *row*
+A *method* is a paper (``retab``, ``lnet``, ``crnet``, ``refnet``); a *row*
 is one line of its results table (``cam``, ``cam_rw``, ..., ``oracle``); a *target* is a
 ``results/<dataset>/<target>_fold<k>`` directory that shows some rows of one method
 (``retab`` shows every RETAB row, ``cam`` only the CAM row; ``pnet`` shows the four
@@ -106,7 +106,19 @@ CRNET = Method(
     report_stage="pipeline.methods.crnet.report",
 )
 
-METHODS: dict[str, Method] = {method.name: method for method in (RETAB, LNET, CRNET)}
+REFNET = Method(
+    name="refnet",
+    title="Ref-Net reference segmentation",
+    paper="IJCAI 2021",
+    rows={
+        # RSM + BKTM with K references per target (novel) class, full model, training seed 0
+        "refnet": Row("Ref-Net"),
+    },
+    targets={"refnet": ("refnet",)},
+    report_stage="pipeline.methods.refnet.report",
+)
+
+METHODS: dict[str, Method] = {method.name: method for method in (RETAB, LNET, CRNET, REFNET)}
 
 
 def method_of_target(target: str) -> Method:

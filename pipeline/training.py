@@ -357,6 +357,15 @@ def load_model(path: str | os.PathLike, model: torch.nn.Module,
     return meta
 
 
+def read_model_meta(path: str | os.PathLike) -> dict:
+    """The meta of a model file of :func:`save_model` (to build the model before
+    :func:`load_model`); a file of another kind is a one-line PipelineError."""
+    data = _read_torch_file(Path(path), "model file")
+    if data.get("format") != MODEL_FORMAT or "state_dict" not in data:
+        raise PipelineError(path, f"not a model file of this pipeline (format {data.get('format')!r})")
+    return dict(data.get("meta") or {})
+
+
 def count_steps(n_samples: int, batch_size: int, drop_last: bool = True) -> int:
     """Optimizer steps per epoch for ``n_samples`` in batches (for the poly schedule)."""
     return n_samples // batch_size if drop_last else math.ceil(n_samples / batch_size)

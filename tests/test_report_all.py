@@ -280,7 +280,7 @@ def test_extra_reports_are_included_with_headings_moved_down(fold_reports, tmp_p
 
 @pytest.mark.parametrize("selection, message", [
     ({"datasets": ["nope"]}, "report.datasets: no dataset 'nope'"),
-    ({"methods": ["refnet"]}, "report.methods"),
+    ({"methods": ["nope"]}, "report.methods"),
 ])
 def test_bad_report_selection_is_one_line(tmp_path, selection, message):
     workdir = scratch_workflow(tmp_path, {"report": selection})

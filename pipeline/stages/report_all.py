@@ -10,7 +10,9 @@ pipeline.methods.retab.report (``results/<dataset>/retab_fold<k>``, the comparis
 row; a single-method report adds its row), ``--lnet`` those of pipeline.methods.lnet.report
 (``results/<dataset>/{lnet,pnet}_fold<k>``), ``--crnet`` those of pipeline.methods.crnet.report
 (``results/<dataset>/crnet_fold<k>``: CRNet and the prototype floor, 1-/5-shot mIoU and FB-IoU,
-each fold's mean over episode seeds). ``--extra`` takes whole-target report directories
+each fold's mean over episode seeds), ``--refnet`` those of pipeline.methods.refnet.report
+(``results/<dataset>/refnet_fold<k>``: MPA, MIoU, FWIoU over background and the targets, novel mIoU).
+``--extra`` takes whole-target report directories
 (``report.extras``: e.g. results/crnet_cross, results/<dataset>/crnet_seeds): their report.md
 is included as it is, headings moved two levels down. Dataset, fold and method are read from each
 metrics.json, so reports of several datasets mix freely; two reports of the same method,
@@ -44,7 +46,7 @@ from typing import Mapping, Sequence
 
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_dir, read_json, write_json, write_text
-from pipeline.method_table import CRNET, LNET, RETAB
+from pipeline.method_table import CRNET, LNET, REFNET, RETAB
 from pipeline.report import (
     MIOU_COLUMNS, NOVEL_ERROR_COLUMNS, SUMMARY_KEYS, fold_table, format_percent, mean_summaries, miou_table)
 from pipeline.runtime import stage_run
@@ -73,6 +75,8 @@ STRONG_WEAK_COLUMNS = (("all", "miou"), ("strong", "miou_base"), ("weak", "miou_
 FEWSHOT_COLUMNS = (("1-shot mIoU", "miou_1shot"), ("1-shot FB-IoU", "fb_iou_1shot"),
                    ("5-shot mIoU", "miou_5shot"), ("5-shot FB-IoU", "fb_iou_5shot"))
 FEWSHOT_KEYS = tuple(key for _, key in FEWSHOT_COLUMNS)
+REFNET_COLUMNS = (("MPA", "mpa"), ("MIoU", "miou"), ("FWIoU", "fwiou"), ("novel mIoU", "novel_miou"))
+REFNET_KEYS = tuple(key for _, key in REFNET_COLUMNS)
 BRANCHES = {
     "retab": Branch(
         title="RETAB weak-shot comparison",
@@ -96,6 +100,13 @@ BRANCHES = {
         columns={"val": FEWSHOT_COLUMNS},
         fold_scores=(("1-shot", "miou_1shot"), ("5-shot", "miou_5shot")),
         classes_key="novel_classes", classes_label="Novel classes", score_keys=FEWSHOT_KEYS),
+    "refnet": Branch(
+        title="Ref-Net reference segmentation (K references per novel class; background + novel classes)",
+        rows=REFNET.titles(), targets=tuple(REFNET.targets),
+        kind_titles={"val": "Segmentation on val"},
+        columns={"val": REFNET_COLUMNS},
+        fold_scores=(("novel mIoU", "novel_miou"), ("MIoU", "miou")),
+        classes_key="novel_classes", classes_label="Target (novel) classes", score_keys=REFNET_KEYS),
 }
 _FIGURE_LINK = re.compile(r"!\[([^\]]*)\]\(figure\.png\)")
 
@@ -118,7 +129,7 @@ def read_fold_report(directory: str | Path, branch: str) -> dict:
     document = read_json(path)
     if not (isinstance(document, dict) and isinstance(document.get("methods"), dict)
             and isinstance(document.get("fold"), int) and document.get("dataset") and "method" in document):
-        raise PipelineError(path, "not a fold report of pipeline.methods.retab.report / lnet.report / crnet.report "
+        raise PipelineError(path, "not a fold report of pipeline.methods.retab.report / lnet.report / crnet.report / refnet.report "
                             "(needs 'dataset', 'fold', 'method', 'methods')")
     target = document["method"]  # the results target the report shows (retab, cam, ..., pnet)
     if target not in spec.targets:
@@ -131,7 +142,7 @@ def read_fold_report(directory: str | Path, branch: str) -> dict:
             raise PipelineError(path, f"methods.{row} has no 'val' scores")
     figure = directory / "figure.png"
     # report_retab always draws the comparison's figure; report_lnet when it had images to show.
-    expected = {"retab": target == "retab", "crnet": True}.get(branch, bool(document.get("figure_images")))
+    expected = {"retab": target == "retab", "crnet": True, "refnet": True}.get(branch, bool(document.get("figure_images")))
     if expected and not figure.is_file():
         raise PipelineError(figure, "figure not found (the fold report is incomplete)")
     report_md = directory / "report.md"
@@ -290,12 +301,12 @@ def summary_document(collected: Mapping[str, dict], figures: Sequence[dict]) -> 
 # --------------------------------------------------------------------------- stage
 
 def run(retab: Sequence[str], lnet: Sequence[str], out: str, crnet: Sequence[str] = (),
-        extra: Sequence[str] = ()) -> dict:
+        refnet: Sequence[str] = (), extra: Sequence[str] = ()) -> dict:
     """Read every fold report (all errors before anything is written), then write ``out``."""
-    if not retab and not lnet and not crnet:
-        raise PipelineError("--retab/--lnet/--crnet", "no fold report given")
+    if not retab and not lnet and not crnet and not refnet:
+        raise PipelineError("--retab/--lnet/--crnet/--refnet", "no fold report given")
     reports = ([read_fold_report(d, "retab") for d in retab] + [read_fold_report(d, "lnet") for d in lnet]
-               + [read_fold_report(d, "crnet") for d in crnet])
+               + [read_fold_report(d, "crnet") for d in crnet] + [read_fold_report(d, "refnet") for d in refnet])
     extras = {str(d): read_extra_report(d) for d in extra}
     collected = collect(reports)
     figures = plan_figures(collected)
@@ -320,13 +331,15 @@ def main(argv=None):
                     help="fold report directories of pipeline.methods.lnet.report (results/<dataset>/{lnet,pnet}_fold<k>)")
     ap.add_argument("--crnet", nargs="*", default=[], metavar="DIR",
                     help="fold report directories of pipeline.methods.crnet.report (results/<dataset>/crnet_fold<k>)")
+    ap.add_argument("--refnet", nargs="*", default=[], metavar="DIR",
+                    help="fold report directories of pipeline.methods.refnet.report (results/<dataset>/refnet_fold<k>)")
     ap.add_argument("--extra", nargs="*", default=[], metavar="DIR",
                     help="whole-target report directories included as they are (report.extras)")
     ap.add_argument("--out", required=True, help="report directory to write (results/report)")
     args = ap.parse_args(argv)
     with stage_run("report_all", {"retab": args.retab, "lnet": args.lnet, "crnet": args.crnet,
-                                  "extra": args.extra}, {}) as log:
-        document = run(args.retab, args.lnet, args.out, args.crnet, args.extra)
+                                  "refnet": args.refnet, "extra": args.extra}, {}) as log:
+        document = run(args.retab, args.lnet, args.out, args.crnet, args.refnet, args.extra)
         log.info("report of %s (%d figures) written to %s", ", ".join(document["datasets"]),
                  len(document["figures"]), args.out)
 

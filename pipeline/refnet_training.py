@@ -1,0 +1,421 @@
+"""Ref-Net's setting, training and prediction, shared by its stages (pipeline/methods/refnet).
+
+**Setting** (:func:`draw_setting`, pure): the target categories (a fold's novel classes, or
+one class in the single-category setting); per target category K reference images drawn
+with a seed from the *train* images holding it (>= ``min_pixels`` px), their masks used;
+the other train images holding a target category form S (image-level labels only); O,
+the open-source set, is (image, class) pairs of train images without any target pixel,
+with their masks. K larger than the images available uses them all (the class is marked
+``short``). K = 0 (the single-category R(0)): no target mask at all; each target category
+is then conditioned on seeded open-source pairs (image * its mask of an O class), and only
+the critics and the self-supervision shape the target output (Dice and the representation
+loss are off, :func:`effective_switches`).
+
+**Training** (:func:`train_refnet`), per step: ``n_critic`` updates of each critic
+(Adam 1e-4, betas (0, 0.9), WGAN-GP lambda 10: the paper), then one step of the
+segmentation net on ``xi L_dice + zeta L_rep + eta L_sel - D_o(fake) - D_i(fake)`` (the critics
+and their term join after ``warmup_steps`` RSM-only steps: a critic of random masks has no
+boundary to teach):
+
+* L_dice on labelled pairs: a reference image as target, another reference of the same
+  class as condition (itself when K = 1); with probability ``negative_prob`` the condition
+  is of a class the target lacks, so the target mask is all zero (the paper's rule).
+  Augmentation: horizontal flip of the cached features and the mask.
+* L_rep: Gaussian MMD (median heuristic) between E(pred * target) and E(m_ref * x_ref),
+  pooled per image, over the batch of unlabelled pairs (S and the references as targets).
+* L_sel: ``mean || w' F(Ax) - A(w F(x)) ||^2`` on the pixels A keeps inside the image,
+  A a random affine (rotation, scale, translation) applied to the cached feature grid
+  (not to the pixels: the encoder is frozen and cached), w the band of radius r of the
+  prediction (detached: it selects pixels, as the paper's weight map).
+* Critics on [x, m, x*m] at ``size`` px: outer (object masks) and inner (background
+  masks 1 - m); pseudo triplets dilate the open-source mask (inner: the background mask)
+  by a disk of random radius ``pseudo_radius`` x ``size / paper_size``.
+
+Everything runs on a fixed grid: features resized to ``grid`` x ``grid`` cells, images and
+masks to ``size`` x ``size`` px (non-square photos are squashed; predictions are resized
+back to each val mask's own size and scored there).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.adversarial import (
+    critic_generator_loss, critic_loss, gradient_penalty, triplet, wasserstein_estimate)
+from pipeline.data.augment import resize_image, resize_mask
+from pipeline.errors import PipelineError
+from pipeline.losses import dice_loss, gaussian_mmd
+from pipeline.models.refnet import BoundaryCritic, RefNet, pooled_encoding
+from pipeline.morphology import boundary_band, dilate
+
+FULL = "full"
+SWITCHES = ("dice", "representation", "self_supervision", "condition", "pseudo", "outer_critic", "inner_critic")
+ALL = "all"
+
+
+# --------------------------------------------------------------------------- the setting
+
+@dataclass
+class Setting:
+    """Who is what in one training job (:func:`draw_setting`)."""
+
+    targets: list[int]
+    shots: int | None                                   # None = all
+    references: dict[int, list[tuple[str, int]]]        # target class -> [(image id, mask class)]
+    available: dict[int, int]                           # target class -> train images holding it
+    short: list[int]                                    # classes with fewer images than K
+    unlabelled: list[str]                               # S: image-level labels only
+    open_source: list[tuple[str, int]]                  # O: (image id, class) with masks
+    zero_shot: bool = field(default=False)
+
+    def to_json(self) -> dict:
+        return {"targets": self.targets, "shots": self.shots if self.shots is not None else ALL,
+                "references": {str(c): [list(p) for p in v] for c, v in self.references.items()},
+                "available": {str(c): n for c, n in self.available.items()}, "short": self.short,
+                "unlabelled": len(self.unlabelled), "open_source": len(self.open_source), "zero_shot": self.zero_shot}
+
+
+def parse_shots(text: str | int) -> int | None:
+    """K from a wildcard / param: an integer >= 0, or ``all`` (None)."""
+    if str(text) == ALL:
+        return None
+    k = int(text)
+    if k < 0:
+        raise ValueError(f"K must be >= 0 or 'all', got {text}")
+    return k
+
+
+def draw_setting(pixel_counts: Mapping[str, Sequence[int]], train_ids: Sequence[str], targets: Sequence[int],
+                 open_classes: Sequence[int], shots: int | None, seed: int, min_pixels: int,
+                 zero_shot_references: int = 5, where: str = "open-source set") -> Setting:
+    """The setting of one job from the train images' pixel counts (module docstring).
+
+    A train image with any pixel of a target class never enters O. An empty O is one
+    :class:`PipelineError` naming ``where``."""
+    targets = [int(c) for c in targets]
+    holding = {c: sorted(i for i in train_ids if pixel_counts[i][c] >= min_pixels) for c in targets}
+    open_ids = sorted(i for i in train_ids if not any(pixel_counts[i][c] > 0 for c in targets))
+    open_source = [(i, int(c)) for i in open_ids for c in open_classes if pixel_counts[i][c] >= min_pixels]
+    if not open_source:
+        raise PipelineError(where, f"the open-source set is empty: no train image without the target classes "
+                            f"holds an open-source class with >= {min_pixels} px")
+    references, short = {}, []
+    for c in targets:
+        rng = np.random.default_rng([seed, c])
+        if shots == 0:
+            order = rng.permutation(len(open_source))[:zero_shot_references]
+            references[c] = [open_source[j] for j in order]
+            continue
+        order = [holding[c][j] for j in rng.permutation(len(holding[c]))]
+        k = len(order) if shots is None else min(shots, len(order))
+        if shots is not None and shots > len(order):
+            short.append(c)
+        references[c] = [(i, c) for i in order[:k]]
+        if not references[c]:
+            raise PipelineError(where, f"target class {c} is in no train image with >= {min_pixels} px")
+    used = {i for c in targets if shots != 0 for i, _ in references[c]}
+    unlabelled = sorted({i for c in targets for i in holding[c]} - used)
+    return Setting(targets, shots, references, {c: len(holding[c]) for c in targets}, short, unlabelled,
+                   open_source, zero_shot=shots == 0)
+
+
+def effective_switches(variant: Mapping[str, bool], zero_shot: bool) -> dict[str, bool]:
+    """The variant's switches (all on by default); without any target mask (K = 0) Dice and
+    the representation loss have nothing to compare with and are off."""
+    unknown = sorted(set(variant) - set(SWITCHES))
+    if unknown:
+        raise PipelineError("params.yaml", f"refnet.ablation.variants: unknown switch '{unknown[0]}' "
+                            f"(known: {', '.join(SWITCHES)})")
+    out = {name: bool(variant.get(name, True)) for name in SWITCHES}
+    if zero_shot:
+        out["dice"] = out["representation"] = False
+    return out
+
+
+def pseudo_radius_range(radius: Sequence[int], size: int, paper_size: int) -> tuple[int, int]:
+    """The paper's dilation radii (11..55 px at ``paper_size``) scaled to ``size`` px, at least 1."""
+    low, high = (max(1, round(float(r) * size / paper_size)) for r in radius)
+    return low, max(low, high)
+
+
+# --------------------------------------------------------------------------- cached inputs
+
+class ImageBank:
+    """Features on the fixed grid, images in [0, 1] and class masks at ``size`` px, by id."""
+
+    def __init__(self, store, dataset, ids: Sequence[str], grid: int, size: int):
+        self.index = {i: n for n, i in enumerate(dict.fromkeys(ids))}
+        order = list(self.index)
+        feats = [F.interpolate(store.features(i), size=(grid, grid), mode="bilinear", align_corners=False)
+                 for i in order]
+        self.features = torch.cat(feats) if feats else torch.zeros(0)
+        self.images = torch.from_numpy(np.stack([resize_image(dataset.load_image(i), (size, size)) for i in order])
+                                       ).permute(0, 3, 1, 2).float() / 255.0 if order else torch.zeros(0)
+        self.masks = torch.from_numpy(np.stack([resize_mask(store.class_mask(i), (size, size)) for i in order])
+                                      ).long() if order else torch.zeros(0)
+        self.size = size
+        self.ignore_index = dataset.ignore_index
+
+    def take(self, ids: Sequence[str], flips: Sequence[bool] | None = None) -> dict:
+        rows = torch.tensor([self.index[i] for i in ids], dtype=torch.long)
+        feats, images, masks = self.features[rows], self.images[rows], self.masks[rows]
+        if flips is not None:
+            flip = torch.tensor(list(flips), dtype=torch.bool)
+            feats = torch.where(flip[:, None, None, None], feats.flip(-1), feats)
+            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+            masks = torch.where(flip[:, None, None], masks.flip(-1), masks)
+        return {"features": feats, "images": images, "masks": masks}
+
+    def class_masks(self, ids: Sequence[str], classes: Sequence[int], flips=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(binary masks of each id's class, valid pixels) at ``size``."""
+        masks = self.take(ids, flips)["masks"]
+        cls = torch.tensor(list(classes))[:, None, None]
+        return (masks == cls).float(), masks != self.ignore_index
+
+
+def reference_batch(bank: ImageBank, pairs: Sequence[tuple[str, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(features, images, binary masks) of reference pairs (image id, mask class)."""
+    ids = [i for i, _ in pairs]
+    masks, _ = bank.class_masks(ids, [c for _, c in pairs])
+    taken = bank.take(ids)
+    return taken["features"], taken["images"], masks
+
+
+# --------------------------------------------------------------------------- sampling
+
+def labelled_pairs(setting: Setting, labels: Mapping[str, Sequence[int]], count: int, negative_prob: float,
+                   rng: np.random.Generator) -> list[tuple[str, int, tuple[str, int]]]:
+    """Dice pairs (target id, target class or -1 for an all-zero target, reference pair)."""
+    out = []
+    for _ in range(count):
+        c = setting.targets[rng.integers(len(setting.targets))]
+        refs = setting.references[c]
+        j = int(rng.integers(len(refs)))
+        target = refs[j][0]
+        others = [p for p in setting.targets if p != c and p not in labels.get(target, ())]
+        if others and rng.random() < negative_prob:
+            other = others[rng.integers(len(others))]
+            ref_list = setting.references[other]
+            out.append((target, -1, ref_list[int(rng.integers(len(ref_list)))]))
+            continue
+        i = int(rng.integers(len(refs) - 1)) if len(refs) > 1 else j
+        if len(refs) > 1 and i >= j:
+            i += 1
+        out.append((target, c, refs[i]))
+    return out
+
+
+def target_pairs(setting: Setting, labels: Mapping[str, Sequence[int]]) -> list[tuple[str, int]]:
+    """(target image, class in its image-level labels) over S and the references' images."""
+    images = sorted(set(setting.unlabelled) | {i for c in setting.targets for i, m in setting.references[c]
+                                               if m == c})
+    return [(i, c) for i in images for c in setting.targets if c in labels.get(i, ())]
+
+
+def random_affine(count: int, rng: np.random.Generator, rotate_deg: float, scale: float,
+                  translate: float) -> torch.Tensor:
+    """``count x 2 x 3`` affine matrices for F.affine_grid (normalised coordinates)."""
+    angle = np.deg2rad(rng.uniform(-rotate_deg, rotate_deg, count))
+    factor = rng.uniform(1.0 - scale, 1.0 + scale, count)
+    shift = rng.uniform(-translate, translate, (count, 2))
+    cos, sin = np.cos(angle) / factor, np.sin(angle) / factor
+    theta = np.stack([np.stack([cos, -sin, shift[:, 0]], 1), np.stack([sin, cos, shift[:, 1]], 1)], 1)
+    return torch.from_numpy(theta).float()
+
+
+def warp(maps: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """``maps`` (``B x C x H x W``) resampled by ``theta``; outside the image is 0."""
+    grid = F.affine_grid(theta, list(maps.shape), align_corners=False)
+    return F.grid_sample(maps, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def self_supervision_loss(model: RefNet, target_feats: torch.Tensor, ref_feats: torch.Tensor, ref_masks: torch.Tensor,
+                          prob: torch.Tensor, theta: torch.Tensor, radius: int) -> torch.Tensor:
+    """Ref-Net's boundary-aware self-supervision: ``|| w' F(Ax) - A(w F(x)) ||^2`` (mean over the
+    pixels that stay inside the image), A applied to the feature grid and to the maps."""
+    size = prob.shape[-2:]
+    prob_a = model.probability(warp(target_feats, theta), ref_feats, ref_masks, size)
+    band, band_a = boundary_band(prob.detach(), radius), boundary_band(prob_a.detach(), radius)
+    moved = warp((band * prob)[:, None], theta)[:, 0]
+    inside = warp(torch.ones_like(prob)[:, None], theta)[:, 0] > 0.999
+    diff = (band_a * prob_a - moved) ** 2
+    return (diff * inside).sum() / inside.sum().clamp_min(1)
+
+
+# --------------------------------------------------------------------------- training
+
+@dataclass
+class TrainConfig:
+    steps: int
+    warmup_steps: int        # RSM-only steps before the critics start
+    batch_size: int
+    lr: float
+    negative_prob: float
+    dice_tau: float
+    weights: dict            # dice, representation, self_supervision, adversarial
+    boundary_radius: int
+    affine: dict
+    flip: bool
+    n_critic: int
+    critic_lr: float
+    critic_betas: tuple[float, float]
+    gp_weight: float
+    critic_channels: int
+    pseudo_radius: tuple[int, int]   # already scaled to size
+
+
+def train_refnet(model: RefNet, setting: Setting, bank: ImageBank, labels: Mapping[str, Sequence[int]],
+                 cfg: TrainConfig, switches: Mapping[str, bool], seed: int, device: str, log) -> tuple[list[dict], dict]:
+    """Train ``model`` in place; returns the per-step history and the critics' state dicts."""
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    pairs = target_pairs(setting, labels)
+    if not pairs:
+        raise PipelineError("image labels", "no train image holds a target class (nothing to segment)")
+    critics = {name: BoundaryCritic(cfg.critic_channels).to(device) for name in ("outer", "inner")
+               if switches[f"{name}_critic"]}
+    critic_opts = {name: torch.optim.Adam(c.parameters(), lr=cfg.critic_lr, betas=cfg.critic_betas)
+                   for name, c in critics.items()}
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    model.to(device).train()
+    size = (bank.size, bank.size)
+    bsz = cfg.batch_size
+    history = []
+
+    def unlabelled_batch():
+        chosen = [pairs[j] for j in rng.integers(len(pairs), size=bsz)]
+        refs = [setting.references[c][int(rng.integers(len(setting.references[c])))] for _, c in chosen]
+        target = bank.take([i for i, _ in chosen])
+        ref_feats, ref_images, ref_masks = reference_batch(bank, refs)
+        return (target["features"].to(device), target["images"].to(device), ref_feats.to(device),
+                ref_masks.to(device))
+
+    def open_batch():
+        chosen = [setting.open_source[j] for j in rng.integers(len(setting.open_source), size=bsz)]
+        masks, _ = bank.class_masks([i for i, _ in chosen], [c for _, c in chosen])
+        images = bank.take([i for i, _ in chosen])["images"]
+        radii = rng.integers(cfg.pseudo_radius[0], cfg.pseudo_radius[1] + 1, size=2)
+        return images.to(device), masks.to(device), [int(r) for r in radii]
+
+    def critic_inputs(name, images, masks):
+        return triplet(images, masks if name == "outer" else 1.0 - masks)
+
+    for step in range(1, cfg.steps + 1):
+        row = {"step": step}
+        adversarial = critics if step > cfg.warmup_steps else {}
+        # ---- critics (n_critic updates each, the segmentation net fixed)
+        for _ in range(cfg.n_critic if adversarial else 0):
+            feats, images, ref_feats, ref_masks = unlabelled_batch()
+            with torch.no_grad():
+                fake_masks = model.probability(feats, ref_feats, ref_masks, size)
+            open_images, open_masks, radii = open_batch()
+            for k, (name, critic) in enumerate(adversarial.items()):
+                real = critic_inputs(name, open_images, open_masks)
+                fake = critic_inputs(name, images, fake_masks)
+                d_real, d_fake = critic(real), critic(fake)
+                d_pseudo = None
+                if switches["pseudo"]:
+                    region = open_masks if name == "outer" else 1.0 - open_masks
+                    pseudo_region = dilate(region, radii[k])
+                    d_pseudo = critic(triplet(open_images, pseudo_region))
+                eps = torch.rand(bsz, device=device)
+                loss = critic_loss(d_real, d_fake, d_pseudo, gradient_penalty(critic, real, fake, eps), cfg.gp_weight)
+                critic_opts[name].zero_grad(set_to_none=True)
+                loss.backward()
+                critic_opts[name].step()
+                row[f"critic_{name}"] = float(loss.detach())
+                row[f"w_{name}"] = wasserstein_estimate(d_real.detach(), d_fake.detach())
+        # ---- segmentation net
+        total = torch.zeros((), device=device)
+        if switches["dice"]:
+            chosen = labelled_pairs(setting, labels, bsz, cfg.negative_prob, rng)
+            flips = rng.random(bsz) < 0.5 if cfg.flip else None
+            ids = [t for t, _, _ in chosen]
+            target = bank.take(ids, flips)
+            gt, valid = bank.class_masks(ids, [c for _, c, _ in chosen], flips)
+            ref_feats, _, ref_masks = reference_batch(bank, [r for _, _, r in chosen])
+            prob = model.probability(target["features"].to(device), ref_feats.to(device), ref_masks.to(device), size)
+            loss_dice = dice_loss(prob, gt.to(device), cfg.dice_tau, valid.to(device))
+            total = total + cfg.weights["dice"] * loss_dice
+            row["loss_dice"] = float(loss_dice.detach())
+        needs_unlabelled = switches["representation"] or switches["self_supervision"] or adversarial
+        if needs_unlabelled:
+            feats, images, ref_feats, ref_masks = unlabelled_batch()
+            prob = model.probability(feats, ref_feats, ref_masks, size)
+            if switches["representation"]:
+                loss_rep = gaussian_mmd(pooled_encoding(model.encode(feats), prob),
+                                        pooled_encoding(model.encode(ref_feats), ref_masks))
+                total = total + cfg.weights["representation"] * loss_rep
+                row["loss_rep"] = float(loss_rep.detach())
+            if switches["self_supervision"]:
+                theta = random_affine(bsz, rng, cfg.affine["rotate_deg"], cfg.affine["scale"],
+                                      cfg.affine["translate"]).to(device)
+                loss_sel = self_supervision_loss(model, feats, ref_feats, ref_masks, prob, theta, cfg.boundary_radius)
+                total = total + cfg.weights["self_supervision"] * loss_sel
+                row["loss_sel"] = float(loss_sel.detach())
+            for name, critic in adversarial.items():
+                adv = critic_generator_loss(critic(critic_inputs(name, images, prob)))
+                total = total + cfg.weights["adversarial"] * adv
+                row[f"loss_adv_{name}"] = float(adv.detach())
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        for critic in critics.values():  # the net's step must not leave gradients in the critics
+            critic.zero_grad(set_to_none=True)
+        optimizer.step()
+        row["loss"] = float(total.detach())
+        if not math.isfinite(row["loss"]):
+            raise PipelineError("training", f"the loss is not finite at step {step} ({row})")
+        history.append(row)
+        if step % max(1, cfg.steps // 10) == 0 or step == cfg.steps:
+            log.info("step %d/%d %s", step, cfg.steps, " ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "step"))
+    model.eval()
+    return history, {name: c.state_dict() for name, c in critics.items()}
+
+
+# --------------------------------------------------------------------------- prediction and scores
+
+@torch.no_grad()
+def class_probability(model: RefNet, features: torch.Tensor, references: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                      size: tuple[int, int]) -> torch.Tensor:
+    """``H x W`` probability of one class: the mean over its reference (features, mask) pairs."""
+    probs = [model.probability(features, ref_feats, ref_mask, size)[0] for ref_feats, ref_mask in references]
+    return torch.stack(probs).mean(0)
+
+
+def combine_classes(probs: Mapping[int, np.ndarray], shape: tuple[int, int], threshold: float = 0.5) -> np.ndarray:
+    """One label map over {0 = background, 1..T}: ``probs`` maps label index -> ``H x W``
+    probability; the highest score wins where several exceed ``threshold``."""
+    out = np.zeros(shape, dtype=np.int64)
+    if not probs:
+        return out
+    keys = sorted(probs)
+    stack = np.stack([probs[k] for k in keys])
+    best = stack.argmax(0)
+    out[stack.max(0) > threshold] = np.asarray(keys)[best][stack.max(0) > threshold]
+    return out
+
+
+def target_ground_truth(mask: np.ndarray, targets: Sequence[int], ignore_index: int) -> np.ndarray:
+    """The GT over {background, targets}: target class t -> its index 1..T, void kept,
+    everything else (background and non-target classes) -> 0."""
+    out = np.zeros(mask.shape, dtype=np.int64)
+    for index, c in enumerate(targets, start=1):
+        out[mask == c] = index
+    out[mask == ignore_index] = ignore_index
+    return out
+
+
+def step_tsv(history: Sequence[Mapping]) -> str:
+    """history.tsv of train_refnet: ``step`` then every column in the order first seen
+    (blank where a step lacks it, e.g. the critics' columns in a variant without them)."""
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    lines = ["\t".join(keys)]
+    for row in history:
+        lines.append("\t".join("" if row.get(k) is None else (f"{row[k]:.6g}" if isinstance(row[k], float)
+                                                                else str(row[k])) for k in keys))
+    return "\n".join(lines) + "\n"
