@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from pipeline.training import poly_lr_factor
 
 TRANSFORM_KEYS = ("flip", "rotation", "zoom", "distortion", "gaussian", "pepper")
+STRESS_TESTS = ("identical", "zero_mask")  # the paper's Table 7: support = query; all-zero support mask
 
 
 def sample_transform(cfg: dict, rng: np.random.Generator) -> dict:
@@ -144,3 +145,8 @@ class ConditioningThenPoly:
         if step < self.conditioning_steps:
             return self.ratio
         return poly_lr_factor(step - self.conditioning_steps, self.training_steps, self.power)
+
+
+def identical_input(episodes: list[dict], shots: int) -> list[dict]:
+    """The identical-input stress test: each episode's ``shots`` supports are its query."""
+    return [{**e, "supports": [e["query"]] * shots} for e in episodes]

@@ -10,7 +10,8 @@ pipeline.methods.retab.report (``results/<dataset>/retab_fold<k>``, the comparis
 row; a single-method report adds its row), ``--lnet`` those of pipeline.methods.lnet.report
 (``results/<dataset>/{lnet,pnet}_fold<k>``), ``--crnet`` those of pipeline.methods.crnet.report
 (``results/<dataset>/crnet_fold<k>``: CRNet and the prototype floor, 1-/5-shot mIoU and FB-IoU,
-each fold's mean over episode seeds). Dataset, fold and method are read from each
+each fold's mean over episode seeds; ``results/<dataset>/crnet_tpc_crc_fold<k>`` adds the row
+CRNet + TPC + CRC). Dataset, fold and method are read from each
 metrics.json, so reports of several datasets mix freely; two reports of the same method,
 dataset and fold are an error. Rows present in several reports of one fold (the L-Net
 report's rows are also in the P-Net report) are taken from the first given.
@@ -128,8 +129,9 @@ def read_fold_report(directory: str | Path, branch: str) -> dict:
         if not isinstance(entry, dict) or not isinstance(entry.get("val"), dict):
             raise PipelineError(path, f"methods.{row} has no 'val' scores")
     figure = directory / "figure.png"
-    # report_retab always draws the comparison's figure; report_lnet when it had images to show.
-    expected = {"retab": target == "retab", "crnet": True}.get(branch, bool(document.get("figure_images")))
+    # report_retab always draws the comparison's figure; report_lnet when it had images to show;
+    # the CRNet fold report always, the TPC + CRC one (crnet_tpc_crc) none.
+    expected = {"retab": target == "retab", "crnet": target == "crnet"}.get(branch, bool(document.get("figure_images")))
     if expected and not figure.is_file():
         raise PipelineError(figure, "figure not found (the fold report is incomplete)")
     report_md = directory / "report.md"
