@@ -12,13 +12,13 @@ import pytest
 import torch
 import yaml
 
-from conftest import run_fails, run_ok, tiny_params, write_tiny_voc, write_yaml
+from conftest import CAT, CRNET_TRAIN, DOG, crnet_eval_args as eval_args, run_fails, run_ok, tiny_params, \
+    write_tiny_voc, write_yaml
 from pipeline.data.episodes import read_episodes
 from pipeline.data.label_png import label_image
 from pipeline.hpartitions import (
     bbox_fraction, class_cells, class_iou, cmps, partition_episodes, partition_index, ranked_supports, split_high_low)
 from pipeline.methods.crnet import crnet_features, make_hpartitions, report_tpc_crc, test_crnet, train_crnet
-from test_crnet_stages import CAT, DOG, TRAIN, eval_args, tiny  # noqa: F401 - the shared tiny fixture
 
 # 12 cat queries (boxes of growing size) and a dog: enough for median cells of 3 images
 VAL = {**{f"v{i}": [(CAT, 2, 8 + i, 2, 8 + 2 * (i % 6))] for i in range(12)}, "v12": [(DOG, 4, 20, 4, 20)]}
@@ -85,11 +85,16 @@ def test_cmps_leaves_out_empty_and_small_partitions():
 # --------------------------------------------------------------------------- stages on tiny data
 
 @pytest.fixture(scope="module")
-def parts(tmp_path_factory, tiny):  # noqa: F811 - the imported fixture
+def tiny(crnet_tiny):
+    return crnet_tiny
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory, tiny):
     """A val split of 12 cat queries, its features and labels, Fully Oracle predictions that
     miss a growing share of each cat, and the tiny fixture's models (full and tpc_crc)."""
     tmp = tmp_path_factory.mktemp("hpart")
-    data = write_tiny_voc(tmp / "tiny", TRAIN, VAL)
+    data = write_tiny_voc(tmp / "tiny", CRNET_TRAIN, VAL)
     params = write_yaml(tmp / "params.yaml", tiny_params(data, [["cat"]], MEDIAN))
     labels = data.write_labels(tmp / "labels.json")
     fold = data.write_fold(tmp / "fold0.json", [CAT])
@@ -110,7 +115,7 @@ def parts(tmp_path_factory, tiny):  # noqa: F811 - the imported fixture
             "tpc_model": tpc_model, "labels": labels}
 
 
-def test_tpc_crc_training_conditions_first_and_never_selects_a_conditioning_epoch(tiny, parts):  # noqa: F811
+def test_tpc_crc_training_conditions_first_and_never_selects_a_conditioning_epoch(tiny, parts):
     rows = [line.split("\t") for line in (tiny["tmp"] / "tpc_history.tsv").read_text().splitlines()]
     header, rows = rows[0], rows[1:]
     phases = [r[header.index("phase")] for r in rows]
@@ -120,7 +125,7 @@ def test_tpc_crc_training_conditions_first_and_never_selects_a_conditioning_epoc
     assert meta["variant"] == "tpc_crc" and meta["selected_epoch"] in (9, 10)
 
 
-def test_stress_tests_and_partial_partition_evaluations(tiny, parts):  # noqa: F811
+def test_stress_tests_and_partial_partition_evaluations(tiny, parts):
     tmp = tiny["tmp"]
     for stress in ("identical", "zero_mask"):
         run_ok(test_crnet.main, eval_args(tiny, tmp / "ep1.jsonl", 1, tmp / f"{stress}.json", "--model",
@@ -140,7 +145,7 @@ def test_stress_tests_and_partial_partition_evaluations(tiny, parts):  # noqa: F
     assert json.loads((parts["tmp"] / "L0.json").read_text())["summary"]["episodes"] == 3
 
 
-def test_std_split_leaves_partitions_empty_and_the_report_says_so(tiny, parts, capsys):  # noqa: F811
+def test_std_split_leaves_partitions_empty_and_the_report_says_so(tiny, parts, capsys):
     raw = yaml.safe_load(open(parts["params"]))
     raw["crnet"]["tpc_crc"]["partitions"]["split"] = "std"
     params = write_yaml(parts["tmp"] / "std.yaml", raw)
@@ -176,7 +181,7 @@ def test_std_split_leaves_partitions_empty_and_the_report_says_so(tiny, parts, c
     assert table["crnet"]["cmps"] is None and report_tpc_crc.partition_markdown(table)
 
 
-def test_components_and_aggregate_reports(tiny, parts):  # noqa: F811
+def test_components_and_aggregate_reports(tiny, parts):
     c1 = parts["tmp"] / "c1.json"
     if not c1.exists():
         run_ok(test_crnet.main, eval_args(tiny, tiny["tmp"] / "ep1.jsonl", 1, c1, "--model", tiny["tmp"] / "model.pt"))
@@ -206,7 +211,7 @@ def test_missing_oracle_and_bad_prediction_are_one_line(parts, capsys):
     assert not out.exists()
 
 
-def test_unknown_stress_method_is_one_line(tiny, parts, capsys):  # noqa: F811
+def test_unknown_stress_method_is_one_line(tiny, parts, capsys):
     c1 = parts["tmp"] / "c1.json"
     if not c1.exists():
         run_ok(test_crnet.main, eval_args(tiny, tiny["tmp"] / "ep1.jsonl", 1, c1, "--model", tiny["tmp"] / "model.pt"))
