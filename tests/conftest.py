@@ -370,21 +370,30 @@ CRNET_SMALL = {"crnet.hidden": 8, "crnet.train.episodes_per_epoch": 8, "crnet.tr
                "episodes.num_episodes": 6, "backbone.output_stride": 16}
 
 
+def crnet_dataset(tmp: Path, train, val, changes, splits):
+    """A tiny dataset under ``tmp`` (fold 0: cat novel), its params (``changes``), labels, fold
+    file and the CRNet features of ``splits``: (data, params, labels, fold, common args)."""
+    from pipeline.methods.crnet import crnet_features
+
+    data = write_tiny_voc(tmp / "tiny", train, val)
+    params = write_yaml(tmp / "params.yaml", tiny_params(data, [["cat"]], changes))
+    labels = data.write_labels(tmp / "labels.json")
+    fold = data.write_fold(tmp / "fold0.json", [CAT])
+    common = ["--params", params, "--dataset", "tiny"]
+    for split in splits:
+        run_ok(crnet_features.main, common + ["--split", split, "--out", tmp / f"{split}.pt"])
+    return data, params, labels, fold, common
+
+
 @pytest.fixture(scope="session")
 def crnet_tiny(tmp_path_factory):
     """The CRNet stages' tiny dataset (CRNET_TRAIN, CRNET_VAL; fold 0: cat novel): its
     features, 1- and 2-shot episodes and a trained CRNet (test_crnet_stages, test_tpc_crc_stages)."""
-    from pipeline.methods.crnet import crnet_features, train_crnet
+    from pipeline.methods.crnet import train_crnet
     from pipeline.stages import make_episodes
 
     tmp = tmp_path_factory.mktemp("crnet")
-    data = write_tiny_voc(tmp / "tiny", CRNET_TRAIN, CRNET_VAL)
-    params = write_yaml(tmp / "params.yaml", tiny_params(data, [["cat"]], CRNET_SMALL))
-    labels = data.write_labels(tmp / "labels.json")
-    fold = data.write_fold(tmp / "fold0.json", [CAT])
-    common = ["--params", params, "--dataset", "tiny"]
-    for split in ("train", "val"):
-        run_ok(crnet_features.main, common + ["--split", split, "--out", tmp / f"{split}.pt"])
+    data, params, labels, fold, common = crnet_dataset(tmp, CRNET_TRAIN, CRNET_VAL, CRNET_SMALL, ("train", "val"))
     for shots in (1, 2):
         run_ok(make_episodes.main, common + ["--labels", labels, "--fold-file", fold, "--shots", shots, "--seed", 0,
                                              "--out", tmp / f"ep{shots}.jsonl"])

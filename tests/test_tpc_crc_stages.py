@@ -12,13 +12,12 @@ import pytest
 import torch
 import yaml
 
-from conftest import CAT, CRNET_TRAIN, DOG, crnet_eval_args as eval_args, run_fails, run_ok, tiny_params, \
-    write_tiny_voc, write_yaml
+from conftest import CAT, CRNET_TRAIN, DOG, crnet_dataset, crnet_eval_args as eval_args, run_fails, run_ok, write_yaml
 from pipeline.data.episodes import read_episodes
 from pipeline.data.label_png import label_image
 from pipeline.hpartitions import (
     bbox_fraction, class_cells, class_iou, cmps, partition_episodes, partition_index, ranked_supports, split_high_low)
-from pipeline.methods.crnet import crnet_features, make_hpartitions, report_tpc_crc, test_crnet, train_crnet
+from pipeline.methods.crnet import make_hpartitions, report_tpc_crc, test_crnet, train_crnet
 
 # 12 cat queries (boxes of growing size) and a dog: enough for median cells of 3 images
 VAL = {**{f"v{i}": [(CAT, 2, 8 + i, 2, 8 + 2 * (i % 6))] for i in range(12)}, "v12": [(DOG, 4, 20, 4, 20)]}
@@ -94,12 +93,7 @@ def parts(tmp_path_factory, tiny):
     """A val split of 12 cat queries, its features and labels, Fully Oracle predictions that
     miss a growing share of each cat, and the tiny fixture's models (full and tpc_crc)."""
     tmp = tmp_path_factory.mktemp("hpart")
-    data = write_tiny_voc(tmp / "tiny", CRNET_TRAIN, VAL)
-    params = write_yaml(tmp / "params.yaml", tiny_params(data, [["cat"]], MEDIAN))
-    labels = data.write_labels(tmp / "labels.json")
-    fold = data.write_fold(tmp / "fold0.json", [CAT])
-    common = ["--params", params, "--dataset", "tiny"]
-    run_ok(crnet_features.main, common + ["--split", "val", "--out", tmp / "val.pt"])
+    data, params, labels, fold, common = crnet_dataset(tmp, CRNET_TRAIN, VAL, MEDIAN, ("val",))
     oracle = tmp / "oracle"
     oracle.mkdir()
     for k, image_id in enumerate(data.val):
