@@ -168,6 +168,12 @@ def test_std_split_leaves_partitions_empty_and_the_report_says_so(tiny, parts, c
     assert set(metrics["methods"]) == {"crnet", "crnet_tpc_crc"}
     text = (report_dir / "report.md").read_text()
     assert "no episodes" in text and "Split: **std**" in text and "Identical input" in text
+    from pipeline.stages import report_all  # results/report takes the fold report (no figure)
+
+    run_ok(report_all.main, ["--crnet", report_dir, "--out", parts["tmp"] / "all_report"])
+    mean = json.loads((parts["tmp"] / "all_report" / "metrics.json").read_text())["datasets"]["tiny"]["crnet"]["mean"]
+    assert set(mean) == {"crnet", "crnet_tpc_crc"} and "CRNet + TPC + CRC" in (
+        parts["tmp"] / "all_report" / "report.md").read_text()
     # every partition empty: no CMPS, no division by zero
     empty = {"counts": {f"L{i}": 0 for i in range(8)}, "split": "std", "min_episodes": 30}
     table = report_tpc_crc.partition_table({("crnet", i): {"summary": {"episodes": 0, "miou": float("nan")}}
