@@ -15,8 +15,8 @@ Per test class c, over the val images holding c (the queries):
 
 Partition index ``4 hard + 2 small + dissimilar``: L0-L3 easy, L4-L7 hard; L0, L1, L4, L5
 large; even = similar (the paper's order). CMPS is the mean of the partitions' mIoU
-(:func:`cmps`); a partition with no episodes, or with fewer than ``min_episodes``, is
-reported and left out of the mean.
+(:func:`cmps`); a partition with no episodes is reported and left out of the mean, one with
+fewer than ``min_episodes`` counts and is flagged (``cmps_min`` leaves it out too).
 """
 from __future__ import annotations
 
@@ -123,10 +123,12 @@ def partition_episodes(cells: Mapping[int, Mapping[tuple[bool, bool], Sequence[s
 
 
 def cmps(mious: Sequence[float | None], counts: Sequence[int], min_episodes: int) -> dict:
-    """CMPS = mean mIoU over the partitions with >= ``min_episodes`` episodes (and a defined
-    mIoU). ``{"cmps": value or None, "used": [i...], "small": [i...], "empty": [i...]}``:
-    empty partitions and those below ``min_episodes`` are named and left out; no partition
-    left: None (never a division by zero)."""
+    """CMPS = mean mIoU over the partitions that have episodes (the paper's definition), and
+    ``cmps_min`` = the same over those with >= ``min_episodes`` episodes only. Returns
+    ``{"cmps", "cmps_min", "used": [i...], "small": [i...], "empty": [i...]}``: ``small``
+    partitions (fewer than ``min_episodes``) count in ``cmps`` and are flagged, ``empty`` ones
+    (no episode, or no defined mIoU) in neither; a mean over nothing is None (never a
+    division by zero)."""
     used, small, empty = [], [], []
     for i, (m, n) in enumerate(zip(mious, counts)):
         if n == 0 or m is None or (isinstance(m, float) and math.isnan(m)):
@@ -135,5 +137,7 @@ def cmps(mious: Sequence[float | None], counts: Sequence[int], min_episodes: int
             small.append(i)
         else:
             used.append(i)
-    value = statistics.fmean(float(mious[i]) for i in used) if used else None
-    return {"cmps": value, "used": used, "small": small, "empty": empty}
+    every = sorted(used + small)
+    return {"cmps": statistics.fmean(float(mious[i]) for i in every) if every else None,
+            "cmps_min": statistics.fmean(float(mious[i]) for i in used) if used else None,
+            "used": used, "small": small, "empty": empty}

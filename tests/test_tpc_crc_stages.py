@@ -74,11 +74,14 @@ def test_cells_and_episodes_with_an_empty_partition():
     assert parts[1][0]["supports"] == ["c"] and parts[1][2]["query"] == "c" and parts[1][2]["supports"] == ["a"]
 
 
-def test_cmps_leaves_out_empty_and_small_partitions():
+def test_cmps_leaves_out_empty_partitions_and_flags_small_ones():
     out = cmps([0.5, 0.3, None, 0.9, float("nan"), 0.1, 0.2, 0.4], [40, 30, 0, 5, 0, 31, 30, 30], 30)
     assert out["empty"] == [2, 4] and out["small"] == [3] and out["used"] == [0, 1, 5, 6, 7]
-    assert out["cmps"] == pytest.approx((0.5 + 0.3 + 0.1 + 0.2 + 0.4) / 5)
-    assert cmps([None] * 8, [0] * 8, 30) == {"cmps": None, "used": [], "small": [], "empty": list(range(8))}
+    assert out["cmps"] == pytest.approx((0.5 + 0.3 + 0.9 + 0.1 + 0.2 + 0.4) / 6)  # the small L3 counts, flagged
+    assert out["cmps_min"] == pytest.approx((0.5 + 0.3 + 0.1 + 0.2 + 0.4) / 5)
+    assert cmps([None] * 8, [0] * 8, 30) == {"cmps": None, "cmps_min": None, "used": [], "small": [],
+                                             "empty": list(range(8))}
+    assert cmps([0.5] + [None] * 7, [3] + [0] * 7, 30)["cmps_min"] is None
 
 
 # --------------------------------------------------------------------------- stages on tiny data

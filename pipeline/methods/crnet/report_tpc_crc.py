@@ -14,8 +14,8 @@ as mean ± std over the episode seeds with the prototype floor beside them; the 
 (identical input: support = query; zero mask: all-zero support masks; 1-shot, mean ± std over
 the episode seeds -- standard episodes, not CMPS: see README); the H-partition table L0-L7
 with CMPS (:func:`pipeline.hpartitions.cmps`: a partition with no episodes reads "no
-episodes", one with fewer than ``min_episodes`` is shown with its count, marked and left out
-of CMPS). ``--aggregate``: both methods and CMPS per fold and the mean over folds.
+episodes" and is left out; one with fewer than ``min_episodes`` is marked, counts in CMPS and
+is left out of the second CMPS column). ``--aggregate``: both methods and CMPS per fold and the mean over folds.
 ``--components``: full / +TPC / +CRC / +TPC+CRC per fold, each training seed's 1-shot mIoU
 (mean ± std over the episode seeds), the mean ± std over training seeds of mIoU and FB-IoU,
 and the floor.
@@ -79,7 +79,7 @@ def partition_table(docs: dict[tuple[str, int], dict], meta: dict) -> dict:
 
 
 def partition_markdown(part: dict) -> list[str]:
-    header = ["Method"] + [f"{name}" for name in PARTITIONS] + ["CMPS"]
+    header = ["Method"] + [f"{name}" for name in PARTITIONS] + ["CMPS", f"CMPS (>= {part['min_episodes']} only)"]
     rows = []
     for method, title in METHODS.items():
         if method not in part:
@@ -88,7 +88,7 @@ def partition_markdown(part: dict) -> list[str]:
         cells = []
         for i, (m, n) in enumerate(zip(entry["miou"], entry["episodes"])):
             cells.append("no episodes" if n == 0 else f"{percent(m)}*" if i in entry["small"] else percent(m))
-        rows.append([title] + cells + [percent(entry["cmps"])])
+        rows.append([title] + cells + [percent(entry["cmps"]), percent(entry["cmps_min"])])
     counts = part["counts"]
     lines = ["## H-partitions L0-L7 and CMPS (1-shot mIoU, %)", "",
              f"Split: **{part['split']}** (crnet.tpc_crc.partitions.split; std = the paper's mean ± 1 std cuts, "
@@ -96,9 +96,10 @@ def partition_markdown(part: dict) -> list[str]:
                                                                  for i, n in enumerate(PARTITIONS)) + ".", "",
              "Episodes per partition: " + ", ".join(f"{n} {counts[n]}" for n in PARTITIONS) + ".", "",
              markdown_table(header, rows),
-             f"CMPS: the mean mIoU over the partitions with >= {part['min_episodes']} episodes; a cell marked * has "
-             "fewer (shown, left out of CMPS); 'no episodes': the partition is empty (left out; no CMPS when none "
-             "is left).", ""]
+             "CMPS: the mean mIoU over the partitions that have episodes (the paper's); a cell marked * has fewer "
+             f"than {part['min_episodes']} episodes (crnet.tpc_crc.partitions.min_episodes): it counts in CMPS and "
+             f"is left out of 'CMPS (>= {part['min_episodes']} only)'; 'no episodes': the partition is empty (left "
+             "out of both; '–' when nothing is left).", ""]
     return lines
 
 
