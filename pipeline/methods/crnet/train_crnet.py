@@ -156,7 +156,8 @@ def main(argv=None):
         if checkpoint.exists():
             try:
                 saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["history"]
-                scores = {int(row["epoch"]): float(row["heldout_miou"]) for row in saved}
+                scores = {int(row["epoch"]): float(row["heldout_miou"]) for row in saved
+                          if row.get("heldout_miou") is not None}  # TPC epochs have none
             except Exception:  # noqa: BLE001 - stale or foreign: pipeline.training decides, epoch 1 resets
                 scores = {}
 
