@@ -157,7 +157,7 @@ def test_std_split_leaves_partitions_empty_and_the_report_says_so(tiny, parts, c
         target = parts["tmp"] / f"std_L{i}.json"
         run_ok(test_crnet.main, feats + ["--episodes", out / f"L{i}.jsonl", "--shots", 1, "--partial",
                                          "--model", tiny["tmp"] / "model.pt", "--out", target])
-        evals += ["--partition", f"crnet:{i}={target}"]
+        evals += ["--partition", f"crnet:{i}={target}", "--stress-partition", f"zero_mask/crnet:{i}={target}"]
     report_dir = parts["tmp"] / "report"
     c1 = parts["tmp"] / "c1.json"
     run_ok(test_crnet.main, eval_args(tiny, tiny["tmp"] / "ep1.jsonl", 1, c1, "--model", tiny["tmp"] / "model.pt"))
@@ -171,6 +171,8 @@ def test_std_split_leaves_partitions_empty_and_the_report_says_so(tiny, parts, c
     assert set(metrics["methods"]) == {"crnet", "crnet_tpc_crc"}
     text = (report_dir / "report.md").read_text()
     assert "no episodes" in text and "Split: **std**" in text and "Identical input" in text
+    assert metrics["stress"]["zero_mask"]["crnet"]["cmps"]["cmps"] == part["crnet"]["cmps"]
+    assert "miou" not in metrics["stress"]["zero_mask"]["crnet"] and "All-zero support mask" in text
     from pipeline.stages import report_all  # results/report takes the fold report (no figure)
 
     run_ok(report_all.main, ["--crnet", report_dir, "--out", parts["tmp"] / "all_report"])

@@ -11,9 +11,10 @@ def test_dry_runs_of_the_tpc_crc_targets(tmp_path):
     workdir = scratch_workflow(tmp_path)
     fold = rule_counts(workdir, "results/crnet_tpc_crc_fold0")
     # full and tpc_crc: 2 trainings; each on 2 shot counts x 5 episode seeds, 2 stress tests x 5
-    # episode seeds (1-shot) and L0-L7; the floor; one H-partition stage on the Fully Oracle's predictions
+    # episode seeds (1-shot) and L0-L7 (plain and stressed); the floor; one H-partition stage on the Fully Oracle's predictions
     assert fold["train_crnet"] == 2 and fold["test_crnet"] == 20 and fold["test_prototype"] == 10
     assert fold["test_crnet_stress"] == 20 and fold["test_crnet_partition"] == 16
+    assert fold["test_crnet_partition_stress"] == 2 * 2 * 8  # both stress tests on L0-L7 (CMPS), both models
     assert fold["make_hpartitions"] == 1 and fold["train_seg"] == 1 and fold["predict_seg"] == 1
     assert fold["crnet_tpc_crc_result"] == 1 and "train_cam" not in fold
     every = rule_counts(workdir, "results/crnet_tpc_crc_all")

@@ -401,6 +401,7 @@ rule crnet_cross_all:
 # H-partitions and the tests only they need, and the reports.
 #   work/<ds>/fold<k>/hpartitions/{L0..L7.jsonl,partitions.json}      H-partition episodes
 #   work/<ds>/fold<k>/crnet/<variant>/hpart/L<i>.json                 a model on partition L<i>
+#   work/<ds>/fold<k>/crnet/<variant>/hpart/<test>/L<i>.json          the same under a stress test
 #   work/<ds>/fold<k>/crnet/<variant>/stress/<test>_seed<e>.json      identical input | zero mask
 # Targets: results/<ds>/crnet_tpc_crc_fold<k> (CRNet vs + TPC + CRC: tables, stress tests,
 # L0-L7 + CMPS), results/<ds>/crnet_tpc_crc_all (every fold), results/<ds>/crnet_tpc_crc_components
@@ -450,6 +451,7 @@ rule test_crnet_partition:
         **STAGE_PARAMS,
         iterations=lambda w: crnet_section(w.dataset, "test")["iterations"],
         shots=lambda w: crnet_section(w.dataset, "tpc_crc")["partitions"]["shots"],
+        stress="",
     log:
         "logs/{dataset}/fold{fold}/crnet/{variant}/hpart_{part}.log",
     benchmark:
@@ -465,7 +467,26 @@ rule test_crnet_partition:
         stage_shell("pipeline.methods.crnet.test_crnet",
                     "--features {input.features} --fold-file {input.fold} "
                     "--episodes {input.partitions}/{wildcards.part}.jsonl --shots {params.shots} --partial "
-                    "--model {input.model} --out {output} --threads {threads}")
+                    "{params.stress} --model {input.model} --out {output} --threads {threads}")
+
+
+use rule test_crnet_partition as test_crnet_partition_stress with:
+    # the stress tests on L0-L7 (CMPS)
+    output:
+        HPART_STRESS_EVAL,
+    wildcard_constraints:
+        variant=r"[a-z][a-z0-9_]*",
+        part=r"L[0-7]",
+        stress="|".join(STRESS_TESTS),
+    params:
+        **STAGE_PARAMS,
+        iterations=lambda w: crnet_section(w.dataset, "test")["iterations"],
+        shots=lambda w: crnet_section(w.dataset, "tpc_crc")["partitions"]["shots"],
+        stress=lambda w: f"--stress {w.stress}",
+    log:
+        "logs/{dataset}/fold{fold}/crnet/{variant}/hpart_{stress}_{part}.log",
+    benchmark:
+        "benchmarks/out/{dataset}/fold{fold}/crnet/{variant}/hpart_{stress}_{part}.tsv"
 
 
 rule test_crnet_stress:

@@ -207,6 +207,7 @@ def crnet_seeds_args(wildcards, input):
 # TPC + CRC (pipeline/tpc_crc.py) and the H-partitions (pipeline/hpartitions.py).
 HPART_DIR = "work/{dataset}/fold{fold}/hpartitions"
 HPART_EVAL = f"{CRNET_DIR}/hpart/{{part}}.json"
+HPART_STRESS_EVAL = f"{CRNET_DIR}/hpart/{{stress}}/{{part}}.json"
 STRESS_EVAL = f"{CRNET_DIR}/stress/{{stress}}_seed{{seed}}.json"
 ORACLE_PREDICTIONS = "work/{dataset}/shared/seg/oracle/pred_val"  # the RETAB branch's Fully Oracle net
 TPC_CRC_METHODS = {"crnet": CRNET_FULL, "crnet_tpc_crc": "tpc_crc"}  # report row -> training variant
@@ -215,8 +216,8 @@ STRESS_TESTS = ("identical", "zero_mask")
 
 def tpc_crc_result_inputs(wildcards):
     """results/<dataset>/crnet_tpc_crc_fold<k>: CRNet (full) and CRNet + TPC + CRC (tpc_crc) on
-    every shot count and episode seed, the floor, both stress tests (1-shot, every episode seed)
-    and L0-L7 of the fold's H-partitions. Keys: <what>__<field>__... (split by the args)."""
+    every shot count and episode seed, the floor, both stress tests (1-shot, every episode seed,
+    and on L0-L7) and L0-L7 of the fold's H-partitions. Keys: <what>__<field>__... (split by the args)."""
     d, k = wildcards.dataset, wildcards.fold
     num_folds(d, k)
     shots, seeds = crnet_shots_seeds(d)
@@ -232,6 +233,9 @@ def tpc_crc_result_inputs(wildcards):
                                                                              stress=test, seed=e)
         for i in range(8):
             inputs[f"part__{method}__{i}"] = HPART_EVAL.format(dataset=d, fold=k, variant=variant, part=f"L{i}")
+            for test in STRESS_TESTS:
+                inputs[f"spart__{test}__{method}__{i}"] = HPART_STRESS_EVAL.format(
+                    dataset=d, fold=k, variant=variant, stress=test, part=f"L{i}")
     for s in shots:
         for e in seeds:
             inputs[f"eval__prototype__{s}__{e}"] = PROTOTYPE_EVAL.format(dataset=d, fold=k, shots=s, seed=e)
@@ -240,7 +244,8 @@ def tpc_crc_result_inputs(wildcards):
 
 
 def tpc_crc_result_args(wildcards, input):
-    """--eval KIND:SHOTS:SEED=P, --stress TEST/METHOD:SEED=P, --partition METHOD:INDEX=P, --partitions."""
+    """--eval KIND:SHOTS:SEED=P, --stress TEST/METHOD:SEED=P, --partition METHOD:INDEX=P,
+    --stress-partition TEST/METHOD:INDEX=P, --partitions."""
     out = []
     for name in input.keys():
         what, *fields = name.split("__")
@@ -250,6 +255,8 @@ def tpc_crc_result_args(wildcards, input):
             out.append(f"--stress {fields[0]}/{fields[1]}:{fields[2]}={input[name]}")
         elif what == "part":
             out.append(f"--partition {fields[0]}:{fields[1]}={input[name]}")
+        elif what == "spart":
+            out.append(f"--stress-partition {fields[0]}/{fields[1]}:{fields[2]}={input[name]}")
     out.append(f"--partitions {input.partitions}/partitions.json")
     return " ".join(out)
 

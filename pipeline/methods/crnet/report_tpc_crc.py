@@ -4,6 +4,7 @@
         --eval crnet:1:0=E.json --eval crnet_tpc_crc:1:0=T.json --eval prototype:1:0=P.json ... \\
         --stress identical/crnet:0=S.json --stress zero_mask/crnet_tpc_crc:0=Z.json ... \\
         --partition crnet:0=L0.json ... --partition crnet_tpc_crc:7=L7.json \\
+        --stress-partition identical/crnet:0=SL0.json ... \\
         --partitions work/D/fold0/hpartitions/partitions.json --out DIR
     python -m pipeline.methods.crnet.report_tpc_crc --aggregate results/D/crnet_tpc_crc_fold0 ... --out DIR
     python -m pipeline.methods.crnet.report_tpc_crc --components \\
@@ -11,8 +12,9 @@
 
 Per fold, in the paper's table forms: CRNet and CRNet + TPC + CRC, 1-/5-shot mIoU and FB-IoU
 as mean ± std over the episode seeds with the prototype floor beside them; the stress tests
-(identical input: support = query; zero mask: all-zero support masks; 1-shot, mean ± std over
-the episode seeds -- standard episodes, not CMPS: see README); the H-partition table L0-L7
+(identical input: support = query; zero mask: all-zero support masks; 1-shot: mIoU and FB-IoU
+on the standard episodes, mean ± std over the episode seeds, and CMPS on the H-partitions,
+``--stress-partition``); the H-partition table L0-L7
 with CMPS (:func:`pipeline.hpartitions.cmps`: a partition with no episodes reads "no
 episodes" and is left out; one with fewer than ``min_episodes`` is marked, counts in CMPS and
 is left out of the second CMPS column). ``--aggregate``: both methods and CMPS per fold and the mean over folds.
@@ -61,21 +63,37 @@ def stress_tables(docs: dict[tuple[str, int], dict]) -> dict:
     return out
 
 
+def partition_scores(docs: dict[int, dict], min_episodes: int, what: str) -> dict:
+    """One model's L0-L7 evaluations -> ``{"miou": [8], "episodes": [8], **cmps}``."""
+    missing = [PARTITIONS[i] for i in range(len(PARTITIONS)) if i not in docs]
+    if missing:
+        raise PipelineError("--partition", f"{what}: no evaluation of {', '.join(missing)}")
+    counts = [int(docs[i]["summary"]["episodes"]) for i in range(len(PARTITIONS))]
+    mious = [None if n == 0 else docs[i]["summary"]["miou"] for i, n in enumerate(counts)]
+    mious = [None if m is None or math.isnan(m) else m for m in mious]
+    return {"miou": mious, "episodes": counts, **cmps(mious, counts, min_episodes)}
+
+
 def partition_table(docs: dict[tuple[str, int], dict], meta: dict) -> dict:
-    """``{"split", "min_episodes", "counts", <method>: {"miou": [8], "episodes": [8], **cmps}}``."""
+    """``{"split", "min_episodes", "counts", <method>: partition_scores}``."""
     out = {"split": meta["split"], "shots": meta.get("shots"), "min_episodes": int(meta["min_episodes"]),
            "counts": meta["counts"]}
     for method in sorted({m for m, _ in docs}):
         if method not in METHODS:
             raise PipelineError("--partition", f"'{method}' is not one of {', '.join(METHODS)}")
-        missing = [PARTITIONS[i] for i in range(len(PARTITIONS)) if (method, i) not in docs]
-        if missing:
-            raise PipelineError("--partition", f"{method}: no evaluation of {', '.join(missing)}")
-        counts = [int(docs[(method, i)]["summary"]["episodes"]) for i in range(len(PARTITIONS))]
-        mious = [None if n == 0 else docs[(method, i)]["summary"]["miou"] for i, n in enumerate(counts)]
-        mious = [None if m is None or math.isnan(m) else m for m in mious]
-        out[method] = {"miou": mious, "episodes": counts, **cmps(mious, counts, out["min_episodes"])}
+        out[method] = partition_scores({i: d for (m, i), d in docs.items() if m == method}, out["min_episodes"],
+                                       method)
     return out
+
+
+def stress_cmps(docs: dict[tuple[str, int], dict], min_episodes: int, tables: dict) -> None:
+    """Adds ``cmps`` (the stress test on the H-partitions) to each ``tables[test][method]``."""
+    for name in sorted({n for n, _ in docs}):
+        test, _, method = name.partition("/")
+        if test not in STRESS_TESTS or method not in METHODS:
+            raise PipelineError("--stress-partition", f"'{name}' is not TEST/METHOD")
+        entry = partition_scores({i: d for (n, i), d in docs.items() if n == name}, min_episodes, name)
+        tables.setdefault(test, {}).setdefault(method, {})["cmps"] = entry
 
 
 def partition_markdown(part: dict) -> list[str]:
@@ -114,9 +132,13 @@ def fold_markdown(metrics: dict) -> str:
                              for kind, title in KINDS.items() if kind in metrics])]
     titles = {"identical": "Identical input (support = query)", "zero_mask": "All-zero support mask"}
     for test, by_method in metrics.get("stress", {}).items():
-        lines += [f"## Stress test: {titles[test]} (1-shot, standard episodes)", "",
-                  markdown_table(["Method", "mIoU", "FB-IoU"],
-                                 [[METHODS[m], format_mean_std(v["miou"]), format_mean_std(v["fb_iou"])]
+        lines += [f"## Stress test: {titles[test]} (1-shot)", "",
+                  "Standard episodes: mIoU and FB-IoU, mean ± std over the episode seeds; H-partitions: CMPS "
+                  "(every non-empty partition; '>= min' only those with enough episodes, as below).", "",
+                  markdown_table(["Method", "mIoU", "FB-IoU", "CMPS", "CMPS (>= min only)"],
+                                 [[METHODS[m], format_mean_std(v["miou"]) if "miou" in v else "–",
+                                   format_mean_std(v["fb_iou"]) if "fb_iou" in v else "–",
+                                   percent(v.get("cmps", {}).get("cmps")), percent(v.get("cmps", {}).get("cmps_min"))]
                                   for m, v in by_method.items()])]
     if metrics.get("hpartitions"):
         lines += partition_markdown(metrics["hpartitions"])
@@ -197,6 +219,7 @@ def main(argv=None):
     ap.add_argument("--eval", action="append", default=[], help="KIND:SHOTS:SEED=PATH (or VARIANT:TSEED:FOLD:ESEED)")
     ap.add_argument("--stress", action="append", default=[], help="TEST/METHOD:SEED=PATH")
     ap.add_argument("--partition", action="append", default=[], help="METHOD:INDEX=PATH (L0..L7)")
+    ap.add_argument("--stress-partition", action="append", default=[], help="TEST/METHOD:INDEX=PATH (L0..L7)")
     ap.add_argument("--partitions", help="partitions.json of stage make_hpartitions")
     ap.add_argument("--aggregate", nargs="+")
     ap.add_argument("--components", action="store_true")
@@ -219,8 +242,9 @@ def main(argv=None):
         raise PipelineError("--fold/--eval", "a fold report needs --fold and --eval files")
     stress = parse_evals(args.stress, ints=1)
     parts = parse_evals(args.partition, ints=1)
-    if parts and not args.partitions:
-        raise PipelineError("--partitions", "required with --partition")
+    stress_parts = parse_evals(args.stress_partition, ints=1)
+    if (parts or stress_parts) and not args.partitions:
+        raise PipelineError("--partitions", "required with --partition / --stress-partition")
     params = load_params(args.params, args.dataset)
     with stage_run("crnet_tpc_crc_report", {"fold": args.fold, "evals": len(evals)}, {}):
         docs = {key: read_json(path) for key, path in evals.items()}
@@ -234,9 +258,11 @@ def main(argv=None):
         metrics["novel_classes"] = [first["class_names"][c] for c in sorted(first["class_names"], key=int)]
         metrics["methods"] = report_rows(metrics, KINDS)
         metrics["stress"] = stress_tables({key: read_json(path) for key, path in stress.items()})
-        if parts:
-            metrics["hpartitions"] = partition_table({key: read_json(path) for key, path in parts.items()},
-                                                     read_json(args.partitions))
+        if parts or stress_parts:
+            meta = read_json(args.partitions)
+            metrics["hpartitions"] = partition_table({key: read_json(path) for key, path in parts.items()}, meta)
+            stress_cmps({key: read_json(path) for key, path in stress_parts.items()}, int(meta["min_episodes"]),
+                        metrics["stress"])
         write_outputs(args.out, metrics, fold_markdown(metrics))
 
 
