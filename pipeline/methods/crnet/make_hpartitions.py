@@ -103,8 +103,8 @@ def main(argv=None):
                  ", ".join(f"{n} {counts[n]}" for n in PARTITIONS))
         thin = [n for n in PARTITIONS if counts[n] < int(cfg["min_episodes"])]
         if thin:
-            log.warning("partitions with fewer than %d episodes (left out of CMPS): %s", int(cfg["min_episodes"]),
-                        ", ".join(thin))
+            log.warning("partitions with fewer than %d episodes (flagged; in CMPS, not in CMPS >= min): %s",
+                        int(cfg["min_episodes"]), ", ".join(thin))
 
 
 if __name__ == "__main__":

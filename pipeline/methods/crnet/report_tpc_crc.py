@@ -126,7 +126,7 @@ def fold_markdown(metrics: dict) -> str:
     lines = [f"# CRNet + TPC + CRC: {metrics['dataset']}, fold {metrics['fold']}", "",
              "Novel classes of the fold on the val split. Mean ± std over the episode seeds "
              f"{metrics['episode_seeds']}; scores in %.", "", "## 1-shot and 5-shot (mIoU, FB-IoU)", "",
-             markdown_table(["Method"] + [f"{s} {n}" for s in shots for n in ("mIoU", "FB-IoU")],
+             markdown_table(["Method"] + [f"{s[:-4]}-shot {n}" for s in shots for n in ("mIoU", "FB-IoU")],
                             [[title] + [format_mean_std(metrics[kind][s][n]) if s in metrics[kind] else "–"
                                         for s in shots for n in ("miou", "fb_iou")]
                              for kind, title in KINDS.items() if kind in metrics])]
@@ -160,7 +160,7 @@ def aggregate(dirs: list[str]) -> tuple[dict, str]:
             known = [v for v in values if v is not None]
             mean = float(np.mean(known)) if known else None
             out["rows"][f"{kind}_{shots}"] = {"per_fold": values, "mean": mean}
-            rows.append([title, f"{shots} mIoU"] + [percent(v) for v in values] + [percent(mean)])
+            rows.append([title, f"{shots[:-4]}-shot mIoU"] + [percent(v) for v in values] + [percent(mean)])
     for method, title in METHODS.items():
         values = [m.get("hpartitions", {}).get(method, {}).get("cmps") for m in folds]
         known = [v for v in values if v is not None]
