@@ -1,5 +1,5 @@
 """CRNet training and episode scoring, shared by the few-shot stages (train_crnet, the
-episodic test's k-shot finetune; TPC + CRC builds on the same pieces): variants, training
+episodic test's k-shot finetune; TPC + CRC, :mod:`pipeline.tpc_crc`, as a training scheme): variants, training
 pairs from cached features, the loss, the optimizer, scoring episodes.
 Stage docs: :mod:`pipeline.methods.crnet.train_crnet`.
 """
@@ -18,6 +18,7 @@ from pipeline.fewshot import binary_prediction
 from pipeline.losses import segmentation_ce
 from pipeline.metrics.episodic import EpisodeIoUAccumulator
 from pipeline.models.crnet import SWITCHES, CRNet, episode_probabilities, upsample_logits
+from pipeline.tpc_crc import tpc_item
 from pipeline.training import load_model
 
 FULL = "full"
@@ -32,16 +33,19 @@ def split_training_seed(variant: str) -> tuple[str, int | None]:
 
 
 def variant_settings(params: dict, variant: str) -> dict:
-    """``{switch: value, ..., "novel_images": ...}`` of a variant (``full``: the defaults; a
-    ``_seed<n>`` suffix changes the training seed only)."""
+    """``{switch: value, ..., "novel_images": ..., "tpc": ..., "crc": ...}`` of a variant
+    (``full``: the defaults; a key of ``crnet.ablation.variants`` or of
+    ``crnet.tpc_crc.variants``: those values; a ``_seed<n>`` suffix changes the training seed only)."""
     variant, _ = split_training_seed(variant)
     settings = {name: name != "single_level" for name in SWITCHES}
     settings["novel_images"] = section(params, "crnet.train.novel_images")
+    settings.update(tpc=False, crc=False)
     if variant != FULL:
-        variants = section(params, "crnet.ablation.variants") or {}
+        variants = {**(section(params, "crnet.ablation.variants") or {}),
+                    **(params["crnet"].get("tpc_crc", {}).get("variants") or {})}
         if variant not in variants:
             raise PipelineError("--variant", f"'{variant}' is neither {FULL} nor a key of crnet.ablation.variants "
-                                f"(known: {', '.join(sorted(variants)) or 'none'})")
+                                f"or crnet.tpc_crc.variants (known: {', '.join(sorted(variants)) or 'none'})")
         settings.update(variants[variant])
     return settings
 
@@ -86,19 +90,32 @@ def draw_pairs(images: dict[int, list[str]], negatives: dict[int, list[str]], n:
     return pairs
 
 
-def pair_batches(pairs: list[dict], store: FeatureStore, batch_size: int, flip: bool) -> list[list[dict]]:
-    """Batches of ``batch_size`` pairs, each a list of groups whose query features, support
-    features and masks have equal sizes (stacked tensors): ``query``, ``support``,
+def pair_batches(pairs: list[dict], store: FeatureStore, batch_size: int, flip: bool) -> list[dict]:
+    """Batches of ``batch_size`` pairs (:func:`group_batches`) of ``query``, ``support``,
     ``query_mask``, ``support_mask``, ``positive``."""
+    items = []
+    for pair in pairs:
+        fq, fs = pair["flip_query"] and flip, pair["flip_support"] and flip
+        items.append({"query": store.features(pair["query"], fq)[0], "support": store.features(pair["support"], fs)[0],
+                      "query_mask": store.mask(pair["query"], pair["class"], fq),
+                      "support_mask": store.mask(pair["support"], pair["class"], fs),
+                      "positive": torch.tensor(pair["positive"])})
+    return group_batches(items, batch_size)
+
+
+def tpc_batches(pairs: list[dict], store: FeatureStore, batch_size: int) -> list[dict]:
+    """Batches of TPC pairs (:func:`pipeline.tpc_crc.tpc_pairs`): each image as support and
+    its transformed copy as query (:func:`pipeline.tpc_crc.tpc_item`)."""
+    return group_batches([tpc_item(store, pair) for pair in pairs], batch_size)
+
+
+def group_batches(items: list[dict], batch_size: int) -> list[dict]:
+    """Full batches of ``batch_size`` items (a last partial one is dropped), each
+    ``{"groups": [...]}``: the items whose tensors have equal sizes, stacked."""
     batches = []
-    for start in range(0, len(pairs) - batch_size + 1, batch_size):
+    for start in range(0, len(items) - batch_size + 1, batch_size):
         groups: dict[tuple, list[dict]] = {}
-        for pair in pairs[start:start + batch_size]:
-            fq, fs = pair["flip_query"] and flip, pair["flip_support"] and flip
-            item = {"query": store.features(pair["query"], fq)[0], "support": store.features(pair["support"], fs)[0],
-                    "query_mask": store.mask(pair["query"], pair["class"], fq),
-                    "support_mask": store.mask(pair["support"], pair["class"], fs),
-                    "positive": torch.tensor(pair["positive"])}
+        for item in items[start:start + batch_size]:
             key = tuple(tuple(item[k].shape) for k in ("query", "support", "query_mask", "support_mask"))
             groups.setdefault(key, []).append(item)
         batches.append({"groups": [{k: torch.stack([item[k] for item in items]) for k in items[0]}
@@ -107,9 +124,12 @@ def pair_batches(pairs: list[dict], store: FeatureStore, batch_size: int, flip: 
 
 
 def pair_loss(model: CRNet, group: dict, iterations: int, support_weight: float, cooccurrence_weight: float,
-              ignore_index: int) -> tuple[torch.Tensor, dict]:
-    """The training loss of one group of pairs and its parts (see the module docstring)."""
-    out = model(group["query"], group["support"], group["support_mask"], query_mask=group["query_mask"],
+              ignore_index: int, cyclic: bool = False) -> tuple[torch.Tensor, dict]:
+    """The training loss of one group of pairs and its parts (see the module docstring).
+    ``cyclic`` (CRC, :mod:`pipeline.tpc_crc`): the support branch is conditioned on the
+    query's *predicted* soft mask instead of its ground truth, gradient kept."""
+    out = model(group["query"], group["support"], group["support_mask"],
+                query_mask=None if cyclic else group["query_mask"],
                 iterations=iterations, predict_support=support_weight > 0, ignore_index=ignore_index)
     qm, sm, positive = group["query_mask"], group["support_mask"], group["positive"]
     query_ce = torch.stack([segmentation_ce(upsample_logits(o, qm.shape[-2:]), qm, ignore_index)

@@ -99,10 +99,13 @@ CRNET = Method(
     rows={
         # CRNet trained on the fold's base classes, k-shot by probability fusion
         "crnet": Row("CRNet"),
+        # CRNet trained with the TPC + CRC scheme (variant tpc_crc of crnet.tpc_crc.variants)
+        "crnet_tpc_crc": Row("CRNet + TPC + CRC"),
         # training-free masked-average-pooling prototypes + cosine (PANet without alignment)
         "prototype": Row("Prototype floor (PANet, no alignment)", fold_dependent=False),
     },
-    targets={"crnet": ("crnet", "prototype")},
+    # results/crnet_tpc_crc_fold<k> (pipeline.methods.crnet.report_tpc_crc) shows both CRNets
+    targets={"crnet": ("crnet", "prototype"), "crnet_tpc_crc": ("crnet", "crnet_tpc_crc", "prototype")},
     report_stage="pipeline.methods.crnet.report",
 )
 

@@ -353,3 +353,57 @@ def dry_run(workdir, target):
     proc = snakemake(workdir, target, "-n", "--cores", "2", "--quiet", "rules")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return rule_counts(proc.stdout)
+
+
+# --------------------------------------------------------------------------- the CRNet stages' tiny data
+
+CAT, DOG, BUS = 1, 2, 3
+CRNET_TRAIN = {**{f"t{i}": [(DOG, 4 + i, 16 + i, 4, 16)] for i in range(6)},
+               **{f"t{i}": [(BUS, 10, 24, 2 + i, 16 + i)] for i in range(6, 12)}}
+CRNET_TRAIN["t2"] = CRNET_TRAIN["t2"] + [(CAT, 20, 30, 20, 30)]   # a novel object in a training image
+CRNET_VAL = {**{f"v{i}": [(CAT, 4 + 2 * i, 18 + 2 * i, 6, 20)] for i in range(4)}, "v4": [(DOG, 4, 20, 4, 20)]}
+
+CRNET_SMALL = {"crnet.hidden": 8, "crnet.train.episodes_per_epoch": 8, "crnet.train.batch_size": 4,
+               "crnet.train.epochs": 2, "crnet.train.optimizer": "adam", "crnet.train.lr": 0.001,
+               "crnet.select.holdout_fraction": 0.5, "crnet.select.episodes": 4,
+               "crnet.test.finetune.episodes": 2, "crnet.test.finetune.steps": 2, "crnet.test.finetune.shots": 2,
+               "episodes.num_episodes": 6, "backbone.output_stride": 16}
+
+
+def crnet_dataset(tmp: Path, train, val, changes, splits):
+    """A tiny dataset under ``tmp`` (fold 0: cat novel), its params (``changes``), labels, fold
+    file and the CRNet features of ``splits``: (data, params, labels, fold, common args)."""
+    from pipeline.methods.crnet import crnet_features
+
+    data = write_tiny_voc(tmp / "tiny", train, val)
+    params = write_yaml(tmp / "params.yaml", tiny_params(data, [["cat"]], changes))
+    labels = data.write_labels(tmp / "labels.json")
+    fold = data.write_fold(tmp / "fold0.json", [CAT])
+    common = ["--params", params, "--dataset", "tiny"]
+    for split in splits:
+        run_ok(crnet_features.main, common + ["--split", split, "--out", tmp / f"{split}.pt"])
+    return data, params, labels, fold, common
+
+
+@pytest.fixture(scope="session")
+def crnet_tiny(tmp_path_factory):
+    """The CRNet stages' tiny dataset (CRNET_TRAIN, CRNET_VAL; fold 0: cat novel): its
+    features, 1- and 2-shot episodes and a trained CRNet (test_crnet_stages, test_tpc_crc_stages)."""
+    from pipeline.methods.crnet import train_crnet
+    from pipeline.stages import make_episodes
+
+    tmp = tmp_path_factory.mktemp("crnet")
+    data, params, labels, fold, common = crnet_dataset(tmp, CRNET_TRAIN, CRNET_VAL, CRNET_SMALL, ("train", "val"))
+    for shots in (1, 2):
+        run_ok(make_episodes.main, common + ["--labels", labels, "--fold-file", fold, "--shots", shots, "--seed", 0,
+                                             "--out", tmp / f"ep{shots}.jsonl"])
+    train_args = common + ["--features", tmp / "train.pt", "--labels", labels, "--fold-file", fold,
+                           "--out", tmp / "model.pt", "--history", tmp / "history.tsv"]
+    run_ok(train_crnet.main, train_args)
+    return {"tmp": tmp, "data": data, "params": params, "labels": labels, "fold": fold, "common": common,
+            "train_args": train_args}
+
+
+def crnet_eval_args(tiny, episodes, shots, out, *extra):
+    return tiny["common"] + ["--features", tiny["tmp"] / "val.pt", "--fold-file", tiny["fold"],
+                             "--episodes", episodes, "--shots", shots, *extra, "--out", out]

@@ -8,47 +8,14 @@ import json
 import pytest
 import torch
 
-from conftest import run_fails, run_ok, tiny_params, write_tiny_voc, write_yaml
+from conftest import BUS, CAT, DOG, crnet_eval_args as eval_args, run_fails, run_ok
 from pipeline.data.episodes import read_episodes
-from pipeline.methods.crnet import cross_dataset, crnet_features, report, test_crnet, train_crnet
+from pipeline.methods.crnet import cross_dataset, report, test_crnet, train_crnet
 from pipeline.stages import make_episodes
 
-CAT, DOG, BUS = 1, 2, 3
-TRAIN = {**{f"t{i}": [(DOG, 4 + i, 16 + i, 4, 16)] for i in range(6)},
-         **{f"t{i}": [(BUS, 10, 24, 2 + i, 16 + i)] for i in range(6, 12)}}
-TRAIN["t2"] = TRAIN["t2"] + [(CAT, 20, 30, 20, 30)]   # a novel object in a training image
-VAL = {**{f"v{i}": [(CAT, 4 + 2 * i, 18 + 2 * i, 6, 20)] for i in range(4)}, "v4": [(DOG, 4, 20, 4, 20)]}
-
-SMALL = {"crnet.hidden": 8, "crnet.train.episodes_per_epoch": 8, "crnet.train.batch_size": 4,
-         "crnet.train.epochs": 2, "crnet.train.optimizer": "adam", "crnet.train.lr": 0.001,
-         "crnet.select.holdout_fraction": 0.5, "crnet.select.episodes": 4,
-         "crnet.test.finetune.episodes": 2, "crnet.test.finetune.steps": 2, "crnet.test.finetune.shots": 2,
-         "episodes.num_episodes": 6, "backbone.output_stride": 16}
-
-
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("crnet")
-    data = write_tiny_voc(tmp / "tiny", TRAIN, VAL)
-    params = write_yaml(tmp / "params.yaml", tiny_params(data, [["cat"]], SMALL))
-    labels = data.write_labels(tmp / "labels.json")
-    fold = data.write_fold(tmp / "fold0.json", [CAT])
-    common = ["--params", params, "--dataset", "tiny"]
-    for split in ("train", "val"):
-        run_ok(crnet_features.main, common + ["--split", split, "--out", tmp / f"{split}.pt"])
-    for shots in (1, 2):
-        run_ok(make_episodes.main, common + ["--labels", labels, "--fold-file", fold, "--shots", shots, "--seed", 0,
-                                             "--out", tmp / f"ep{shots}.jsonl"])
-    train_args = common + ["--features", tmp / "train.pt", "--labels", labels, "--fold-file", fold,
-                           "--out", tmp / "model.pt", "--history", tmp / "history.tsv"]
-    run_ok(train_crnet.main, train_args)
-    return {"tmp": tmp, "data": data, "params": params, "labels": labels, "fold": fold, "common": common,
-            "train_args": train_args}
-
-
-def eval_args(tiny, episodes, shots, out, *extra):
-    return tiny["common"] + ["--features", tiny["tmp"] / "val.pt", "--fold-file", tiny["fold"],
-                             "--episodes", episodes, "--shots", shots, *extra, "--out", out]
+def tiny(crnet_tiny):
+    return crnet_tiny
 
 
 def test_training_selects_on_heldout_base_episodes_and_records_it(tiny):

@@ -11,7 +11,8 @@ row; a single-method report adds its row), ``--lnet`` those of pipeline.methods.
 (``results/<dataset>/{lnet,pnet}_fold<k>``), ``--crnet`` those of pipeline.methods.crnet.report
 (``results/<dataset>/crnet_fold<k>``: CRNet and the prototype floor, 1-/5-shot mIoU and FB-IoU,
 each fold's mean over episode seeds), ``--refnet`` those of pipeline.methods.refnet.report
-(``results/<dataset>/refnet_fold<k>``: MPA, MIoU, FWIoU over background and the targets, novel mIoU).
+(``results/<dataset>/refnet_fold<k>``: MPA, MIoU, FWIoU over background and the targets, novel mIoU);
+``results/<dataset>/crnet_tpc_crc_fold<k>`` (``--crnet``) adds the row CRNet + TPC + CRC.
 ``--extra`` takes whole-target report directories
 (``report.extras``: e.g. results/crnet_cross, results/<dataset>/crnet_seeds): their report.md
 is included as it is, headings moved two levels down. Dataset, fold and method are read from each
@@ -141,8 +142,10 @@ def read_fold_report(directory: str | Path, branch: str) -> dict:
         if not isinstance(entry, dict) or not isinstance(entry.get("val"), dict):
             raise PipelineError(path, f"methods.{row} has no 'val' scores")
     figure = directory / "figure.png"
-    # report_retab always draws the comparison's figure; report_lnet when it had images to show.
-    expected = {"retab": target == "retab", "crnet": True, "refnet": True}.get(branch, bool(document.get("figure_images")))
+    # report_retab always draws the comparison's figure; report_lnet when it had images to show;
+    # the CRNet fold report always, the TPC + CRC one (crnet_tpc_crc) none; Ref-Net always.
+    expected = {"retab": target == "retab", "crnet": target == "crnet", "refnet": True}.get(
+        branch, bool(document.get("figure_images")))
     if expected and not figure.is_file():
         raise PipelineError(figure, "figure not found (the fold report is incomplete)")
     report_md = directory / "report.md"

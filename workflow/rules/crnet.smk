@@ -253,13 +253,14 @@ rule crnet_seeds:
 
 
 rule publish_crnet_default:
-    # results/crnet_all, results/crnet_ablation and results/crnet_seeds mirror the default dataset's.
+    # results/crnet_all, results/crnet_ablation, results/crnet_seeds and results/crnet_tpc_crc_{all,components}
+    # mirror the default dataset's.
     input:
         lambda w: f"results/{DEFAULT_DATASET}/crnet_{w.kind}",
     output:
         directory("results/crnet_{kind}"),
     wildcard_constraints:
-        kind="all|ablation|seeds",
+        kind="all|ablation|seeds|tpc_crc_all|tpc_crc_components",
     params:
         **STAGE_PARAMS,
     log:
@@ -393,3 +394,195 @@ rule crnet_cross_all:
         CONDA_ENV
     shell:
         "{params.py} -m pipeline.methods.crnet.cross_dataset --aggregate {input} --out {output} 2> {log}"
+
+
+# TPC + CRC (pipeline/tpc_crc.py): variants tpc, crc, tpc_crc of crnet.tpc_crc.variants train with
+# train_crnet above (work/<ds>/fold<k>/crnet/<variant>/model.pt, each its own job). Here: the
+# H-partitions and the tests only they need, and the reports.
+#   work/<ds>/fold<k>/hpartitions/{L0..L7.jsonl,partitions.json}      H-partition episodes
+#   work/<ds>/fold<k>/crnet/<variant>/hpart/L<i>.json                 a model on partition L<i>
+#   work/<ds>/fold<k>/crnet/<variant>/hpart/<test>/L<i>.json          the same under a stress test
+#   work/<ds>/fold<k>/crnet/<variant>/stress/<test>_seed<e>.json      identical input | zero mask
+# Targets: results/<ds>/crnet_tpc_crc_fold<k> (CRNet vs + TPC + CRC: tables, stress tests,
+# L0-L7 + CMPS), results/<ds>/crnet_tpc_crc_all (every fold), results/<ds>/crnet_tpc_crc_components
+# (full, +TPC, +CRC, +TPC+CRC over crnet.tpc_crc.components' training seeds); the default
+# dataset's as results/crnet_tpc_crc_fold<k>, _all, _components.
+
+
+rule make_hpartitions:
+    input:
+        oracle=ORACLE_PREDICTIONS,
+        features=CRNET_FEATURES.replace("{split}", "val"),
+        labels=IMAGE_LABELS,
+        fold=FOLD_FILE,
+    output:
+        directory(HPART_DIR),
+    params:
+        **STAGE_PARAMS,
+        partitions=lambda w: crnet_section(w.dataset, "tpc_crc")["partitions"],
+    log:
+        "logs/{dataset}/fold{fold}/hpartitions.log",
+    benchmark:
+        "benchmarks/out/{dataset}/fold{fold}/hpartitions.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        CONDA_ENV
+    shell:
+        stage_shell("pipeline.methods.crnet.make_hpartitions",
+                    "--oracle {input.oracle} --features {input.features} --labels {input.labels} "
+                    "--fold-file {input.fold} --out {output}")
+
+
+rule test_crnet_partition:
+    input:
+        model=f"{CRNET_DIR}/model.pt",
+        features=CRNET_FEATURES.replace("{split}", "val"),
+        fold=FOLD_FILE,
+        partitions=HPART_DIR,
+    output:
+        HPART_EVAL,
+    wildcard_constraints:
+        variant=r"[a-z][a-z0-9_]*",
+        part=r"L[0-7]",
+    params:
+        **STAGE_PARAMS,
+        iterations=lambda w: crnet_section(w.dataset, "test")["iterations"],
+        shots=lambda w: crnet_section(w.dataset, "tpc_crc")["partitions"]["shots"],
+        stress="",
+    log:
+        "logs/{dataset}/fold{fold}/crnet/{variant}/hpart_{part}.log",
+    benchmark:
+        "benchmarks/out/{dataset}/fold{fold}/crnet/{variant}/hpart_{part}.tsv"
+    threads: TRAIN_THREADS
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        CONDA_ENV
+    shell:
+        stage_shell("pipeline.methods.crnet.test_crnet",
+                    "--features {input.features} --fold-file {input.fold} "
+                    "--episodes {input.partitions}/{wildcards.part}.jsonl --shots {params.shots} --partial "
+                    "{params.stress} --model {input.model} --out {output} --threads {threads}")
+
+
+use rule test_crnet_partition as test_crnet_partition_stress with:
+    # the stress tests on L0-L7 (CMPS)
+    output:
+        HPART_STRESS_EVAL,
+    wildcard_constraints:
+        variant=r"[a-z][a-z0-9_]*",
+        part=r"L[0-7]",
+        stress="|".join(STRESS_TESTS),
+    params:
+        **STAGE_PARAMS,
+        iterations=lambda w: crnet_section(w.dataset, "test")["iterations"],
+        shots=lambda w: crnet_section(w.dataset, "tpc_crc")["partitions"]["shots"],
+        stress=lambda w: f"--stress {w.stress}",
+    log:
+        "logs/{dataset}/fold{fold}/crnet/{variant}/hpart_{stress}_{part}.log",
+    benchmark:
+        "benchmarks/out/{dataset}/fold{fold}/crnet/{variant}/hpart_{stress}_{part}.tsv"
+
+
+rule test_crnet_stress:
+    # the paper's Table 7 on the standard 1-shot episodes: support = query, or all-zero support masks
+    input:
+        model=f"{CRNET_DIR}/model.pt",
+        features=CRNET_FEATURES.replace("{split}", "val"),
+        fold=FOLD_FILE,
+        episodes=EPISODES_FILE.replace("{shots}", "1"),
+    output:
+        STRESS_EVAL,
+    wildcard_constraints:
+        variant=r"[a-z][a-z0-9_]*",
+        stress="|".join(STRESS_TESTS),
+        seed=r"\d+",
+    params:
+        **STAGE_PARAMS,
+        iterations=lambda w: crnet_section(w.dataset, "test")["iterations"],
+    log:
+        "logs/{dataset}/fold{fold}/crnet/{variant}/stress_{stress}_seed{seed}.log",
+    benchmark:
+        "benchmarks/out/{dataset}/fold{fold}/crnet/{variant}/stress_{stress}_seed{seed}.tsv"
+    threads: TRAIN_THREADS
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        CONDA_ENV
+    shell:
+        stage_shell("pipeline.methods.crnet.test_crnet",
+                    "--features {input.features} --fold-file {input.fold} --episodes {input.episodes} --shots 1 "
+                    "--stress {wildcards.stress} --model {input.model} --out {output} --threads {threads}")
+
+
+rule crnet_tpc_crc_result:
+    input:
+        unpack(tpc_crc_result_inputs),
+    output:
+        directory("results/{dataset}/crnet_tpc_crc_fold{fold}"),
+    params:
+        **STAGE_PARAMS,
+        evals=tpc_crc_result_args,
+    log:
+        "logs/{dataset}/fold{fold}/result_crnet_tpc_crc.log",
+    benchmark:
+        "benchmarks/out/{dataset}/fold{fold}/result_crnet_tpc_crc.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        CONDA_ENV
+    shell:
+        stage_shell("pipeline.methods.crnet.report_tpc_crc", "--fold {wildcards.fold} {params.evals} --out {output}")
+
+
+rule crnet_tpc_crc_all:
+    input:
+        tpc_crc_all_inputs,
+    output:
+        directory("results/{dataset}/crnet_tpc_crc_all"),
+    params:
+        **STAGE_PARAMS,
+    log:
+        "logs/{dataset}/result_crnet_tpc_crc_all.log",
+    benchmark:
+        "benchmarks/out/{dataset}/result_crnet_tpc_crc_all.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        CONDA_ENV
+    shell:
+        stage_shell("pipeline.methods.crnet.report_tpc_crc", "--aggregate {input} --out {output}")
+
+
+rule crnet_tpc_crc_components:
+    # the component table: full, +TPC, +CRC, +TPC+CRC, each variant and training seed its own job
+    input:
+        unpack(tpc_crc_components_inputs),
+    output:
+        directory("results/{dataset}/crnet_tpc_crc_components"),
+    params:
+        **STAGE_PARAMS,
+        evals=tpc_crc_components_args,
+    log:
+        "logs/{dataset}/result_crnet_tpc_crc_components.log",
+    benchmark:
+        "benchmarks/out/{dataset}/result_crnet_tpc_crc_components.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        CONDA_ENV
+    shell:
+        stage_shell("pipeline.methods.crnet.report_tpc_crc", "--components {params.evals} --out {output}")

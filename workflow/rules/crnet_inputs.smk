@@ -67,8 +67,9 @@ def crnet_cross_inputs(wildcards):
 
 def crnet_train_params(wildcards):
     """What train_crnet reads: the crnet sections but test.finetune and the ablation list,
-    plus the variant's own switches and, for <variant>_seed<n>, its training seed (absent
-    otherwise, so that adding the key reran no existing model)."""
+    plus the variant's own switches, for <variant>_seed<n> its training seed, and for a
+    TPC + CRC variant crnet.tpc_crc.train (each absent otherwise, so that adding the keys
+    reran no existing model)."""
     settings = P(wildcards.dataset)["crnet"]
     name, training_seed = split_training_seed(wildcards.variant)
     variant = {} if name == CRNET_FULL else crnet_variant(wildcards.dataset, name)
@@ -76,15 +77,20 @@ def crnet_train_params(wildcards):
            "select": settings["select"], "iterations": settings["test"]["iterations"], "variant": variant}
     if training_seed is not None:
         out["training_seed"] = training_seed
+    if variant.get("tpc"):
+        out["tpc_crc"] = settings["tpc_crc"]["train"]
     return out
 
 
 def crnet_variant(dataset, variant):
+    """The switches of an ablation variant or of a TPC + CRC variant (crnet.tpc_crc.variants)."""
     variants = P(dataset)["crnet"]["ablation"]["variants"] or {}
-    if variant not in variants:
+    schemes = P(dataset)["crnet"]["tpc_crc"]["variants"] or {}
+    if variant not in variants and variant not in schemes:
         raise WorkflowError(f"error: params.yaml: crnet.ablation.variants has no variant '{variant}' "
-                            f"(known: {', '.join(sorted(variants)) or 'none'}; the full model is '{CRNET_FULL}')")
-    return variants[variant]
+                            f"(known: {', '.join(sorted(variants)) or 'none'}; TPC + CRC: crnet.tpc_crc.variants "
+                            f"{', '.join(sorted(schemes)) or 'none'}; the full model is '{CRNET_FULL}')")
+    return variants[variant] if variant in variants else schemes[variant]
 
 
 def crnet_shots_seeds(dataset):
@@ -196,3 +202,88 @@ def crnet_seeds_inputs(wildcards):
 def crnet_seeds_args(wildcards, input):
     """--eval KIND:TSEED:FOLD:SHOTS:ESEED=PATH for the report stage."""
     return " ".join(f"--eval {name.replace('_', ':')}={input[name]}" for name in input.keys())
+
+
+# TPC + CRC (pipeline/tpc_crc.py) and the H-partitions (pipeline/hpartitions.py).
+HPART_DIR = "work/{dataset}/fold{fold}/hpartitions"
+HPART_EVAL = f"{CRNET_DIR}/hpart/{{part}}.json"
+HPART_STRESS_EVAL = f"{CRNET_DIR}/hpart/{{stress}}/{{part}}.json"
+STRESS_EVAL = f"{CRNET_DIR}/stress/{{stress}}_seed{{seed}}.json"
+ORACLE_PREDICTIONS = "work/{dataset}/shared/seg/oracle/pred_val"  # the RETAB branch's Fully Oracle net
+TPC_CRC_METHODS = {"crnet": CRNET_FULL, "crnet_tpc_crc": "tpc_crc"}  # report row -> training variant
+STRESS_TESTS = ("identical", "zero_mask")
+
+
+def tpc_crc_result_inputs(wildcards):
+    """results/<dataset>/crnet_tpc_crc_fold<k>: CRNet (full) and CRNet + TPC + CRC (tpc_crc) on
+    every shot count and episode seed, the floor, both stress tests (1-shot, every episode seed,
+    and on L0-L7) and L0-L7 of the fold's H-partitions. Keys: <what>__<field>__... (split by the args)."""
+    d, k = wildcards.dataset, wildcards.fold
+    num_folds(d, k)
+    shots, seeds = crnet_shots_seeds(d)
+    inputs = {}
+    for method, variant in TPC_CRC_METHODS.items():
+        for s in shots:
+            for e in seeds:
+                inputs[f"eval__{method}__{s}__{e}"] = CRNET_EVAL.format(dataset=d, fold=k, variant=variant,
+                                                                       shots=s, seed=e)
+        for test in STRESS_TESTS:
+            for e in seeds:
+                inputs[f"stress__{test}__{method}__{e}"] = STRESS_EVAL.format(dataset=d, fold=k, variant=variant,
+                                                                             stress=test, seed=e)
+        for i in range(8):
+            inputs[f"part__{method}__{i}"] = HPART_EVAL.format(dataset=d, fold=k, variant=variant, part=f"L{i}")
+            for test in STRESS_TESTS:
+                inputs[f"spart__{test}__{method}__{i}"] = HPART_STRESS_EVAL.format(
+                    dataset=d, fold=k, variant=variant, stress=test, part=f"L{i}")
+    for s in shots:
+        for e in seeds:
+            inputs[f"eval__prototype__{s}__{e}"] = PROTOTYPE_EVAL.format(dataset=d, fold=k, shots=s, seed=e)
+    inputs["partitions"] = HPART_DIR.format(dataset=d, fold=k)
+    return inputs
+
+
+def tpc_crc_result_args(wildcards, input):
+    """--eval KIND:SHOTS:SEED=P, --stress TEST/METHOD:SEED=P, --partition METHOD:INDEX=P,
+    --stress-partition TEST/METHOD:INDEX=P, --partitions."""
+    out = []
+    for name in input.keys():
+        what, *fields = name.split("__")
+        if what == "eval":
+            out.append(f"--eval {fields[0]}:{fields[1]}:{fields[2]}={input[name]}")
+        elif what == "stress":
+            out.append(f"--stress {fields[0]}/{fields[1]}:{fields[2]}={input[name]}")
+        elif what == "part":
+            out.append(f"--partition {fields[0]}:{fields[1]}={input[name]}")
+        elif what == "spart":
+            out.append(f"--stress-partition {fields[0]}/{fields[1]}:{fields[2]}={input[name]}")
+    out.append(f"--partitions {input.partitions}/partitions.json")
+    return " ".join(out)
+
+
+def tpc_crc_all_inputs(wildcards):
+    return [f"results/{wildcards.dataset}/crnet_tpc_crc_fold{k}" for k in range(num_folds(wildcards.dataset))]
+
+
+def tpc_crc_components_inputs(wildcards):
+    """results/<dataset>/crnet_tpc_crc_components: full and every variant of crnet.tpc_crc.variants,
+    each training seed of crnet.tpc_crc.components on its folds, 1-shot, every episode seed, and
+    the floor: {"<variant>__<tseed>__<fold>__<eseed>": path}."""
+    d = wildcards.dataset
+    spec = P(d)["crnet"]["tpc_crc"]
+    shots, seeds = crnet_shots_seeds(d)
+    inputs = {}
+    for fold in spec["components"]["folds"]:
+        num_folds(d, fold)
+        for variant in [CRNET_FULL, *sorted(spec["variants"])]:
+            for t in spec["components"]["seeds"]:
+                for e in seeds:
+                    inputs[f"{variant}__{t}__{fold}__{e}"] = CRNET_EVAL.format(
+                        dataset=d, fold=fold, variant=seed_variant(variant, t), shots=1, seed=e)
+        for e in seeds:
+            inputs[f"prototype__0__{fold}__{e}"] = PROTOTYPE_EVAL.format(dataset=d, fold=fold, shots=1, seed=e)
+    return inputs
+
+
+def tpc_crc_components_args(wildcards, input):
+    return " ".join(f"--eval {name.replace('__', ':')}={input[name]}" for name in input.keys())

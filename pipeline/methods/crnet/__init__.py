@@ -15,5 +15,10 @@ The method top to bottom (rules: workflow/rules/crnet.smk):
 5. :mod:`.cross_dataset`: results/<test>/crnet_from_<train>_fold<k> (a fold's CRNet on another
    dataset's episodes, seen vs unseen test classes) and results/crnet_cross.
 
-:mod:`.results` holds what the report stages share (``--eval`` entries, the result writer).
+6. TPC + CRC (:mod:`pipeline.tpc_crc`): train_crnet variants of ``crnet.tpc_crc.variants``;
+   :mod:`.make_hpartitions`: the H-partition episode files L0-L7 (:mod:`pipeline.hpartitions`);
+   test_crnet ``--stress`` / ``--partial``; :mod:`.report_tpc_crc`: results/<dataset>/
+   crnet_tpc_crc_fold<k>, crnet_tpc_crc_all, crnet_tpc_crc_components.
+
+:mod:`.results` holds what the report stages share (``--eval`` entries, seed tables, the result writer).
 """

@@ -36,35 +36,12 @@ from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
 from pipeline.fewshot import binary_prediction
 from pipeline.io import read_json
-from pipeline.methods.crnet.results import KINDS, parse_evals, write_outputs
-from pipeline.metrics.episodic import format_mean_std, mean_std_over_seeds, summaries_over_seeds
+from pipeline.methods.crnet.results import KINDS, parse_evals, report_rows, seed_tables, write_outputs
+from pipeline.metrics.episodic import format_mean_std, mean_std_over_seeds
 from pipeline.models.crnet import episode_probabilities
 from pipeline.report import colorize_labels, compose_figure, fit_into_cell, markdown_table
 from pipeline.runtime import stage_run
 from pipeline.stage import stage_parser
-
-
-def seed_tables(evals: dict[tuple[str, int, int], dict]) -> dict:
-    """``{kind: {"<k>shot": summaries_over_seeds}}`` and the iteration scores of CRNet."""
-    metrics: dict = {}
-    for kind in sorted({k for k, _, _ in evals}):
-        for shots in sorted({s for k, s, _ in evals if k == kind}):
-            docs = {seed: evals[(k, s, seed)] for k, s, seed in evals if k == kind and s == shots}
-            metrics.setdefault(kind, {})[f"{shots}shot"] = summaries_over_seeds({e: d["summary"] for e, d in docs.items()})
-            if kind == "crnet":
-                its = sorted({int(t) for d in docs.values() for t in d.get("by_iterations", {})})
-                metrics.setdefault("iterations", {})[f"{shots}shot"] = {
-                    str(t): mean_std_over_seeds({e: d["by_iterations"][str(t)]["miou"] for e, d in docs.items()})
-                    for t in its}
-    return metrics
-
-
-def report_rows(metrics: dict) -> dict:
-    """``{"crnet" | "prototype": {"val": {"miou_<k>shot", "fb_iou_<k>shot"}}}``: the seed means that
-    results/report (stage report_all) tabulates over folds."""
-    return {kind: {"val": {f"{score}_{shots}": metrics[kind][shots][score]["mean"]
-                           for shots in metrics[kind] for score in ("miou", "fb_iou")}}
-            for kind in KINDS if kind in metrics}
 
 
 def fold_markdown(metrics: dict, fold: int, dataset: str) -> str:

@@ -1,9 +1,10 @@
 """The result files the CRNet report stages share (results/<dataset>/crnet_*): the two scored
-kinds, the ``--eval NAME:INT:INT=PATH`` option and the result directory's writer."""
+kinds, the ``--eval NAME:INT:INT=PATH`` option, the seed tables and the result directory's writer."""
 from __future__ import annotations
 
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_dir, write_json
+from pipeline.metrics.episodic import mean_std_over_seeds, summaries_over_seeds
 
 KINDS = {"crnet": "CRNet", "prototype": "Prototype floor (PANet, no alignment)"}
 
@@ -27,3 +28,26 @@ def write_outputs(out: str, metrics: dict, text: str, figure=None) -> None:
         (tmp / "report.md").write_text(text)
         if figure is not None:
             figure.save(tmp / "figure.png")
+
+
+def seed_tables(evals: dict[tuple[str, int, int], dict]) -> dict:
+    """``{kind: {"<k>shot": summaries_over_seeds}}`` and the iteration scores of CRNet."""
+    metrics: dict = {}
+    for kind in sorted({k for k, _, _ in evals}):
+        for shots in sorted({s for k, s, _ in evals if k == kind}):
+            docs = {seed: evals[(k, s, seed)] for k, s, seed in evals if k == kind and s == shots}
+            metrics.setdefault(kind, {})[f"{shots}shot"] = summaries_over_seeds({e: d["summary"] for e, d in docs.items()})
+            if kind == "crnet":
+                its = sorted({int(t) for d in docs.values() for t in d.get("by_iterations", {})})
+                metrics.setdefault("iterations", {})[f"{shots}shot"] = {
+                    str(t): mean_std_over_seeds({e: d["by_iterations"][str(t)]["miou"] for e, d in docs.items()})
+                    for t in its}
+    return metrics
+
+
+def report_rows(metrics: dict, kinds=KINDS) -> dict:
+    """``{kind: {"val": {"miou_<k>shot", "fb_iou_<k>shot"}}}`` (kinds: crnet, prototype, ...): the
+    seed means that results/report (stage report_all) tabulates over folds."""
+    return {kind: {"val": {f"{score}_{shots}": metrics[kind][shots][score]["mean"]
+                           for shots in metrics[kind] for score in ("miou", "fb_iou")}}
+            for kind in kinds if kind in metrics}

@@ -29,6 +29,12 @@ with fusion. The file holds ``fusion`` and
 classes by name -- the cross-dataset test, where ``--model`` was trained on another dataset
 (its encoder features must match: same levels and channels).
 
+``--stress identical`` (the TPC + CRC paper's Table 7): each episode's supports are the query
+itself (support = query on purpose); ``--stress zero_mask``: every support mask is all zero
+(background). ``--partial`` (the H-partition episode files of stage make_hpartitions): a
+novel class without an episode, or a file without any, is allowed (mIoU over the classes
+that have episodes; none: NaN, and the report says so).
+
 Bad input (one line, exit 2, nothing written): an episode naming an image that is not in
 the val split (or whose file is missing); fewer supports than ``--shots``; an episode of a
 class that is not novel in the fold; a novel class of the fold without any episode.
@@ -40,6 +46,7 @@ import copy
 import time
 
 import numpy as np
+import torch
 
 from pipeline.config import load_params, section
 from pipeline.crnet_training import load_crnet, make_optimizer, pair_batches, pair_loss
@@ -54,10 +61,11 @@ from pipeline.metrics.episodic import EpisodeIoUAccumulator
 from pipeline.models.crnet import CRNet, episode_probabilities
 from pipeline.runtime import progress, seed_everything, stage_run
 from pipeline.stage import stage_device, stage_parser
+from pipeline.tpc_crc import STRESS_TESTS, identical_input
 
 
 def check_episodes(episodes: list[dict], path, shots: int, novel: list[int], store: FeatureStore,
-                   class_names: list[str]) -> None:
+                   class_names: list[str], partial: bool = False) -> None:
     """The bad-input checks of the module docstring, each one line naming the file."""
     for n, e in enumerate(episodes, 1):
         if e["class"] not in novel:
@@ -66,7 +74,7 @@ def check_episodes(episodes: list[dict], path, shots: int, novel: list[int], sto
             raise PipelineError(path, f"line {n}: {len(e['supports'])} supports, but --shots {shots} needs {shots}")
         store.check_ids([e["query"], *e["supports"][:shots]], path, f"line {n}: image")
     present = {e["class"] for e in episodes}
-    for c in novel:
+    for c in [] if partial else novel:
         if c not in present:
             raise PipelineError(path, f"no episode of novel class '{class_names[c]}' (id {c}): it has no val image "
                                 "in the fold")
@@ -97,12 +105,14 @@ def finetuned(model: CRNet, store: FeatureStore, e: dict, shots: int, params: di
     return net.eval()
 
 
-def probabilities(model: CRNet | None, store: FeatureStore, e: dict, shots: int, iterations: int, device):
-    """Fused foreground probability after each iteration (the floor: one entry)."""
+def probabilities(model: CRNet | None, store: FeatureStore, e: dict, shots: int, iterations: int, device,
+                  zero_mask: bool = False):
+    """Fused foreground probability after each iteration (the floor: one entry);
+    ``zero_mask``: every support mask all zero (the stress test)."""
     c, supports = e["class"], e["supports"][:shots]
     query = store.features(e["query"]).to(device)
     feats = [store.features(s).to(device) for s in supports]
-    masks = [store.mask(s, c) for s in supports]
+    masks = [torch.zeros_like(m) if zero_mask else m for m in (store.mask(s, c) for s in supports)]
     if model is None:
         return [prototype_probability(query[0], [f[0] for f in feats], masks, ignore_index=store.dataset.ignore_index)]
     return episode_probabilities(model, query, feats, masks, iterations)
@@ -120,6 +130,9 @@ def main(argv=None):
     which.add_argument("--model", help="CRNet model file (stage train_crnet)")
     which.add_argument("--prototype", action="store_true", help="the training-free prototype floor")
     ap.add_argument("--finetune", action="store_true", help="k-shot finetune vs fusion on the first episodes")
+    ap.add_argument("--stress", choices=STRESS_TESTS, help="identical: support = query; zero_mask: all-zero "
+                    "support masks (TPC + CRC paper, Table 7)")
+    ap.add_argument("--partial", action="store_true", help="novel classes without episodes allowed (H-partitions)")
     ap.add_argument("--out", required=True, help="evaluation JSON to write")
     args = ap.parse_args(argv)
 
@@ -128,6 +141,8 @@ def main(argv=None):
         raise PipelineError("--shots", f"{args.shots} must be >= 1")
     if args.finetune and not args.model:
         raise PipelineError("--finetune", "needs --model")
+    if args.finetune and args.stress:
+        raise PipelineError("--stress", "is not a finetune option")
     dataset = VOCDataset(params["data"], "val")
     if args.classes is not None:
         novel = class_ids_by_name(class_list_arg(args.classes), dataset.class_names, params["data"].get("background"),
@@ -138,7 +153,9 @@ def main(argv=None):
         novel = fold_novel_classes(fold, args.fold_file, dataset.num_classes)
     episodes = read_episodes(args.episodes)
     store = FeatureStore(args.features, params, dataset)
-    check_episodes(episodes, args.episodes, args.shots, novel, store, dataset.class_names)
+    check_episodes(episodes, args.episodes, args.shots, novel, store, dataset.class_names, args.partial)
+    if args.stress == "identical":
+        episodes = identical_input(episodes, args.shots)
     device = stage_device(args, params)
     seed_everything(int(params["seed"]))
     iterations = int(section(params, "crnet.test.iterations"))
@@ -147,7 +164,7 @@ def main(argv=None):
         episodes = episodes[:int(section(params, "crnet.test.finetune.episodes"))]
     kinds = ("fusion", "finetune") if args.finetune else ("crnet",) if model is not None else ("prototype",)
     inputs = {"episodes": args.episodes, "shots": args.shots, "model": args.model, "kinds": kinds,
-              "count": len(episodes)}
+              "count": len(episodes), "stress": args.stress, "partial": args.partial}
     used = {"crnet.test": section(params, "crnet.test"), "seed": params["seed"]}
     with stage_run("test_crnet", inputs, used, device) as log:
         accs = {kind: [EpisodeIoUAccumulator(novel, dataset.ignore_index)
@@ -157,11 +174,13 @@ def main(argv=None):
             gt = store.mask(e["query"], e["class"])
             for kind in kinds:
                 net = finetuned(model, store, e, args.shots, params, device) if kind == "finetune" else model
-                for acc, p in zip(accs[kind], probabilities(net, store, e, args.shots, iterations, device)):
+                for acc, p in zip(accs[kind], probabilities(net, store, e, args.shots, iterations, device,
+                                                            args.stress == "zero_mask")):
                     acc.update(binary_prediction(p.cpu(), gt.shape).numpy(), gt.numpy(), e["class"])
         rate = len(episodes) / max(time.perf_counter() - started, 1e-9)
         log.info("%.1f episodes per second (%s, %d-shot)", rate, "+".join(kinds), args.shots)
         document = {"method": "prototype" if model is None else "crnet", "episodes_file": args.episodes,
+                    "stress": args.stress,
                     "shots": args.shots, "fold": fold.get("fold"), "class_names": {str(c): dataset.class_names[c]
                                                                                    for c in novel}}
         if args.finetune:

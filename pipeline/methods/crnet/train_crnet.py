@@ -31,8 +31,16 @@ x the same for the support branch (conditioned on the query's ground-truth mask)
 Masks are scored at their own resolution (logits resized bilinearly, 255 ignored).
 
 Variants (``--variant``): ``full`` or a key of ``crnet.ablation.variants`` (its CRNet
-switches and/or ``novel_images``), optionally with a ``_seed<n>`` suffix that sets the
+switches and/or ``novel_images``) or of ``crnet.tpc_crc.variants`` (the TPC + CRC training
+scheme, :mod:`pipeline.tpc_crc`), optionally with a ``_seed<n>`` suffix that sets the
 training seed to n (``full_seed1``; results/<ds>/crnet_seeds). Resumable per epoch (pipeline.training).
+
+TPC (variant ``tpc: true``): ``crnet.tpc_crc.train.tpc_epochs`` conditioning epochs come
+first, each ``episodes_per_epoch`` pairs of one training image (support) and its transformed
+copy (query), at the constant lr ``tpc_lr``; then the ``epochs`` of training with the usual
+poly schedule. Conditioning epochs are not scored on the held-out episodes and are never
+selected (``history.tsv``: ``phase`` tpc / train). CRC (``crc: true``): every step's
+support branch is conditioned on the query's predicted soft mask (``pair_loss(cyclic=True)``).
 """
 from __future__ import annotations
 
@@ -45,7 +53,7 @@ import torch
 from pipeline.config import check_range, load_params, params_hash, section
 from pipeline.crnet_training import (
     FULL, build_crnet, draw_pairs, make_optimizer, pair_batches, pair_loss, score_episodes, split_holdout,
-    split_training_seed, variant_settings)
+    split_training_seed, tpc_batches, variant_settings)
 from pipeline.data.episodes import draw_episodes, images_with_class
 from pipeline.data.fewshot_features import FeatureStore
 from pipeline.data.folds import load_base_samples
@@ -55,13 +63,15 @@ from pipeline.errors import PipelineError, run_stage
 from pipeline.models.crnet import CRNet
 from pipeline.runtime import seed_everything, stage_run
 from pipeline.stage import stage_device, stage_parser
+from pipeline.tpc_crc import ConditioningThenPoly, tpc_pairs
 from pipeline.training import count_steps, load_model, poly_scheduler, save_model, train_and_save
 
 def main(argv=None):
     ap = stage_parser(__doc__, training=True, inputs=("labels",))
     ap.add_argument("--features", required=True, help="train-split feature cache (stage crnet_features)")
     ap.add_argument("--fold-file", required=True, help="fold JSON (stage make_folds)")
-    ap.add_argument("--variant", default=FULL, help="full or a key of crnet.ablation.variants, optionally + _seed<n>")
+    ap.add_argument("--variant", default=FULL, help="full or a key of crnet.ablation.variants or "
+                    "crnet.tpc_crc.variants, optionally + _seed<n>")
     args = ap.parse_args(argv)
 
     params = load_params(args.params, args.dataset)
@@ -94,9 +104,16 @@ def main(argv=None):
                             "raise crnet.select.holdout_fraction)")
 
     store = FeatureStore(args.features, params, dataset)
-    used = {"crnet": {k: v for k, v in params["crnet"].items() if k != "test" and k != "ablation"},
+    tpc_cfg = section(params, "crnet.tpc_crc.train") if settings["tpc"] else None
+    tpc_epochs = int(tpc_cfg["tpc_epochs"]) if tpc_cfg else 0
+    if tpc_cfg:
+        check_range(tpc_cfg["tpc_lr"], "crnet.tpc_crc.train.tpc_lr", 0, low_open=True)
+        check_range(tpc_epochs, "crnet.tpc_crc.train.tpc_epochs", 1)
+    used = {"crnet": {k: v for k, v in params["crnet"].items() if k not in ("test", "ablation", "tpc_crc")},
             "iterations": section(params, "crnet.test.iterations"), "variant": settings,
             "backbone": params["backbone"], "seed": seed}
+    if tpc_cfg:
+        used["tpc_crc"] = tpc_cfg
     inputs = {"features": args.features, "fold_file": args.fold_file, "variant": args.variant,
               "train_images": len(train_ids), "heldout_images": len(held_ids),
               "classes": [dataset.class_names[c] for c in sorted(train_images)]}
@@ -112,6 +129,9 @@ def main(argv=None):
         negatives = {c: [i for i in train_ids if counts[i][c] == 0] for c in train_images}
 
         def make_batches(epoch: int, rng: np.random.Generator):
+            if epoch < tpc_epochs:  # 0-based: the conditioning epochs come first
+                conditioning = tpc_pairs(train_images, int(cfg["episodes_per_epoch"]), tpc_cfg["transforms"], rng)
+                return tpc_batches(conditioning, store, int(cfg["batch_size"]))
             pairs = draw_pairs(train_images, negatives, int(cfg["episodes_per_epoch"]),
                                float(cfg["negative_prob"]), rng)
             return pair_batches(pairs, store, int(cfg["batch_size"]), bool(cfg["flip"]))
@@ -120,7 +140,7 @@ def main(argv=None):
             total, sums = 0.0, {}
             for group in batch["groups"]:
                 loss, parts = pair_loss(net, group, iterations, float(cfg["support_weight"]),
-                                        float(cfg["cooccurrence_weight"]), ignore)
+                                        float(cfg["cooccurrence_weight"]), ignore, cyclic=settings["crc"])
                 share = group["query"].shape[0] / int(cfg["batch_size"])
                 total = total + share * loss
                 for k, v in parts.items():
@@ -136,21 +156,25 @@ def main(argv=None):
         if checkpoint.exists():
             try:
                 saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["history"]
-                scores = {int(row["epoch"]): float(row["heldout_miou"]) for row in saved}
+                scores = {int(row["epoch"]): float(row["heldout_miou"]) for row in saved
+                          if row.get("heldout_miou") is not None}  # TPC epochs have none
             except Exception:  # noqa: BLE001 - stale or foreign: pipeline.training decides, epoch 1 resets
                 scores = {}
 
         def after_epoch(net: CRNet, epoch: int) -> dict:
             nonlocal scores
-            score = score_episodes(net, store, heldout, sorted(held_images), test_iterations, device).miou()
             if epoch == 1:
                 scores = {}
-            earlier = [v for e, v in scores.items() if e < epoch]
-            if epoch == 1 or not best_path.exists() or score > max(earlier, default=-1.0):
+            if epoch <= tpc_epochs:  # conditioning: neither scored nor selectable
+                return {"phase": "tpc"}
+            score = score_episodes(net, store, heldout, sorted(held_images), test_iterations, device).miou()
+            first = tpc_epochs + 1
+            earlier = [v for e, v in scores.items() if first <= e < epoch]
+            if epoch == first or not best_path.exists() or score > max(earlier, default=-1.0):
                 save_model(best_path, copy.deepcopy(net).cpu(), {**meta, "epoch": epoch, "heldout_miou": score})
             scores[epoch] = score
             log.info("epoch %d: held-out base-class 1-shot mIoU %.4f", epoch, score)
-            return {"heldout_miou": score}
+            return {"phase": "train", "heldout_miou": score} if tpc_epochs else {"heldout_miou": score}
 
         model_meta = dict(meta)
 
@@ -162,9 +186,15 @@ def main(argv=None):
 
         optimizer = make_optimizer(model, cfg, float(cfg["lr"]))
         steps = count_steps(int(cfg["episodes_per_epoch"]), int(cfg["batch_size"])) or 1
-        scheduler = poly_scheduler(optimizer, steps * int(cfg["epochs"]))
-        train_and_save(model, make_batches, step, optimizer, scheduler, int(cfg["epochs"]), args.out, args.history,
-                       log, seed, meta, device, model_meta=model_meta, after_epoch=after_epoch,
+        if tpc_epochs:
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, ConditioningThenPoly(
+                steps * tpc_epochs, float(tpc_cfg["tpc_lr"]) / float(cfg["lr"]), steps * int(cfg["epochs"])))
+            log.info("TPC: %d conditioning epochs at lr %g before %d training epochs; CRC: %s", tpc_epochs,
+                     float(tpc_cfg["tpc_lr"]), int(cfg["epochs"]), settings["crc"])
+        else:
+            scheduler = poly_scheduler(optimizer, steps * int(cfg["epochs"]))
+        train_and_save(model, make_batches, step, optimizer, scheduler, tpc_epochs + int(cfg["epochs"]), args.out,
+                       args.history, log, seed, meta, device, model_meta=model_meta, after_epoch=after_epoch,
                        before_save=before_save)
 
 
