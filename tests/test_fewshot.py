@@ -75,3 +75,18 @@ def test_fusion_averages_and_binary_prediction_upsamples():
     assert torch.allclose(fused, torch.tensor([[0.4, 0.6]]))
     pred = binary_prediction(torch.tensor([[0.0, 1.0]]), (2, 4))
     assert pred.dtype == torch.uint8 and pred.tolist() == [[0, 0, 1, 1], [0, 0, 1, 1]]
+
+
+def test_episodic_benchmark_runs_at_tiny_scale(capsys):
+    # Smoke test of benchmarks/episodic_benchmark.py (episodes per second of evaluation).
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "episodic_benchmark.py"
+    spec = importlib.util.spec_from_file_location("episodic_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--episodes", "2", "--repeats", "1", "--threads", "1", "--settings", "embedded"])
+    printed = capsys.readouterr().out
+    assert "episodes/s" in printed and "prototype floor, 1-shot (baseline)" in printed
+    assert "CRNet 5-shot fusion, 5 iterations" in printed
