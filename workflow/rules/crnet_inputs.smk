@@ -185,8 +185,6 @@ def crnet_seeds_inputs(wildcards):
     d = wildcards.dataset
     spec = P(d)["crnet"]["training_seeds"]
     shots, seeds = crnet_shots_seeds(d)
-    if len(spec["seeds"]) < 2:
-        raise WorkflowError("error: params.yaml: crnet.training_seeds.seeds needs at least 2 seeds")
     inputs = {}
     for fold in spec["folds"]:
         num_folds(d, fold)

@@ -36,7 +36,8 @@ from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
 from pipeline.fewshot import binary_prediction
 from pipeline.io import read_json
-from pipeline.methods.crnet.results import KINDS, parse_evals, report_rows, seed_tables, write_outputs
+from pipeline.methods.crnet.results import (
+    KINDS, parse_evals, report_rows, seed_tables, training_seed_spread, write_outputs)
 from pipeline.metrics.episodic import format_mean_std, mean_std_over_seeds
 from pipeline.models.crnet import episode_probabilities
 from pipeline.report import colorize_labels, compose_figure, fit_into_cell, markdown_table
@@ -163,16 +164,13 @@ def training_seeds(evals: dict[tuple[str, int, int, int, int], str]) -> tuple[di
     rows = []
     for f in folds:
         for shots in shots_list:
-            def over_episodes(kind, t, score):
-                return mean_std_over_seeds({e: d[score] for (k, tt, ff, s, e), d in docs.items()
-                                            if k == kind and tt == t and ff == f and s == shots})
             cell: dict = {"crnet": {}, "prototype": {}}
             for score in ("miou", "fb_iou"):
-                per_seed = {t: over_episodes("crnet", t, score) for t in out["training_seeds"]}
-                floor = over_episodes("prototype", 0, score)
-                over = mean_std_over_seeds({t: v["mean"] for t, v in per_seed.items()})
-                cell["crnet"][score] = {"per_training_seed": {str(t): v for t, v in per_seed.items()},
-                                        "over_training_seeds": over}
+                per_seed, over = training_seed_spread({(t, e): d[score] for (k, t, ff, s, e), d in docs.items()
+                                                       if k == "crnet" and ff == f and s == shots})
+                floor = mean_std_over_seeds({e: d[score] for (k, _, ff, s, e), d in docs.items()
+                                             if k == "prototype" and ff == f and s == shots})
+                cell["crnet"][score] = {"per_training_seed": per_seed, "over_training_seeds": over}
                 cell["prototype"][score] = floor
                 cell[f"worst_margin_{score}"] = min(v["mean"] for v in per_seed.values()) - floor["mean"]
                 cell[f"seeds_above_floor_{score}"] = sum(v["mean"] > floor["mean"] for v in per_seed.values())

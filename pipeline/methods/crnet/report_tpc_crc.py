@@ -33,7 +33,7 @@ from pipeline.config import load_params
 from pipeline.errors import PipelineError, run_stage
 from pipeline.hpartitions import PARTITIONS, cmps, describe
 from pipeline.io import read_json
-from pipeline.methods.crnet.results import parse_evals, report_rows, seed_tables, write_outputs
+from pipeline.methods.crnet.results import parse_evals, report_rows, seed_tables, training_seed_spread, write_outputs
 from pipeline.metrics.episodic import format_mean_std, mean_std_over_seeds
 from pipeline.report import markdown_table
 from pipeline.runtime import stage_run
@@ -189,13 +189,12 @@ def components(evals: dict[tuple[str, int, int, int], str]) -> tuple[dict, str]:
             seeds = sorted({t for v, t, ff, _ in docs if v == variant and ff == f})
             if not seeds:
                 continue
-            per_seed = {score: {t: mean_std_over_seeds({e: d[score] for (v, tt, ff, e), d in docs.items()
-                                                        if v == variant and tt == t and ff == f})
-                                for t in seeds} for score in ("miou", "fb_iou")}
-            over = {score: mean_std_over_seeds({t: s["mean"] for t, s in per_seed[score].items()})
-                    for score in ("miou", "fb_iou")}
-            cell[variant] = {"per_training_seed": {score: {str(t): v for t, v in per_seed[score].items()}
-                                                   for score in per_seed}, "over_training_seeds": over}
+            spreads = {score: training_seed_spread({(t, e): d[score] for (v, t, ff, e), d in docs.items()
+                                                    if v == variant and ff == f})
+                       for score in ("miou", "fb_iou")}
+            per_seed = {score: spread[0] for score, spread in spreads.items()}
+            over = {score: spread[1] for score, spread in spreads.items()}
+            cell[variant] = {"per_training_seed": per_seed, "over_training_seeds": over}
             title = COMPONENTS.get(variant, "Prototype floor (training-free)")
             base = cell.get("full", {}).get("over_training_seeds", {}).get("miou")
             delta = "–" if base is None or variant in ("full", "prototype") else \

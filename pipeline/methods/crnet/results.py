@@ -2,6 +2,8 @@
 kinds, the ``--eval NAME:INT:INT=PATH`` option, the seed tables and the result directory's writer."""
 from __future__ import annotations
 
+from typing import Mapping
+
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_dir, write_json
 from pipeline.metrics.episodic import mean_std_over_seeds, summaries_over_seeds
@@ -20,6 +22,15 @@ def parse_evals(entries: list[str], ints: int = 2) -> dict[tuple, str]:
             raise PipelineError("--eval", f"'{entry}' is not NAME{':INT' * ints}=PATH")
         out[(parts[0], *(int(p) for p in parts[1:]))] = path
     return out
+
+
+def training_seed_spread(scores: Mapping[tuple[int, int], float]) -> tuple[dict[str, dict], dict]:
+    """``{(training seed, episode seed): score}`` -> (per training seed the mean ± std over its
+    episode seeds, keyed ``str(seed)`` in seed order; the mean ± std over the training seeds of
+    those means): the two spreads a claim that one row beats another needs."""
+    per_seed = {str(t): mean_std_over_seeds({e: v for (tt, e), v in scores.items() if tt == t})
+                for t in sorted({t for t, _ in scores})}
+    return per_seed, mean_std_over_seeds({int(t): s["mean"] for t, s in per_seed.items()})
 
 
 def write_outputs(out: str, metrics: dict, text: str, figure=None) -> None:
