@@ -122,6 +122,18 @@ def test_tpc_crc_training_conditions_first_and_never_selects_a_conditioning_epoc
     assert meta["variant"] == "tpc_crc" and meta["selected_epoch"] in (9, 10)
 
 
+def test_the_epoch_matched_control_trains_the_tpc_epochs_as_plain_epochs(tiny):
+    out, history = tiny["tmp"] / "epoch_matched.pt", tiny["tmp"] / "epoch_matched_history.tsv"
+    run_ok(train_crnet.main, tiny["train_args"][:-4] + ["--variant", "epoch_matched", "--out", out,
+                                                        "--history", history])
+    rows = [line.split("\t") for line in history.read_text().splitlines()]
+    header, rows = rows[0], rows[1:]
+    assert len(rows) == 8 + 2 and "phase" not in header  # tpc_epochs + crnet.train.epochs, all plain training
+    assert all(r[header.index("heldout_miou")] != "" for r in rows)  # every epoch scored and selectable
+    meta = torch.load(out, weights_only=True)["meta"]
+    assert meta["variant"] == "epoch_matched" and 1 <= meta["selected_epoch"] <= 10
+
+
 def test_stress_tests_and_partial_partition_evaluations(tiny, parts):
     tmp = tiny["tmp"]
     for stress in ("identical", "zero_mask"):
@@ -190,13 +202,21 @@ def test_components_and_aggregate_reports(tiny, parts):
     c1 = parts["tmp"] / "c1.json"
     if not c1.exists():
         run_ok(test_crnet.main, eval_args(tiny, tiny["tmp"] / "ep1.jsonl", 1, c1, "--model", tiny["tmp"] / "model.pt"))
-    evals = [f"--eval={v}:{t}:0:{e}={c1}" for v in ("full", "tpc", "crc", "tpc_crc") for t in (0, 1) for e in (0, 1)]
+    better = parts["tmp"] / "c1_better.json"  # the same evaluation, mIoU 10 points higher
+    doc = json.loads(c1.read_text())
+    doc["summary"]["miou"] += 0.1
+    better.write_text(json.dumps(doc))
+    evals = [f"--eval={v}:{t}:0:{e}={better if v == 'tpc' else c1}"
+             for v in ("full", "epoch_matched", "tpc", "crc", "tpc_crc") for t in (0, 1) for e in (0, 1)]
     out = parts["tmp"] / "components"
     run_ok(report_tpc_crc.main, ["--components", *evals, f"--eval=prototype:0:0:0={c1}", "--out", out])
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["training_seeds"] == [0, 1] and metrics["folds"]["0"]["tpc_crc"]["over_training_seeds"]["miou"]["n"] == 2
+    deltas = {v: cell.get("delta_miou") for v, cell in metrics["folds"]["0"].items()}
+    assert deltas["tpc"] == pytest.approx({"full": 0.1, "epoch_matched": 0.1})
+    assert deltas["epoch_matched"] == pytest.approx({"full": 0.0}) and deltas["full"] is None
     text = (out / "report.md").read_text()
-    assert "+ TPC + CRC" in text and "+0.0" in text
+    assert "+ TPC + CRC" in text and "+10.0" in text and "epoch-matched" in text
     if (parts["tmp"] / "report").exists():
         run_ok(report_tpc_crc.main, ["--aggregate", parts["tmp"] / "report", "--out", parts["tmp"] / "all"])
         assert "CMPS" in (parts["tmp"] / "all" / "report.md").read_text()

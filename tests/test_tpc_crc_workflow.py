@@ -21,8 +21,8 @@ def test_dry_runs_of_the_tpc_crc_targets(tmp_path):
     assert every["train_crnet"] == 8 and every["crnet_tpc_crc_result"] == 4 and every["make_hpartitions"] == 4
     assert every["train_seg"] == 1  # one shared oracle net for every fold
     components = rule_counts(workdir, "results/crnet_tpc_crc_components")
-    # full, tpc, crc, tpc_crc x training seeds 0 (the plain variant), 1, 2; 1-shot x 5 episode seeds
-    assert components["train_crnet"] == 12 and components["test_crnet"] == 60 and components["test_prototype"] == 5
+    # full, epoch_matched, tpc, crc, tpc_crc x training seeds 0 (the plain variant), 1, 2; 1-shot x 5 episode seeds
+    assert components["train_crnet"] == 15 and components["test_crnet"] == 75 and components["test_prototype"] == 5
     assert "make_hpartitions" not in components
     msrc = rule_counts(workdir, "results/msrc/crnet_tpc_crc_fold0")
     assert msrc["train_crnet"] == 2 and msrc["test_crnet_partition"] == 16

@@ -77,7 +77,7 @@ def crnet_train_params(wildcards):
            "select": settings["select"], "iterations": settings["test"]["iterations"], "variant": variant}
     if training_seed is not None:
         out["training_seed"] = training_seed
-    if variant.get("tpc"):
+    if variant.get("tpc") or variant.get("epoch_matched"):
         out["tpc_crc"] = settings["tpc_crc"]["train"]
     return out
 

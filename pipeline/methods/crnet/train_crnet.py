@@ -41,6 +41,8 @@ copy (query), at the constant lr ``tpc_lr``; then the ``epochs`` of training wit
 poly schedule. Conditioning epochs are not scored on the held-out episodes and are never
 selected (``history.tsv``: ``phase`` tpc / train). CRC (``crc: true``): every step's
 support branch is conditioned on the query's predicted soft mask (``pair_loss(cyclic=True)``).
+The control ``epoch_matched: true`` trains the base ``tpc_epochs`` plain epochs longer (poly
+over all of them): the TPC variants' total number of epochs without the transformed pairs.
 """
 from __future__ import annotations
 
@@ -109,11 +111,15 @@ def main(argv=None):
     if tpc_cfg:
         check_range(tpc_cfg["tpc_lr"], "crnet.tpc_crc.train.tpc_lr", 0, low_open=True)
         check_range(tpc_epochs, "crnet.tpc_crc.train.tpc_epochs", 1)
+    # The TPC variants' control: as many plain epochs more as TPC conditions for, so a TPC gain is
+    # not just more training (the key is absent from every other variant's settings).
+    extra_epochs = int(section(params, "crnet.tpc_crc.train.tpc_epochs")) if settings.get("epoch_matched") else 0
+    train_epochs = int(cfg["epochs"]) + extra_epochs
     used = {"crnet": {k: v for k, v in params["crnet"].items() if k not in ("test", "ablation", "tpc_crc")},
             "iterations": section(params, "crnet.test.iterations"), "variant": settings,
             "backbone": params["backbone"], "seed": seed}
-    if tpc_cfg:
-        used["tpc_crc"] = tpc_cfg
+    if tpc_cfg or extra_epochs:
+        used["tpc_crc"] = section(params, "crnet.tpc_crc.train")
     inputs = {"features": args.features, "fold_file": args.fold_file, "variant": args.variant,
               "train_images": len(train_ids), "heldout_images": len(held_ids),
               "classes": [dataset.class_names[c] for c in sorted(train_images)]}
@@ -188,12 +194,14 @@ def main(argv=None):
         steps = count_steps(int(cfg["episodes_per_epoch"]), int(cfg["batch_size"])) or 1
         if tpc_epochs:
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, ConditioningThenPoly(
-                steps * tpc_epochs, float(tpc_cfg["tpc_lr"]) / float(cfg["lr"]), steps * int(cfg["epochs"])))
+                steps * tpc_epochs, float(tpc_cfg["tpc_lr"]) / float(cfg["lr"]), steps * train_epochs))
             log.info("TPC: %d conditioning epochs at lr %g before %d training epochs; CRC: %s", tpc_epochs,
-                     float(tpc_cfg["tpc_lr"]), int(cfg["epochs"]), settings["crc"])
+                     float(tpc_cfg["tpc_lr"]), train_epochs, settings["crc"])
         else:
-            scheduler = poly_scheduler(optimizer, steps * int(cfg["epochs"]))
-        train_and_save(model, make_batches, step, optimizer, scheduler, tpc_epochs + int(cfg["epochs"]), args.out,
+            if extra_epochs:
+                log.info("epoch-matched control: %d training epochs (crnet.train.epochs + tpc_epochs)", train_epochs)
+            scheduler = poly_scheduler(optimizer, steps * train_epochs)
+        train_and_save(model, make_batches, step, optimizer, scheduler, tpc_epochs + train_epochs, args.out,
                        args.history, log, seed, meta, device, model_meta=model_meta, after_epoch=after_epoch,
                        before_save=before_save)
 
