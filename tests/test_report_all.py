@@ -242,6 +242,10 @@ def test_dry_run_resolves_results_report(tmp_path):
     # and the whole-target reports of report.extras
     assert {f"results/msrc/{m}_fold{k}" for m in ("retab", "pnet", "crnet") for k in range(3)} <= outputs
     assert {"results/embedded/crnet_seeds", "results/msrc/crnet_seeds", "results/crnet_cross"} <= outputs
+    # TPC + CRC and Ref-Net: the per-fold reports and their whole-target tables
+    assert {f"results/msrc/{m}_fold{k}" for m in ("crnet_tpc_crc", "refnet") for k in range(3)} <= outputs
+    assert {f"results/{d}/{t}" for d in ("embedded", "msrc") for t in (
+        "crnet_tpc_crc_components", "crnet_tpc_crc_all", "refnet_all", "refnet_critics")} <= outputs
 
 
 def test_dry_run_follows_the_report_selection(tmp_path):
