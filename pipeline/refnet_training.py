@@ -11,6 +11,10 @@ is then conditioned on seeded open-source pairs (image * its mask of an O class)
 the critics and the self-supervision shape the target output (Dice and the representation
 loss are off, :func:`effective_switches`).
 
+**Selection setting** (:func:`select_scope`, pure): to choose a setting (the critics'
+weight) without val scores and without novel-class data, base classes of a fold play the
+targets (pseudo-targets) on the train images without any novel pixel.
+
 **Training** (:func:`train_refnet`), per step: ``n_critic`` updates of each critic
 (Adam 1e-4, betas (0, 0.9), WGAN-GP lambda 10: the paper), then one step of the
 segmentation net on ``xi L_dice + zeta L_rep + eta L_sel - D_o(fake) - D_i(fake)`` (the critics
@@ -124,12 +128,34 @@ def draw_setting(pixel_counts: Mapping[str, Sequence[int]], train_ids: Sequence[
                    open_source, zero_shot=shots == 0)
 
 
-def effective_switches(variant: Mapping[str, bool], zero_shot: bool) -> dict[str, bool]:
+def select_scope(pixel_counts: Mapping[str, Sequence[int]], train_ids: Sequence[str], base_classes: Sequence[int],
+                 novel_classes: Sequence[int], count: int, seed: int, fold: int) -> tuple[list[int], list[int], list[str]]:
+    """The selection setting of a fold (scope ``select<k>``), on base-class data only:
+    ``(pseudo-targets, open-source classes, train ids kept)``.
+
+    ``count`` pseudo-targets are a sample of the fold's base object classes (numpy rng seeded
+    with ``[seed, fold]``), O's classes the other base classes; every train image holding any
+    pixel of a novel class is dropped (from S, O and the references alike), so no novel mask
+    and no novel image enters. Fewer than ``count + 1`` base classes is one
+    :class:`PipelineError` naming ``refnet.select.classes``."""
+    base = sorted(int(c) for c in base_classes)
+    if len(base) < count + 1:
+        raise PipelineError("params.yaml", f"refnet.select.classes = {count} needs at least {count + 1} base "
+                            f"classes (pseudo-targets and one open-source class); fold {fold} has {len(base)}")
+    rng = np.random.default_rng([seed, fold])
+    targets = sorted(base[j] for j in rng.choice(len(base), size=count, replace=False))
+    novel = [int(c) for c in novel_classes]
+    kept = [i for i in train_ids if not any(pixel_counts[i][c] > 0 for c in novel)]
+    return targets, [c for c in base if c not in targets], kept
+
+
+def effective_switches(variant: Mapping[str, bool], zero_shot: bool,
+                       where: str = "refnet.ablation.variants") -> dict[str, bool]:
     """The variant's switches (all on by default); without any target mask (K = 0) Dice and
     the representation loss have nothing to compare with and are off."""
     unknown = sorted(set(variant) - set(SWITCHES))
     if unknown:
-        raise PipelineError("params.yaml", f"refnet.ablation.variants: unknown switch '{unknown[0]}' "
+        raise PipelineError("params.yaml", f"{where}: unknown switch '{unknown[0]}' "
                             f"(known: {', '.join(SWITCHES)})")
     out = {name: bool(variant.get(name, True)) for name in SWITCHES}
     if zero_shot:

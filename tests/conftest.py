@@ -370,15 +370,15 @@ CRNET_SMALL = {"crnet.hidden": 8, "crnet.train.episodes_per_epoch": 8, "crnet.tr
                "episodes.num_episodes": 6, "backbone.output_stride": 16}
 
 
-def crnet_dataset(tmp: Path, train, val, changes, splits):
-    """A tiny dataset under ``tmp`` (fold 0: cat novel), its params (``changes``), labels, fold
+def crnet_dataset(tmp: Path, train, val, changes, splits, novel: str = "cat"):
+    """A tiny dataset under ``tmp`` (fold 0: ``novel`` novel), its params (``changes``), labels, fold
     file and the CRNet features of ``splits``: (data, params, labels, fold, common args)."""
     from pipeline.methods.crnet import crnet_features
 
     data = write_tiny_voc(tmp / "tiny", train, val)
-    params = write_yaml(tmp / "params.yaml", tiny_params(data, [["cat"]], changes))
+    params = write_yaml(tmp / "params.yaml", tiny_params(data, [[novel]], changes))
     labels = data.write_labels(tmp / "labels.json")
-    fold = data.write_fold(tmp / "fold0.json", [CAT])
+    fold = data.write_fold(tmp / "fold0.json", [TINY_CLASSES.index(novel)])
     common = ["--params", params, "--dataset", "tiny"]
     for split in splits:
         run_ok(crnet_features.main, common + ["--split", split, "--out", tmp / f"{split}.pt"])

@@ -3,14 +3,17 @@
 # stages: pipeline/methods/refnet/.
 #
 #   work/<ds>/<scope>/refnet/<variant>/<K>shot_seed<t>/model.pt, history.tsv   training (scope fold<k> or
-#                                                            single_<class>; K an integer or all; t training seed)
-#   work/<ds>/<scope>/refnet/<variant>/<K>shot_seed<t>/eval.json, predictions.npz   the val scores
+#                                                            single_<class> or select<k>; K an integer or all;
+#                                                            t training seed)
+#   work/<ds>/<scope>/refnet/<variant>/<K>shot_seed<t>/eval.json, predictions.npz   the val scores (select<k>:
+#                                                            the S images of the train split, base classes only)
 #
 # Targets: results/<ds>/refnet_fold<k> (full model, K = refnet.shots), results/<ds>/refnet_all
 # (R(K) on every fold), results/<ds>/refnet_ablation (each variant its own job),
 # results/<ds>/refnet_critics (full vs no critics over training seeds), results/<ds>/refnet_single_<class>
-# ("One <- MixAll-", R(K) with K in refnet.single.shots, 0 included); results/refnet_fold<k>,
-# results/refnet_{all,ablation,critics} for the default dataset.
+# ("One <- MixAll-", R(K) with K in refnet.single.shots, 0 included), results/<ds>/refnet_select (the
+# critic setting of refnet.select.candidates chosen on base-class pseudo-targets, never val or novel data);
+# results/refnet_fold<k>, results/refnet_{all,ablation,critics,select} for the default dataset.
 
 
 rule train_refnet:
@@ -112,13 +115,13 @@ rule refnet_result:
 
 
 rule refnet_table:
-    # results/<dataset>/refnet_{all,ablation,critics,single_<class>}: the R(K) and ablation tables
+    # results/<dataset>/refnet_{all,ablation,critics,single_<class>,select}: the R(K), ablation and selection tables
     input:
         unpack(refnet_table_inputs),
     output:
         directory("results/{dataset}/refnet_{table}"),
     wildcard_constraints:
-        table=r"all|ablation|critics|single_[a-z][a-z0-9_]*",
+        table=r"all|ablation|critics|select|single_[a-z][a-z0-9_]*",
     params:
         **STAGE_PARAMS,
         evals=refnet_table_args,
@@ -137,13 +140,13 @@ rule refnet_table:
 
 
 rule publish_refnet_default:
-    # results/refnet_{all,ablation,critics} mirror the default dataset's.
+    # results/refnet_{all,ablation,critics,select} mirror the default dataset's.
     input:
         lambda w: f"results/{DEFAULT_DATASET}/refnet_{w.table}",
     output:
         directory("results/refnet_{table}"),
     wildcard_constraints:
-        table="all|ablation|critics",
+        table="all|ablation|critics|select",
     params:
         **STAGE_PARAMS,
     log:

@@ -2,11 +2,13 @@
 from pathlib import Path as _RefnetPath
 
 # One training job: a scope (fold<k>: the fold's novel classes are the targets;
-# single_<class>: that class alone), a variant (full or a key of refnet.ablation.variants),
+# single_<class>: that class alone; select<k>: base classes of fold k as pseudo-targets, no novel
+# image, to choose a critic setting), a variant (full or a key of refnet.ablation.variants; in a
+# select scope a key of refnet.select.candidates),
 # K references per target class (an integer or `all`) and a training seed.
 REFNET_DIR = "work/{dataset}/{scope}/refnet/{variant}/{shots}shot_seed{train_seed}"
 REFNET_FULL = "full"
-REFNET_SCOPE = r"fold\d+|single_[a-z][a-z0-9_]*"
+REFNET_SCOPE = r"fold\d+|single_[a-z][a-z0-9_]*|select\d+"
 REFNET_RETAB = "results/{dataset}/retab_fold{fold}/metrics.json"
 
 
@@ -20,10 +22,25 @@ def refnet_train_params(wildcards):
     switches, and the seed the references are drawn with."""
     settings = P(wildcards.dataset)["refnet"]
     keep = ("min_pixels", "zero_shot_references", "size", "grid", "hidden", "aspp_rates", "train", "critic")
-    return {**{k: settings[k] for k in keep}, "variant": refnet_variant(wildcards.dataset, wildcards.variant)}
+    out = {**{k: settings[k] for k in keep}, "variant": refnet_variant(wildcards.dataset, wildcards.variant,
+                                                                      wildcards.scope)}
+    if wildcards.scope.startswith("select"):  # a fold / single job's params stay as they were
+        variant = dict(out["variant"])
+        weight = variant.pop("adversarial_weight", None)
+        train = settings["train"] if weight is None else {**settings["train"], "adversarial_weight": weight}
+        out.update(train=train, variant=variant, select_classes=settings["select"]["classes"])
+    return out
 
 
-def refnet_variant(dataset, variant):
+def refnet_variant(dataset, variant, scope=""):
+    """The switches of a variant (full, a key of refnet.ablation.variants) or, in a select<k>
+    scope, of a key of refnet.select.candidates (adversarial_weight included)."""
+    if scope.startswith("select"):
+        candidates = P(dataset)["refnet"]["select"]["candidates"] or {}
+        if variant not in candidates:
+            raise WorkflowError(f"error: params.yaml: refnet.select.candidates has no candidate '{variant}' "
+                                f"(known: {', '.join(sorted(candidates)) or 'none'})")
+        return candidates[variant]
     if variant == REFNET_FULL:
         return {}
     variants = P(dataset)["refnet"]["ablation"]["variants"] or {}
@@ -39,11 +56,12 @@ def refnet_scope_inputs(wildcards):
 
 
 def refnet_scope_files(dataset, scope):
-    """A fold scope's fold file (the fold checked), or nothing for a single-category scope whose
-    class the dataset has (else one line at DAG construction)."""
-    if scope.startswith("fold"):
-        num_folds(dataset, scope[4:])
-        return {"fold": FOLD_FILE.format(dataset=dataset, fold=scope[4:])}
+    """A fold or select scope's fold file (the fold checked), or nothing for a single-category
+    scope whose class the dataset has (else one line at DAG construction)."""
+    for prefix in ("fold", "select"):
+        if scope.startswith(prefix) and scope[len(prefix):].isdigit():
+            num_folds(dataset, scope[len(prefix):])
+            return {"fold": FOLD_FILE.format(dataset=dataset, fold=scope[len(prefix):])}
     data = P(dataset)["data"]
     name = scope[len("single_"):]
     if name not in data["classes"] or name == data.get("background"):
@@ -53,6 +71,8 @@ def refnet_scope_files(dataset, scope):
 
 
 def refnet_scope_arg(wildcards, input):
+    if wildcards.scope.startswith("select"):
+        return f"--select-fold-file {input.fold}"
     return f"--fold-file {input.fold}" if "fold" in input.keys() else f"--target-class {wildcards.scope[7:]}"
 
 
@@ -81,9 +101,22 @@ def refnet_retab_arg(wildcards, input):
 
 def refnet_table_inputs(wildcards):
     """{"<row>:<scope>:<seed>": eval.json} of a table target: refnet_all (R(K) over every fold),
-    refnet_ablation / refnet_critics (variants x folds x training seeds), refnet_single_<class>."""
+    refnet_ablation / refnet_critics (variants x folds x training seeds), refnet_single_<class>;
+    refnet_select (candidates x select<k> scopes x training seeds) also {"history:<row>:<scope>:<seed>":
+    history.tsv}."""
     d, table = wildcards.dataset, wildcards.table
     settings = P(d)["refnet"]
+    if table == "select":
+        select = settings["select"]
+        for fold in select["folds"]:
+            num_folds(d, fold)
+        jobs = {f"{c}:select{k}:{t}": REFNET_DIR.format(dataset=d, scope=f"select{k}", variant=c, shots=select["shots"],
+                                                         train_seed=t)
+                for c in sorted(select["candidates"] or {}) for k in select["folds"] for t in select["training_seeds"]}
+        if not jobs:
+            raise WorkflowError("error: params.yaml: refnet.select.candidates is empty (nothing to choose from)")
+        return {**{key: f"{run}/eval.json" for key, run in jobs.items()},
+                **{f"history:{key}": f"{run}/history.tsv" for key, run in jobs.items()}}
     if table == "all":
         scopes = [f"fold{k}" for k in range(num_folds(d))]
         return {f"{s}:{scope}:0": refnet_eval(d, scope, REFNET_FULL, s, 0)
@@ -104,4 +137,8 @@ def refnet_table_inputs(wildcards):
 
 def refnet_table_args(wildcards, input):
     kind = "rk" if wildcards.table == "all" or wildcards.table.startswith("single_") else "ablation"
+    if wildcards.table == "select":
+        return "--kind select " + " ".join(
+            f"--history {name[len('history:'):]}={input[name]}" if name.startswith("history:")
+            else f"--eval {name}={input[name]}" for name in input.keys())
     return f"--kind {kind} " + " ".join(f"--eval {name}={input[name]}" for name in input.keys())

@@ -13,7 +13,8 @@ The method top to bottom (rules: workflow/rules/refnet.smk):
    mask from that category's reference; combined into {background, targets}; MPA, MIoU,
    FWIoU, novel mIoU from the shared confusion matrix.
 4. :mod:`.report`: results/<dataset>/refnet_fold<k> (and refnet_single_<class>'s figure);
-   :mod:`.tables`: refnet_all (folds and R(K)), refnet_ablation, refnet_critics, refnet_single_<class>.
+   :mod:`.tables`: refnet_all (folds and R(K)), refnet_ablation, refnet_critics, refnet_single_<class>,
+   refnet_select (the critic setting chosen on base-class pseudo-targets of scopes select<k>).
 
 :mod:`.results` holds what the report stages share.
 """

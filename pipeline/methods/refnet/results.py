@@ -2,6 +2,8 @@
 paper's metric columns and the result directory's writer."""
 from __future__ import annotations
 
+import csv
+
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_dir, read_json, write_json
 
@@ -40,3 +42,28 @@ def write_outputs(out: str, metrics: dict, text: str, figure=None, files: dict[s
             figure.save(tmp / "figure.png")
         for name, content in (files or {}).items():
             (tmp / name).write_text(content)
+
+
+def late_critic_max(history_path: str, share: float = 0.25) -> float | None:
+    """The largest |Wasserstein estimate| of either critic over the last ``share`` of a
+    train_refnet history's steps (None when no critic trained then, e.g. without critics)."""
+    try:
+        rows = list(csv.DictReader(open(history_path), delimiter="\t"))
+    except OSError as err:
+        raise PipelineError(history_path, f"unreadable ({err})") from None
+    if not rows or "step" not in rows[0]:
+        raise PipelineError(history_path, "not a history of stage train_refnet (no 'step' column)")
+    last = max(int(r["step"]) for r in rows)
+    values = [abs(float(r[k])) for r in rows if int(r["step"]) > (1 - share) * last
+              for k in ("w_outer", "w_inner") if r.get(k)]
+    return max(values) if values else None
+
+
+def foreground_shares(confusion) -> dict:
+    """Predicted and ground-truth foreground (any target) shares of the scored pixels of a
+    test_refnet confusion matrix (rows GT, columns prediction; a mask collapse: prediction ~0)."""
+    total = sum(map(sum, confusion))
+    if not total:
+        return {"predicted": None, "ground_truth": None}
+    return {"predicted": sum(sum(row[1:]) for row in confusion) / total,
+            "ground_truth": sum(sum(row) for row in confusion[1:]) / total}

@@ -3,24 +3,34 @@
     python -m pipeline.methods.refnet.tables --params params.yaml --dataset D --kind rk \\
         --eval <K>:<scope>:<seed>=E.json ... --out results/D/refnet_all
     python -m pipeline.methods.refnet.tables ... --kind ablation --eval <variant>:<scope>:<seed>=E.json ... --out DIR
+    python -m pipeline.methods.refnet.tables ... --kind select --eval <candidate>:select<k>:<seed>=E.json ... \\
+        --history <candidate>:select<k>:<seed>=history.tsv ... --out results/D/refnet_select
 
 ``rk`` (refnet_all, refnet_single_<class>): one row per K, per scope (fold) the MIoU and a
 mean over scopes of MPA, MIoU, FWIoU and novel mIoU; a cell whose K exceeded a class's
 train images (all used) is marked ``*``. ``ablation`` (refnet_ablation, refnet_critics):
 one row per variant, each score as mean ± std over the training seeds (of the per-seed
-means over scopes), never the best seed. metrics.json holds every number of the tables.
+means over scopes), never the best seed. ``select`` (refnet_select): one row per critic
+setting (``refnet.select.candidates``) scored on base-class pseudo-targets of the train split
+(scopes ``select<k>``): pseudo-target mIoU and MIoU as mean ± std over training seeds, the
+largest |Wasserstein estimate| of either critic over the last 25 % of steps, predicted vs
+ground-truth foreground share of the scored pixels; the chosen candidate is the highest mean
+pseudo-target mIoU. metrics.json holds every number of the tables.
 """
 from __future__ import annotations
 
 from pipeline.config import load_params
 from pipeline.errors import PipelineError, run_stage
 from pipeline.metrics.episodic import format_mean_std, mean_std_over_seeds
-from pipeline.methods.refnet.results import COLUMNS, parse_evals, percent, read_eval, write_outputs
+from pipeline.methods.refnet.results import (
+    COLUMNS, foreground_shares, late_critic_max, parse_evals, percent, read_eval, write_outputs)
 from pipeline.report import markdown_table
 from pipeline.runtime import stage_run
 from pipeline.stage import stage_parser
 
-TITLES = {"rk": "R(K): K references per target class", "ablation": "Ablation (the paper's Table 3 form)"}
+TITLES = {"rk": "R(K): K references per target class", "ablation": "Ablation (the paper's Table 3 form)",
+          "select": "critic setting chosen on base-class data"}
+LATE_SHARE = 0.25  # the history's last quarter of steps: where a diverging critic shows
 
 
 def ordered(keys, kind: str) -> list[str]:
@@ -71,10 +81,79 @@ def render(metrics: dict, kind: str, dataset: str) -> str:
     return "\n".join([f"# Ref-Net {TITLES[kind]}: {dataset}\n", markdown_table(header, lines), *notes]) + "\n"
 
 
+def select_metrics(docs: dict[tuple[str, str, int], dict], histories: dict[tuple[str, str, int], str]) -> dict:
+    """The selection table: per candidate the pseudo-target mIoU (the targets' mean IoU) and MIoU
+    as mean ± std over seeds (:func:`table_metrics`), per job the health numbers, and the chosen
+    candidate (highest mean pseudo-target mIoU; a NaN mean is never chosen)."""
+    missing = sorted(set(docs) ^ set(histories))
+    if missing:
+        raise PipelineError("--history", f"eval and history files differ for {':'.join(map(str, missing[0]))}")
+    rows = table_metrics(docs)
+    candidates = {}
+    for name, entry in rows.items():
+        jobs = {f"{scope}:{seed}": {"late_max_abs_w": late_critic_max(histories[key], LATE_SHARE),
+                                    "foreground_share": foreground_shares(doc["confusion"]),
+                                    "pseudo_targets": doc["classes"][1:],
+                                    "adversarial_weight": doc.get("select", {}).get("adversarial_weight"),
+                                    "switches": doc["switches"]}
+                for key, doc in docs.items() if key[0] == name for _, scope, seed in [key]}
+        late = [j["late_max_abs_w"] for j in jobs.values() if j["late_max_abs_w"] is not None]
+        shares = {kind: [j["foreground_share"][kind] for j in jobs.values()
+                         if j["foreground_share"][kind] is not None] for kind in ("predicted", "ground_truth")}
+        first = next(iter(jobs.values()))
+        critics = [c for c in ("outer", "inner") if first["switches"].get(f"{c}_critic")]
+        candidates[name] = {
+            "pseudo_target_miou": entry["mean"]["novel_miou"], "miou": entry["mean"]["miou"],
+            "adversarial_weight": first["adversarial_weight"] if critics else None,  # no weight without critics
+            "critics": critics,
+            "late_max_abs_w": max(late) if late else None,
+            "predicted_foreground_share": sum(shares["predicted"]) / len(shares["predicted"]) if shares["predicted"] else None,
+            "ground_truth_foreground_share": (sum(shares["ground_truth"]) / len(shares["ground_truth"])
+                                              if shares["ground_truth"] else None),
+            "jobs": jobs}
+    scored = {n: c["pseudo_target_miou"]["mean"] for n, c in candidates.items()
+              if c["pseudo_target_miou"]["mean"] == c["pseudo_target_miou"]["mean"]}
+    chosen = max(sorted(scored), key=lambda n: scored[n]) if scored else None
+    scopes = sorted({scope for _, scope, _ in docs})
+    folds = [int(s[len("select"):]) for s in scopes if s.startswith("select") and s[len("select"):].isdigit()]
+    pseudo = {scope: next(doc["classes"][1:] for (_, sc, _), doc in docs.items() if sc == scope) for scope in scopes}
+    return {"candidates": candidates, "rows": rows, "chosen": chosen, "folds": folds, "pseudo_targets": pseudo}
+
+
+def render_select(metrics: dict, dataset: str) -> str:
+    def number(value, digits=3):
+        return "–" if value is None else f"{value:.{digits}g}"
+
+    header = ["Candidate", "adversarial weight", "critics", "pseudo-target mIoU", "MIoU",
+              "max |W| last 25 %", "predicted fg share", "GT fg share"]
+    lines = []
+    for name in sorted(metrics["candidates"]):
+        c = metrics["candidates"][name]
+        lines.append([f"**{name}**" if name == metrics["chosen"] else name, number(c["adversarial_weight"]),
+                      "+".join(c["critics"]) or "none", format_mean_std(c["pseudo_target_miou"]),
+                      format_mean_std(c["miou"]), number(c["late_max_abs_w"]),
+                      number(c["predicted_foreground_share"], 2), number(c["ground_truth_foreground_share"], 2)])
+    seeds = sorted({s for c in metrics["rows"].values() for per in c["scopes"].values() for s in per})
+    folds = ", ".join(map(str, metrics["folds"]))
+    targets = "; ".join(f"{scope}: {', '.join(names)}" for scope, names in metrics["pseudo_targets"].items())
+    chosen = metrics["chosen"] or "none (every candidate's score is NaN)"
+    notes = [f"Chosen: **{chosen}** (highest mean pseudo-target mIoU), chosen on base classes of fold(s) {folds} "
+             f"of the train split: pseudo-targets ({targets}) in the novel classes' role, the other base classes as "
+             "the open-source set, every train image with a novel pixel removed; scored on the setting's S images "
+             "(train split). No val score and no novel-class mask or image was read.",
+             f"Scores in %, mean ± std over training seeds {', '.join(seeds)}: pseudo-target mIoU over the "
+             "pseudo-targets, MIoU over background and them. Health: the largest |Wasserstein estimate| of either "
+             "critic over the last 25 % of steps (max over jobs; – without critics), the predicted vs ground-truth "
+             "foreground share of the scored pixels (mean over jobs; a mask collapse shows a predicted share near 0)."]
+    return "\n".join([f"# Ref-Net {TITLES['select']}: {dataset}\n", markdown_table(header, lines), *notes]) + "\n"
+
+
 def main(argv=None):
     ap = stage_parser(__doc__)
     ap.add_argument("--kind", required=True, choices=sorted(TITLES))
     ap.add_argument("--eval", action="append", default=[], help="ROW:SCOPE:SEED=eval.json (repeat)")
+    ap.add_argument("--history", action="append", default=[],
+                    help="--kind select: ROW:SCOPE:SEED=history.tsv of each eval's training (repeat)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     params = load_params(args.params, args.dataset)
@@ -83,10 +162,15 @@ def main(argv=None):
         raise PipelineError("--eval", "no eval file given")
     with stage_run("refnet_tables", {"kind": args.kind, "evals": len(entries)}, {}) as log:
         docs = {key: read_eval(path) for key, path in entries.items()}
-        metrics = table_metrics(docs)
-        document = {"dataset": params["dataset"], "method": "refnet", "table": args.kind, "rows": metrics}
-        write_outputs(args.out, document, render(metrics, args.kind, params["dataset"]))
-        log.info("%s table of %d rows -> %s", args.kind, len(metrics), args.out)
+        if args.kind == "select":
+            metrics = select_metrics(docs, parse_evals(args.history))
+            text = render_select(metrics, params["dataset"])
+            log.info("select: chose %s of %d candidates -> %s", metrics["chosen"], len(metrics["candidates"]), args.out)
+        else:
+            metrics = {"rows": table_metrics(docs)}
+            text = render(metrics["rows"], args.kind, params["dataset"])
+            log.info("%s table of %d rows -> %s", args.kind, len(metrics["rows"]), args.out)
+        write_outputs(args.out, {"dataset": params["dataset"], "method": "refnet", "table": args.kind, **metrics}, text)
 
 
 if __name__ == "__main__":

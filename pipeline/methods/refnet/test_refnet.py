@@ -15,6 +15,11 @@ class is background, void is ignored. Scores from the shared confusion matrix
 (the paper's Table 1), and novel mIoU (the targets' mean IoU, RETAB's novel column).
 ``--predictions``: the label maps of the ``report.figure_samples`` val images with the most
 target pixels, for the report's figure.
+
+``--score-on unlabelled`` (the default for a model of a ``select<k>`` scope, whose meta
+lists them; so the rule's command is the same for every scope): the setting's S images of
+the *train* split instead of val, the pseudo-targets in the targets' role. Their masks are
+base-class masks, which the selection setting allows; val is never read then.
 """
 from __future__ import annotations
 
@@ -51,6 +56,9 @@ def main(argv=None):
     ap.add_argument("--val-features", required=True, help="val-split feature cache")
     ap.add_argument("--out", required=True, help="eval JSON to write")
     ap.add_argument("--predictions", required=True, help="npz of the figure samples' label maps")
+    ap.add_argument("--score-on", choices=("val", "unlabelled"), default=None,
+                    help="val, or the setting's S images of the train split (default: unlabelled for a model "
+                    "of a select<k> scope, else val)")
     args = ap.parse_args(argv)
     params = load_params(args.params, args.dataset)
     device = stage_device(args, params)
@@ -63,7 +71,10 @@ def main(argv=None):
     model.to(device).eval()
     setting = meta["setting"]
     targets = [int(c) for c in setting["targets"]]
-    train, val = VOCDataset(params["data"], "train"), VOCDataset(params["data"], "val")
+    train = VOCDataset(params["data"], "train")
+    score_on = args.score_on or ("unlabelled" if "select" in meta else "val")
+    if score_on == "unlabelled" and "select" not in meta:
+        raise PipelineError(args.model, "--score-on unlabelled: the model is not of a select<k> scope (no S list)")
     document = read_image_labels_file(args.labels)
     check_labels_match(document, params["data"], params["dataset"], args.labels, splits=("train", "val"))
     labels = document["labels"]
@@ -72,8 +83,13 @@ def main(argv=None):
     threshold = float(section(params, "refnet.test.threshold"))
     refs = {c: [tuple(p) for p in setting["references"][str(c)][:n_refs]] for c in targets}
     train_store = FeatureStore(args.train_features, params, train)
-    val_store = FeatureStore(args.val_features, params, val)
-    inputs = {"model": args.model, "val_images": len(val), "targets": [train.class_names[c] for c in targets]}
+    if score_on == "val":
+        scored = VOCDataset(params["data"], "val")
+        scored_store, scored_ids = FeatureStore(args.val_features, params, scored), list(scored.ids)
+    else:
+        scored, scored_store, scored_ids = train, train_store, list(meta["select"]["unlabelled"])
+    inputs = {"model": args.model, f"{score_on}_images": len(scored_ids),
+              "targets": [train.class_names[c] for c in targets]}
     with stage_run("test_refnet", inputs, {"refnet.test": section(params, "refnet.test")}, device) as log:
         ref_bank = ImageBank(train_store, train, sorted({i for v in refs.values() for i, _ in v}), grid, size)
         references = {}
@@ -82,20 +98,20 @@ def main(argv=None):
             references[c] = [(feats[n:n + 1].to(device), masks[n:n + 1].to(device)) for n in range(len(pairs))]
         cm = np.zeros((len(targets) + 1, len(targets) + 1), dtype=np.int64)
         areas, maps = {}, {}
-        for image_id in progress(val.ids, desc="refnet test"):
-            gt = target_ground_truth(val_store.class_mask(image_id), targets, val.ignore_index)
+        for image_id in progress(scored_ids, desc="refnet test"):
+            gt = target_ground_truth(scored_store.class_mask(image_id), targets, scored.ignore_index)
             present = [c for c in targets if c in labels.get(image_id, ())]
             probs = {}
             if present:
-                feats = F.interpolate(val_store.features(image_id), size=(grid, grid), mode="bilinear",
+                feats = F.interpolate(scored_store.features(image_id), size=(grid, grid), mode="bilinear",
                                       align_corners=False).to(device)
                 for c in present:
                     prob = class_probability(model, feats, references[c], (size, size))
                     prob = F.interpolate(prob[None, None], size=gt.shape, mode="bilinear", align_corners=False)
                     probs[targets.index(c) + 1] = prob[0, 0].cpu().numpy()
             pred = combine_classes(probs, gt.shape, threshold)
-            cm += confusion_matrix(gt, pred, len(targets) + 1, val.ignore_index)
-            areas[image_id] = int(((gt > 0) & (gt != val.ignore_index)).sum())
+            cm += confusion_matrix(gt, pred, len(targets) + 1, scored.ignore_index)
+            areas[image_id] = int(((gt > 0) & (gt != scored.ignore_index)).sum())
             maps[image_id] = pred
         figure_ids = pick_largest(areas, int(section(params, "report").get("figure_samples", 4)))
         summary = summarize(cm)
@@ -107,6 +123,8 @@ def main(argv=None):
             "summary": summary, "per_class_iou": {n: (None if v != v else float(v)) for n, v in zip(names, iou)},
             "confusion": cm.tolist(), "classes": names, "setting": setting, "variant": meta["variant"],
             "train_seed": meta["train_seed"], "switches": meta["switches"], "model": args.model,
+            "scored_on": score_on, **({"select": {k: v for k, v in meta["select"].items() if k != "unlabelled"}}
+                                      if "select" in meta else {}),
             "figure": [{"id": i, "references": {train.class_names[c]: refs[c][0][0] for c in targets
                                                 if c in labels.get(i, ())}} for i in figure_ids]})
         with atomic_path(args.predictions) as tmp:
