@@ -245,7 +245,7 @@ def test_dry_run_resolves_results_report(tmp_path):
     # TPC + CRC and Ref-Net: the per-fold reports and their whole-target tables
     assert {f"results/msrc/{m}_fold{k}" for m in ("crnet_tpc_crc", "refnet") for k in range(3)} <= outputs
     assert {f"results/{d}/{t}" for d in ("embedded", "msrc") for t in (
-        "crnet_tpc_crc_components", "crnet_tpc_crc_all", "refnet_all", "refnet_critics")} <= outputs
+        "crnet_tpc_crc_components", "crnet_tpc_crc_all", "refnet_all", "refnet_critics", "refnet_select")} <= outputs
 
 
 def test_dry_run_follows_the_report_selection(tmp_path):
