@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from conftest import dry_run as rule_counts
@@ -134,6 +135,22 @@ def test_select_scope_trains_on_base_classes_and_scores_the_train_s_images(tiny)
     assert metrics["table"] == "select" and metrics["chosen"] == best
     assert metrics["candidates"]["no_critics"]["late_max_abs_w"] is None
     assert f"Chosen: **{best}**" in (table / "report.md").read_text()
+
+
+def test_a_candidate_on_the_fold_scope_trains_its_weight_on_the_novel_classes(tiny):
+    # refnet.critics_check.candidates: the chosen setting, then run on the fold (scored on val)
+    out = tiny["tmp"] / "fold_candidate"
+    out.mkdir()
+    args = [a if a != "--select-fold-file" else "--fold-file" for a in stage_args(tiny, out, "adv_half")]
+    run_ok(train_refnet.main, args)
+    meta = torch.load(out / "model.pt", weights_only=True)["meta"]
+    assert meta["adversarial_weight"] == 0.5 and meta["variant"] == "adv_half" and "select" not in meta
+    assert meta["setting"]["targets"] == [BUS]  # the fold's novel class, not a pseudo-target
+    run_ok(test_refnet.main, tiny["common"] + [
+        "--model", out / "model.pt", "--train-features", tiny["tmp"] / "train.pt", "--val-features",
+        tiny["tmp"] / "val.pt", "--labels", tiny["labels"], "--out", out / "eval.json", "--predictions",
+        out / "predictions.npz"])
+    assert json.loads((out / "eval.json").read_text())["scored_on"] == "val"
 
 
 def test_too_few_base_classes_and_unknown_candidate_are_one_line(tiny, capsys):

@@ -30,8 +30,8 @@ def test_dry_runs_of_the_refnet_targets(tmp_path):
     assert every["train_refnet"] == 20 and every["refnet_table"] == 1
     ablation = rule_counts(workdir, "results/refnet_ablation")  # full + 7 variants on fold 0
     assert ablation["train_refnet"] == 8
-    critics = rule_counts(workdir, "results/refnet_critics")  # full, no_critics x 3 training seeds
-    assert critics["train_refnet"] == 6
+    critics = rule_counts(workdir, "results/refnet_critics")  # full, no_critics, adv_0p01 x 3 training seeds
+    assert critics["train_refnet"] == 9
     cow = rule_counts(workdir, "results/msrc/refnet_single_cow")  # K in 0, 1, 5, 10
     assert cow["train_refnet"] == 4 and "make_embedded" not in cow
     msrc = rule_counts(workdir, "results/msrc/refnet_all")
@@ -52,6 +52,10 @@ def test_params_errors_stop_before_any_job(tmp_path):
     assert proc.returncode != 0 and "'horse' is not an object class of dataset 'msrc'" in proc.stdout + proc.stderr
     proc = snakemake(workdir, "results/refnet_fold7", "-n", "--cores", "1")
     assert proc.returncode != 0
+    (tmp_path / "bad_candidate").mkdir()
+    bad = scratch_workflow(tmp_path / "bad_candidate", {"refnet": {"critics_check": {"candidates": ["nope"]}}})
+    proc = snakemake(bad, "results/refnet_critics", "-n", "--cores", "1")
+    assert proc.returncode != 0 and "refnet.critics_check.candidates: 'nope'" in proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,8 @@ def refnet_train_params(wildcards):
     keep = ("min_pixels", "zero_shot_references", "size", "grid", "hidden", "aspp_rates", "train", "critic")
     out = {**{k: settings[k] for k in keep}, "variant": refnet_variant(wildcards.dataset, wildcards.variant,
                                                                       wildcards.scope)}
-    if wildcards.scope.startswith("select"):  # a fold / single job's params stay as they were
+    if wildcards.scope.startswith("select") or refnet_is_candidate(wildcards.dataset, wildcards.variant):
+        # a candidate's weight overrides refnet.train's; other fold / single jobs' params stay as they were
         variant = dict(out["variant"])
         weight = variant.pop("adversarial_weight", None)
         train = settings["train"] if weight is None else {**settings["train"], "adversarial_weight": weight}
@@ -32,10 +33,18 @@ def refnet_train_params(wildcards):
     return out
 
 
+def refnet_is_candidate(dataset, variant):
+    """A key of refnet.select.candidates that is neither full nor an ablation variant: in a
+    fold scope it trains the candidate's setting on the fold's novel classes (critics check)."""
+    settings = P(dataset)["refnet"]
+    return (variant != REFNET_FULL and variant not in (settings["ablation"]["variants"] or {})
+            and variant in (settings["select"]["candidates"] or {}))
+
+
 def refnet_variant(dataset, variant, scope=""):
     """The switches of a variant (full, a key of refnet.ablation.variants) or, in a select<k>
     scope, of a key of refnet.select.candidates (adversarial_weight included)."""
-    if scope.startswith("select"):
+    if scope.startswith("select") or refnet_is_candidate(dataset, variant):
         candidates = P(dataset)["refnet"]["select"]["candidates"] or {}
         if variant not in candidates:
             raise WorkflowError(f"error: params.yaml: refnet.select.candidates has no candidate '{variant}' "
@@ -126,8 +135,11 @@ def refnet_table_inputs(wildcards):
         return {f"{s}:{table}:0": refnet_eval(d, table, REFNET_FULL, s, 0) for s in settings["single"]["shots"]}
     selection = settings["ablation"] if table == "ablation" else settings["critics_check"]
     variants = ([REFNET_FULL, *sorted(settings["ablation"]["variants"] or {})] if table == "ablation"
-                else [REFNET_FULL, "no_critics"])
+                else [REFNET_FULL, "no_critics", *(settings["critics_check"].get("candidates") or [])])
     for variant in variants:
+        if table != "ablation" and variant not in (REFNET_FULL, "no_critics") and not refnet_is_candidate(d, variant):
+            raise WorkflowError(f"error: params.yaml: refnet.critics_check.candidates: '{variant}' is not a key of "
+                                "refnet.select.candidates (or it is an ablation variant)")
         refnet_variant(d, variant)
     for fold in selection["folds"]:
         num_folds(d, fold)

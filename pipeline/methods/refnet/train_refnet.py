@@ -66,6 +66,12 @@ def variant_switches(params: dict, variant: str) -> dict:
     return {} if variant == FULL else dict(variants[variant])
 
 
+def is_candidate(params: dict, name: str) -> bool:
+    """A key of refnet.select.candidates that is neither full nor an ablation variant."""
+    ablation = section(params, "refnet.ablation.variants") or {}
+    return name != FULL and name not in ablation and name in (section(params, "refnet.select.candidates") or {})
+
+
 def candidate(params: dict, name: str) -> tuple[dict, float | None]:
     """(switches, adversarial weight or None) of a key of refnet.select.candidates."""
     candidates = section(params, "refnet.select.candidates") or {}
@@ -128,12 +134,15 @@ def main(argv=None):
     setting = draw_setting(document["pixel_counts"], ids, targets, open_classes, shots,
                            int(params["seed"]), int(cfg["min_pixels"]), int(cfg["zero_shot_references"]), where)
     select = bool(args.select_fold_file)
-    variant, weight = candidate(params, args.variant) if select else (variant_switches(params, args.variant), None)
+    # a select job's variant is a candidate; so is a fold job's variant that names a candidate
+    # and no ablation variant (refnet.critics_check.candidates: the chosen setting on the test fold)
+    as_candidate = select or is_candidate(params, args.variant)
+    variant, weight = candidate(params, args.variant) if as_candidate else (variant_switches(params, args.variant), None)
     switches = effective_switches(variant, setting.zero_shot,
-                                  "refnet.select.candidates" if select else "refnet.ablation.variants")
+                                  "refnet.select.candidates" if as_candidate else "refnet.ablation.variants")
     train_cfg = train_config(params, size, weight)
     # what the job read: a fold / single job's record leaves refnet.select out (unchanged by it)
-    read = cfg if select else {k: v for k, v in cfg.items() if k != "select"}
+    read = cfg if as_candidate else {k: v for k, v in cfg.items() if k != "select"}
     device = stage_device(args, params)
     seed_everything(args.train_seed)
     store = FeatureStore(args.features, params, dataset)
@@ -154,7 +163,8 @@ def main(argv=None):
                                   device, log)
         meta = {**model.meta, "task": "refnet", "dataset": params["dataset"], "variant": args.variant,
                 "train_seed": args.train_seed, "switches": switches, "setting": setting.to_json(),
-                "grid": grid, "size": size, "class_names": names}
+                "grid": grid, "size": size, "class_names": names,
+                "adversarial_weight": train_cfg.weights["adversarial"]}
         if select:  # test_refnet scores these S images of the train split (base-class masks only)
             meta["select"] = {"fold_file": args.select_fold_file, "unlabelled": setting.unlabelled,
                               "adversarial_weight": train_cfg.weights["adversarial"]}
