@@ -39,7 +39,7 @@ def test_dry_runs_of_the_refnet_targets(tmp_path):
 
 
 def test_results_report_includes_refnet(tmp_path):
-    workdir = scratch_workflow(tmp_path, {"report": {"datasets": ["embedded"], "methods": ["refnet"]}})
+    workdir = scratch_workflow(tmp_path, {"report": {"datasets": ["embedded"], "methods": ["refnet"], "extras": []}})
     counts = rule_counts(workdir, "results/report")
     assert counts["refnet_result"] == 4 and counts["report_all"] == 1 and "train_seg" not in counts
 

@@ -47,6 +47,6 @@ def test_unknown_variant_names_both_variant_lists(tmp_path):
 
 def test_results_report_takes_the_tpc_crc_fold_reports(tmp_path):
     workdir = scratch_workflow(tmp_path, {"report": {"datasets": ["embedded"], "folds": [0],
-                                                     "methods": ["crnet", "crnet_tpc_crc"]}})
+                                                     "methods": ["crnet", "crnet_tpc_crc"], "extras": []}})
     counts = rule_counts(workdir, "results/report")
     assert counts["crnet_tpc_crc_result"] == 1 and counts["crnet_result"] == 1 and counts["report_all"] == 1
