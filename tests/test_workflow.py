@@ -75,7 +75,7 @@ def test_missing_user_dataset_root_stops_before_any_job(tmp_path):
     workdir = scratch_workflow(tmp_path)
     proc = snakemake(workdir, "results/voc/retab_fold0", "--cores", "1", timeout=300)
     stopped_before_any_job(proc, workdir, "error: params.yaml: datasets.voc.root: data/VOCdevkit/VOC2012 not found",
-                           "SegmentationClassAug/", "train_aug.txt", "README.md, 'VOC 2012 + SBD'")
+                           "SegmentationClassAug/", "train_aug.txt", "docs/datasets.md, 'VOC 2012 + SBD'")
     gone = tmp_path / "nowhere"
     (tmp_path / "camvid").mkdir()
     workdir = scratch_workflow(tmp_path / "camvid", {"datasets": {"camvid": {"root": str(gone)}}})

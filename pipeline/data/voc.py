@@ -30,10 +30,10 @@ _DECODE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Imag
 # Palette ('P') masks hold class indices; their palette colours are only for display.
 _INDEX_MASK_MODES = ("L", "P")
 # Where the data of a user-provided dataset belongs, said when its root is missing
-# (README.md, "VOC 2012 + SBD").
+# (docs/datasets.md, "VOC 2012 + SBD").
 ROOT_HINTS = {
     "voc": "put VOC 2012 there, with SBD's SegmentationClassAug/ and ImageSets/Segmentation/train_aug.txt "
-           "(10,582 images) beside the VOC folders (README.md, 'VOC 2012 + SBD')",
+           "(10,582 images) beside the VOC folders (docs/datasets.md, 'VOC 2012 + SBD')",
 }
 
 

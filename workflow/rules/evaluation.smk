@@ -116,3 +116,27 @@ rule report_all:
         CONDA_ENV
     shell:
         "{params.py} -m pipeline.stages.report_all {params.reports} --out {output} 2> {log}"
+
+
+rule publish_results_page:
+    # docs/results.md: results/report under a header naming the commit, date and processor it
+    # ran on, figures beside it, so the docs link to measured numbers instead of retyping them.
+    input:
+        "results/report",
+    output:
+        page="docs/results.md",
+        figures=directory("docs/results_figures"),
+    params:
+        **STAGE_PARAMS,
+    log:
+        "logs/publish_results_page.log",
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=10,
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.py} -m pipeline.stages.publish_results_page --report {input} --out {output.page} 2> {log} "
+        "&& mkdir -p {output.figures}"
