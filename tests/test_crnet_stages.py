@@ -140,10 +140,17 @@ def test_fold_report_and_aggregate_and_ablation(tiny):
     assert set(metrics["iterations"]["1shot"]) == {"1", "2", "3", "4", "5"}
     text = (out / "report.md").read_text()
     assert "Prototype floor" in text and "fusion vs finetune" in text and "Refinement iterations" in text
+    # the yardstick: both settings, the trivial rows beside CRNet and the floor, per class
+    for needle in ("Yardstick, 1-shot, standard episodes", "Yardstick, 1-shot, labelled-background episodes",
+                   "| All foreground (the class everywhere) |", "| All background |", "| CRNet |", "cat ("):
+        assert needle in text, needle
+    assert set(metrics["yardstick"]["1shot"]["settings"]["standard"]["rows"]) >= {
+        "CRNet", "Prototype floor (PANet, no alignment)", "All foreground (the class everywhere)", "All background"}
     assert (out / "figure.png").stat().st_size > 0
     run_ok(report.main, ["--aggregate", out, out, "--out", tmp / "all"])
     assert json.loads((tmp / "all" / "metrics.json").read_text())["crnet"]["1shot"]["miou"]["mean"] == \
         metrics["crnet"]["1shot"]["miou"]["mean"]
+    assert "Yardstick over folds, 1-shot, labelled-background" in (tmp / "all" / "report.md").read_text()
     run_ok(report.main, ["--ablation", "--eval", f"full:0:0={tmp / 'c1.json'}",
                          "--eval", f"no_cache:0:0={tmp / 'c1.json'}", "--out", tmp / "abl"])
     assert "no_cache" in (tmp / "abl" / "report.md").read_text()
@@ -283,6 +290,7 @@ def test_cross_dataset_episodes_scores_and_report(tiny, capsys):
     assert metrics["seen"] == {"cat": None} and "seen" not in metrics["crnet"]["1shot"]
     assert metrics["crnet"]["1shot"]["unseen"] == metrics["crnet"]["1shot"]["all"]
     assert "mIoU over seen, unseen and all" in (out / "report.md").read_text()
+    assert "Yardstick, 1-shot, labelled-background" in (out / "report.md").read_text()
     run_ok(cross_dataset.main, ["--aggregate", out, "--out", tmp / "cross_all"])
     assert list(json.loads((tmp / "cross_all" / "metrics.json").read_text())) == ["tiny_fold0->tiny"]
     assert "## CRNet across datasets: tiny fold 0 -> tiny" in (tmp / "cross_all" / "report.md").read_text()

@@ -170,3 +170,44 @@ def yardstick_markdown(tables: Mapping[str, dict], shots: str | None = None, lev
 def fmt(stat: dict, format_mean_std) -> str:
     import math
     return "–" if stat["mean"] is None or math.isnan(stat["mean"]) else format_mean_std(stat)
+
+
+def yardstick_over_folds(folds: list[dict], level: str = "##") -> tuple[dict, str]:
+    """The folds' yardsticks (each fold's ``metrics["yardstick"]``) side by side: per shot count
+    and setting, each row's mIoU (mean over episode seeds) per fold and the mean over folds;
+    the classes a fold leaves out of a mean or of its episodes named with their counts."""
+    from pipeline.report import markdown_table
+
+    out: dict = {}
+    lines: list[str] = []
+    with_yard = [m for m in folds if m.get("yardstick")]
+    shots_keys = sorted({s for m in with_yard for s in m["yardstick"]}, key=lambda s: int(s[:-4]))
+    for shots in shots_keys:
+        for setting, title in SETTING_TITLES.items():
+            parts = {m["fold"]: m["yardstick"][shots]["settings"][setting] for m in with_yard if shots in m["yardstick"]}
+            thresholds = {m["yardstick"][shots]["min_labelled_background"] for m in with_yard if shots in m["yardstick"]}
+            rows_order = list(dict.fromkeys(r for p in parts.values() for r in p["rows"]))
+            table = {}
+            text_rows = []
+            for row in rows_order:
+                values = [parts[f]["rows"][row]["miou"]["mean"] if row in parts[f]["rows"] else None for f in parts]
+                known = [v for v in values if v is not None and v == v]
+                mean = sum(known) / len(known) if len(known) == len(values) and known else None
+                table[row] = {"per_fold": values, "mean": mean}
+                text_rows.append([row] + ["–" if v is None or v != v else f"{100 * v:.1f}" for v in values]
+                                 + ["–" if mean is None else f"{100 * mean:.1f}"])
+            out.setdefault(shots, {})[setting] = table
+            lines += [f"{level} Yardstick over folds, {shots[:-4]}-shot, "
+                      + title.format(t=float(min(thresholds) if thresholds else 0)), "",
+                      "Each fold's mIoU (%, mean over episode seeds) on the same episodes for every row; the "
+                      "last column averages the folds.", "",
+                      markdown_table(["Row"] + [f"fold {f}" for f in parts] + ["mean"], text_rows)]
+            notes = [f"fold {f}: " + ", ".join(f"{n} ({v})" for n, v in p["left_out_of_mean"].items())
+                     for f, p in parts.items() if p["left_out_of_mean"]]
+            if notes:
+                lines += ["Left out of a fold's mean (no query in this setting): " + "; ".join(notes) + ".", ""]
+        left = [f"fold {m['fold']}: " + ", ".join(f"{n} ({v} val images)" for n, v in m["yardstick"][shots]["left_out"].items())
+                for m in with_yard if shots in m["yardstick"] and m["yardstick"][shots]["left_out"]]
+        if left:
+            lines += ["Left out of the episodes (episodes.small_classes: leave_out): " + "; ".join(left) + ".", ""]
+    return out, "\n".join(lines) + "\n"
