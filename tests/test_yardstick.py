@@ -213,3 +213,26 @@ def test_small_classes_leave_out_names_them_with_counts(tmp_path, capsys):
     assert doc["summary"]["episodes_per_class"][str(BUS)] == 0
     from pipeline.methods.crnet.results import yardstick_tables, yardstick_markdown
     assert "bus (1 val image" in yardstick_markdown(yardstick_tables({("prototype", 1, 0): doc}), "1shot")
+
+
+def test_reports_over_folds_and_training_seeds_carry_the_rows(tiny, tmp_path):
+    from pipeline.methods.crnet import report
+    from pipeline.methods.crnet.results import yardstick_over_folds, yardstick_tables
+
+    doc = tiny["doc"]
+    folds = [{"fold": f, "yardstick": yardstick_tables({("prototype", 1, 0): doc, ("prototype", 1, 1): doc})}
+             for f in (0, 1)]
+    out, text = yardstick_over_folds(folds)
+    row = out["1shot"]["labelled_background"]["All foreground (the class everywhere)"]
+    assert row["per_fold"][0] == row["per_fold"][1] == row["mean"]
+    assert "Yardstick over folds, 1-shot, standard" in text and "| Prototype floor (PANet, no alignment), " \
+        "mismatched support |" in text
+    # crnet_seeds: a row per training seed beside the floor and the trivial rows
+    path = tmp_path / "e.json"
+    path.write_text(json.dumps({**doc, "method": "crnet", "yardstick": {
+        **doc["yardstick"], "rows": {s: {("crnet" if k == "prototype" else k): v for k, v in rows.items()}
+                                     for s, rows in doc["yardstick"]["rows"].items()}}}))
+    evals = {("crnet", t, 0, 1, 0): path for t in (0, 1)} | {("prototype", 0, 0, 1, 0): tiny["tmp"] / "floor.json"}
+    metrics, text = report.training_seeds(evals)
+    for needle in ("| CRNet training seed 0 |", "| CRNet training seed 1, mismatched support |", "| All background |"):
+        assert needle in text, needle
