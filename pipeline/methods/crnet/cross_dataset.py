@@ -93,7 +93,7 @@ def cross_markdown(metrics: dict) -> str:
     rows = [[title] + [format_mean_std(metrics[kind][s][g]) if g in metrics[kind].get(s, {}) else "–"
                        for s in shots for g in GROUPS]
             for kind, title in KINDS.items() if kind in metrics]
-    lines += ["## mIoU over seen, unseen and all test classes", "", markdown_table(header, rows), "",
+    lines += ["## mIoU over seen, unseen and all test classes (standard episodes)", "", markdown_table(header, rows), "",
               "## Per class (CRNet)", ""]
     lines += [markdown_table(["Class", "Seen as"] + shots,
                              [[n, seen[n] or "unseen"] + [format_mean_std(metrics["crnet"][s]["class_iou"][n])

@@ -54,7 +54,7 @@ def fold_markdown(metrics: dict, fold: int, dataset: str) -> str:
     lines = [f"# CRNet few-shot segmentation: {dataset}, fold {fold}", "",
              "Novel classes of the fold on the val split (episodes: work/<dataset>/episodes). Mean ± std over "
              f"the episode seeds {metrics.get('episode_seeds')}; scores in %, at the labels' own resolution, "
-             "255 ignored.", "", "## 1-shot and 5-shot (mIoU, FB-IoU)", ""]
+             "255 ignored.", "", "## 1-shot and 5-shot (mIoU, FB-IoU; standard episodes)", ""]
     header = ["Method"] + [f"{s} {name}" for s in shots for name in ("mIoU", "FB-IoU")]
     rows = []
     for kind, title in KINDS.items():
@@ -198,7 +198,8 @@ def training_seeds(evals: dict[tuple[str, int, int, int, int], str]) -> tuple[di
                          f"{100 * cell['worst_margin_miou']:+.1f}",
                          format_mean_std(cell["crnet"]["fb_iou"]["over_training_seeds"]),
                          format_mean_std(cell["prototype"]["fb_iou"])])
-    text = ("# CRNet over training seeds against the prototype floor\n\n"
+    text = ("# CRNet over training seeds against the prototype floor (standard episodes; the yardstick below "
+            "has both settings)\n\n"
             f"Training seeds {out['training_seeds']} (params.yaml crnet.training_seeds; each its own "
             "training job). Per seed: mIoU mean ± std over the episode seeds; 'over seeds': mean ± std "
             "over the training seeds of those means (the spread a claim rests on); the floor is "

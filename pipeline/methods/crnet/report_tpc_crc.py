@@ -130,7 +130,7 @@ def fold_markdown(metrics: dict) -> str:
     shots = sorted({key for kind in KINDS for key in metrics.get(kind, {})}, key=lambda s: int(s[:-4]))
     lines = [f"# CRNet + TPC + CRC: {metrics['dataset']}, fold {metrics['fold']}", "",
              "Novel classes of the fold on the val split. Mean ± std over the episode seeds "
-             f"{metrics['episode_seeds']}; scores in %.", "", "## 1-shot and 5-shot (mIoU, FB-IoU)", "",
+             f"{metrics['episode_seeds']}; scores in %.", "", "## 1-shot and 5-shot (mIoU, FB-IoU; standard episodes)", "",
              markdown_table(["Method"] + [f"{s[:-4]}-shot {n}" for s in shots for n in ("mIoU", "FB-IoU")],
                             [[title] + [format_mean_std(metrics[kind][s][n]) if s in metrics[kind] else "–"
                                         for s in shots for n in ("miou", "fb_iou")]
@@ -219,7 +219,8 @@ def components(evals: dict[tuple[str, int, int, int], str]) -> tuple[dict, str]:
         cell["yardstick"] = yardstick_tables({(v if v == "prototype" else f"{v}__training seed {t}", 1, e): d
                                               for (v, t, ff, e), d in full.items() if ff == f}, COMPONENTS)
         yard_texts.append(f"## Fold {f}\n\n" + yardstick_markdown(cell["yardstick"], level="###"))
-    text = ("# CRNet + TPC + CRC: component table (1-shot)\n\n"
+    text = ("# CRNet + TPC + CRC: component table (1-shot, standard episodes; the yardstick below has both "
+            "settings)\n\n"
             f"Training seeds {out['training_seeds']} (crnet.tpc_crc.components; each variant and seed its own "
             "training job). Per training seed: mIoU mean ± std over the episode seeds; then mean ± std over the "
             "training seeds of those means (the spread a gain must exceed); Δ: the variant's mean mIoU minus the "
