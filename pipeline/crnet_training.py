@@ -6,6 +6,7 @@ Stage docs: :mod:`pipeline.methods.crnet.train_crnet`.
 from __future__ import annotations
 
 import re
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -55,13 +56,62 @@ def build_crnet(params: dict, level_channels, settings: dict) -> CRNet:
                  **{name: settings[name] for name in SWITCHES})
 
 
-def split_holdout(ids: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """(training ids, held-out ids): a seeded share of ``ids`` (at least one each when possible),
-    both in the order of ``ids``."""
-    n_hold = int(round(len(ids) * fraction))
-    n_hold = min(max(n_hold, 1), len(ids) - 1) if len(ids) > 1 else 0
-    held = set(np.random.default_rng([seed, 1]).permutation(len(ids))[:n_hold].tolist())
-    return [i for k, i in enumerate(ids) if k not in held], [i for k, i in enumerate(ids) if k in held]
+def holds(counts: Sequence[int], classes: Sequence[int], min_pixels: int) -> bool:
+    """The image (its pixel counts) holds one of ``classes`` with >= ``min_pixels`` px."""
+    return any(counts[c] >= min_pixels for c in classes)
+
+
+def touches(counts: Sequence[int], classes: Sequence[int]) -> bool:
+    """The image has any pixel of one of ``classes``."""
+    return any(counts[c] > 0 for c in classes)
+
+
+def select_classes(pixel_counts: Mapping[str, Sequence[int]], ids: Sequence[str], base_classes: Sequence[int],
+                   novel_classes: Sequence[int], count: int, seed: int, fold, min_pixels: int) -> list[int]:
+    """The base classes that play novel for epoch selection (``crnet.select.classes`` of them):
+    a sample (numpy rng seeded ``[seed, fold]``, as ``refnet.select``) of the base classes that
+    are in >= 2 train images without any novel pixel (a 1-shot episode needs two). Fewer
+    eligible classes than ``count + 1`` (one must stay to train on) is one line naming the key."""
+    novel = [int(c) for c in novel_classes]
+    eligible = sorted(int(c) for c in base_classes
+                      if sum(1 for i in ids if pixel_counts[i][c] >= min_pixels
+                             and not touches(pixel_counts[i], novel)) >= 2)
+    if len(eligible) < count + 1 or len(base_classes) < count + 1:
+        raise PipelineError("params.yaml", f"crnet.select.classes = {count} needs {count + 1} base classes in >= 2 "
+                            f"train images without a novel pixel (one at least to train on); fold {fold} has "
+                            f"{len(eligible)}")
+    fold_key = fold if isinstance(fold, int) else 0
+    rng = np.random.default_rng([int(seed), int(fold_key)])
+    return sorted(eligible[j] for j in rng.choice(len(eligible), size=count, replace=False))
+
+
+def protocol_images(pixel_counts: Mapping[str, Sequence[int]], ids: Sequence[str], train_classes: Sequence[int],
+                    select: Sequence[int], novel_classes: Sequence[int], novel_images: str,
+                    min_pixels: int) -> tuple[list[str], list[str]]:
+    """``(training ids, selection ids)`` of the train split, in the order of ``ids``.
+
+    Selection images hold a selection class (>= ``min_pixels``) and no novel pixel at all: the
+    classes that play novel in epoch selection, on images no training pair ever uses.
+    Training images have no pixel of a selection class and hold a training base class
+    (>= ``min_pixels``): the PFENet/HSNet rule, so an image whose only objects are novel (all
+    of it "background" once novel pixels are relabelled) is never a training image, neither
+    as a positive nor as a negative query. ``novel_images``: ``background`` keeps images that
+    also hold novel objects (their pixels are "not the class" = background, PFENet/HSNet);
+    ``drop`` keeps only images without any novel pixel (BAM)."""
+    novel = [int(c) for c in novel_classes]
+    selection = [i for i in ids if holds(pixel_counts[i], select, min_pixels) and not touches(pixel_counts[i], novel)]
+    training = [i for i in ids if not touches(pixel_counts[i], select)
+                and holds(pixel_counts[i], train_classes, min_pixels)
+                and (novel_images == "background" or not touches(pixel_counts[i], novel))]
+    return training, selection
+
+
+def negative_queries(pixel_counts: Mapping[str, Sequence[int]], train_ids: Sequence[str],
+                     classes: Sequence[int]) -> dict[int, list[str]]:
+    """``{class: training images without any pixel of it}``: the negative queries. The
+    training images already hold a training base class (:func:`protocol_images`), so a
+    negative query is never an image of novel objects alone."""
+    return {int(c): [i for i in train_ids if pixel_counts[i][c] == 0] for c in classes}
 
 
 def draw_pairs(images: dict[int, list[str]], negatives: dict[int, list[str]], n: int, negative_prob: float,

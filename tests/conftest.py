@@ -365,9 +365,10 @@ CRNET_VAL = {**{f"v{i}": [(CAT, 4 + 2 * i, 18 + 2 * i, 6, 20)] for i in range(4)
 
 CRNET_SMALL = {"crnet.hidden": 8, "crnet.train.episodes_per_epoch": 8, "crnet.train.batch_size": 4,
                "crnet.train.epochs": 2, "crnet.train.optimizer": "adam", "crnet.train.lr": 0.001,
-               "crnet.select.holdout_fraction": 0.5, "crnet.select.episodes": 4,
+               "crnet.select.classes": 1, "crnet.select.episodes": 4,
                "crnet.test.finetune.episodes": 2, "crnet.test.finetune.steps": 2, "crnet.test.finetune.shots": 2,
-               "episodes.num_episodes": 6, "backbone.output_stride": 16}
+               "episodes.num_episodes": 6, "backbone.output_stride": 16,
+               "crnet.test.mismatched": False}  # fold 0 has one novel class (cat): no other class to mismatch
 
 
 def crnet_dataset(tmp: Path, train, val, changes, splits, novel: str = "cat"):

@@ -27,13 +27,9 @@ def test_training_selects_on_heldout_base_episodes_and_records_it(tiny):
 
 
 def test_training_pairs_never_use_a_novel_class_and_drop_removes_novel_images(tiny):
-    from pipeline.crnet_training import draw_pairs, split_holdout
+    from pipeline.crnet_training import draw_pairs
     import numpy as np
 
-    ids = tiny["data"].train
-    train_ids, held = split_holdout(ids, 0.5, 0)
-    assert sorted(train_ids + held) == sorted(ids) and not set(train_ids) & set(held)
-    assert split_holdout(ids, 0.5, 0) == (train_ids, held)
     images = {DOG: ["t0", "t1"], BUS: ["t6", "t7"]}
     pairs = draw_pairs(images, {DOG: ["t6"], BUS: ["t0"]}, 50, 0.3, np.random.default_rng(0))
     assert {p["class"] for p in pairs} == {DOG, BUS}
@@ -41,10 +37,69 @@ def test_training_pairs_never_use_a_novel_class_and_drop_removes_novel_images(ti
         assert p["support"] in images[p["class"]]
         assert (p["query"] in images[p["class"]] and p["query"] != p["support"]) == p["positive"]
     assert any(not p["positive"] for p in pairs)
-    # drop (BAM): only base samples, i.e. t2 (holds a cat) is never a training image
     settings = train_crnet.variant_settings({"crnet": {"train": {"novel_images": "drop"}, "ablation": {
         "variants": {}}}}, "full")
     assert settings["novel_images"] == "drop" and settings["cross_reference"] and not settings["single_level"]
+
+
+# Hand-built label sets (pixel counts per class id) for the protocol: classes 0 background,
+# 1-2 novel, 3-6 base. Each image's role is written beside it.
+PROTOCOL_COUNTS = {
+    "only_novel": [900, 100, 0, 0, 0, 0, 0],        # novel object alone: never a training image (PFENet/HSNet)
+    "two_novel": [800, 100, 100, 0, 0, 0, 0],       # novel objects alone: never
+    "base3": [900, 0, 0, 100, 0, 0, 0],             # base 3
+    "base3_novel": [800, 100, 0, 100, 0, 0, 0],     # base 3 + novel: kept by background, dropped by drop (BAM)
+    "base4": [900, 0, 0, 0, 100, 0, 0],
+    "base4b": [900, 0, 0, 0, 100, 0, 0],
+    "tiny3": [995, 0, 0, 5, 0, 0, 0],               # 5 px of base 3 only (< min_pixels): holds no base class
+    "sel5": [900, 0, 0, 0, 0, 100, 0],              # base 5 / 6: candidates to play novel in selection
+    "sel5b": [900, 0, 0, 0, 0, 100, 0],
+    "sel6": [900, 0, 0, 0, 0, 0, 100],
+    "sel6b": [900, 0, 0, 0, 0, 0, 100],
+    "sel5_novel": [800, 100, 0, 0, 0, 100, 0],      # a selection class with a novel object: out of selection
+    "sel5_base3": [800, 0, 0, 100, 0, 100, 0],      # a selection class beside base 3: out of training
+}
+
+
+def test_protocol_negatives_and_relabelled_images_only_from_images_holding_a_base_class():
+    from pipeline.crnet_training import negative_queries, protocol_images
+
+    ids = list(PROTOCOL_COUNTS)
+    train, held = protocol_images(PROTOCOL_COUNTS, ids, [3, 4], [5, 6], [1, 2], "background", 16)
+    assert train == ["base3", "base3_novel", "base4", "base4b"]
+    assert held == ["sel5", "sel5b", "sel6", "sel6b", "sel5_base3"]
+    negatives = negative_queries(PROTOCOL_COUNTS, train, [3, 4])
+    assert negatives == {3: ["base4", "base4b"], 4: ["base3", "base3_novel"]}
+    # no negative query and no training image is an image of novel objects alone
+    assert not {"only_novel", "two_novel", "tiny3"} & (set(train) | {i for v in negatives.values() for i in v})
+    drop, held_drop = protocol_images(PROTOCOL_COUNTS, ids, [3, 4], [5, 6], [1, 2], "drop", 16)
+    assert drop == ["base3", "base4", "base4b"] and held_drop == held
+
+
+def test_selection_classes_are_seeded_base_classes_never_novel_nor_trained():
+    from pipeline.crnet_training import protocol_images, select_classes
+
+    ids = list(PROTOCOL_COUNTS)
+    chosen = select_classes(PROTOCOL_COUNTS, ids, [3, 4, 5, 6], [1, 2], 2, 0, 0, 16)
+    assert chosen == select_classes(PROTOCOL_COUNTS, ids, [3, 4, 5, 6], [1, 2], 2, 0, 0, 16)
+    assert len(chosen) == 2 and set(chosen) <= {3, 4, 5, 6}
+    others = {tuple(select_classes(PROTOCOL_COUNTS, ids, [3, 4, 5, 6], [1, 2], 2, s, 0, 16)) for s in range(20)}
+    assert len(others) > 1                                   # the seed decides
+    trained = [c for c in (3, 4, 5, 6) if c not in chosen]
+    train, held = protocol_images(PROTOCOL_COUNTS, ids, trained, chosen, [1, 2], "background", 16)
+    assert not set(train) & set(held)
+    for i in train:                                          # no training image shows a selection class
+        assert all(PROTOCOL_COUNTS[i][c] == 0 for c in chosen)
+    for i in held:                                           # no selection image shows a novel class
+        assert PROTOCOL_COUNTS[i][1] == PROTOCOL_COUNTS[i][2] == 0
+
+
+def test_selection_classes_need_one_class_left_to_train(capsys):
+    from pipeline.crnet_training import select_classes
+    from pipeline.errors import PipelineError
+
+    with pytest.raises(PipelineError, match="crnet.select.classes = 4"):
+        select_classes(PROTOCOL_COUNTS, list(PROTOCOL_COUNTS), [3, 4, 5, 6], [1, 2], 4, 0, 0, 16)
 
 
 def test_crnet_prototype_and_finetune_evaluations(tiny):
@@ -85,10 +140,17 @@ def test_fold_report_and_aggregate_and_ablation(tiny):
     assert set(metrics["iterations"]["1shot"]) == {"1", "2", "3", "4", "5"}
     text = (out / "report.md").read_text()
     assert "Prototype floor" in text and "fusion vs finetune" in text and "Refinement iterations" in text
+    # the yardstick: both settings, the trivial rows beside CRNet and the floor, per class
+    for needle in ("Yardstick, 1-shot, standard episodes", "Yardstick, 1-shot, labelled-background episodes",
+                   "| All foreground (the class everywhere) |", "| All background |", "| CRNet |", "cat ("):
+        assert needle in text, needle
+    assert set(metrics["yardstick"]["1shot"]["settings"]["standard"]["rows"]) >= {
+        "CRNet", "Prototype floor (PANet, no alignment)", "All foreground (the class everywhere)", "All background"}
     assert (out / "figure.png").stat().st_size > 0
     run_ok(report.main, ["--aggregate", out, out, "--out", tmp / "all"])
     assert json.loads((tmp / "all" / "metrics.json").read_text())["crnet"]["1shot"]["miou"]["mean"] == \
         metrics["crnet"]["1shot"]["miou"]["mean"]
+    assert "Yardstick over folds, 1-shot, labelled-background" in (tmp / "all" / "report.md").read_text()
     run_ok(report.main, ["--ablation", "--eval", f"full:0:0={tmp / 'c1.json'}",
                          "--eval", f"no_cache:0:0={tmp / 'c1.json'}", "--out", tmp / "abl"])
     assert "no_cache" in (tmp / "abl" / "report.md").read_text()
@@ -228,6 +290,7 @@ def test_cross_dataset_episodes_scores_and_report(tiny, capsys):
     assert metrics["seen"] == {"cat": None} and "seen" not in metrics["crnet"]["1shot"]
     assert metrics["crnet"]["1shot"]["unseen"] == metrics["crnet"]["1shot"]["all"]
     assert "mIoU over seen, unseen and all" in (out / "report.md").read_text()
+    assert "Yardstick, 1-shot, labelled-background" in (out / "report.md").read_text()
     run_ok(cross_dataset.main, ["--aggregate", out, "--out", tmp / "cross_all"])
     assert list(json.loads((tmp / "cross_all" / "metrics.json").read_text())) == ["tiny_fold0->tiny"]
     assert "## CRNet across datasets: tiny fold 0 -> tiny" in (tmp / "cross_all" / "report.md").read_text()

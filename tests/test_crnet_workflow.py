@@ -15,7 +15,7 @@ TINY = {
     "episodes": {"num_episodes": 10, "seeds": [0, 1], "shots": [1, 2]},
     "overrides": {"embedded": {
         "crnet": {"hidden": 8, "train": {"episodes_per_epoch": 16, "batch_size": 8, "epochs": 1},
-                  "select": {"holdout_fraction": 0.3, "episodes": 4},
+                  "select": {"classes": 1, "episodes": 4},
                   "test": {"finetune": {"episodes": 2, "steps": 1, "shots": 2}}},
         "report": {"figure_samples": 2, "figure_cell": 64},
     }},

@@ -92,6 +92,44 @@ def check_enough_images(images: Mapping[int, Sequence[str]], shots: int, class_n
                                 f"{shots}-shot episodes need {shots + 1} (a query and {shots} supports)")
 
 
+def small_classes(images: Mapping[int, Sequence[str]], shots: int) -> dict[int, int]:
+    """``{class: its image count}`` of the classes in fewer than ``shots + 1`` images (a
+    k-shot episode needs a query and k other images): what ``episodes.small_classes:
+    leave_out`` leaves out of the episodes (and every report names)."""
+    return {int(c): len(ids) for c, ids in images.items() if len(ids) < shots + 1}
+
+
+def labelled_background_share(mask: np.ndarray) -> float:
+    """Share of the image's pixels that are labelled and not the class, in an episode mask
+    (:func:`episode_mask`: 0 = labelled non-class, 1 = class, else ignored): the query's
+    labelled background. On a query without any, predicting the class everywhere loses
+    nothing (MSRC's book: 8 of 9 val images)."""
+    mask = np.asarray(mask)
+    return float((mask == 0).sum()) / mask.size if mask.size else 0.0
+
+
+def mismatched_episodes(episodes: Sequence[dict], shots: int) -> list[dict]:
+    """The mismatched-support episodes: each episode keeps its query and class, and takes the
+    first ``shots`` supports of the next episode (cyclic, in file order) of *another* class
+    whose supports do not hold the query, with that class as ``support_class`` (the support
+    masks are of it). A model that follows its support must score low on them. Episodes of
+    a single class: :class:`ValueError` (there is no other class to take supports from)."""
+    if len({e["class"] for e in episodes}) < 2:
+        raise ValueError("mismatched supports need episodes of at least 2 classes")
+    out = []
+    n = len(episodes)
+    for i, e in enumerate(episodes):
+        for step in range(1, n):
+            other = episodes[(i + step) % n]
+            supports = list(other["supports"][:shots])
+            if other["class"] != e["class"] and e["query"] not in supports:
+                out.append({**e, "supports": supports, "support_class": other["class"]})
+                break
+        else:
+            raise ValueError(f"episode {e['episode']}: no episode of another class without its query as support")
+    return out
+
+
 def draw_episodes(images: Mapping[int, Sequence[str]], classes: Sequence[int], num_episodes: int, shots: int,
                   seed: int, class_names: Sequence[str]) -> list[dict]:
     """``num_episodes`` episodes cycling over ``classes`` (see the module docstring); every

@@ -9,7 +9,10 @@ the fold's novel classes (image-labels ``pixel_counts``); ``episodes.num_episode
 episodes cycle over the novel classes. The same seed gives the same file, and its k-shot
 supports are a prefix of its K-shot ones (k < K). Format and drawing:
 :mod:`pipeline.data.episodes`. A novel class in fewer than shots + 1 val images stops the
-stage with one line naming the class and the labels file.
+stage with one line naming the class and the labels file (``episodes.small_classes:
+error``); with ``leave_out`` such classes get no episodes (the others cycle; the log names
+them, and test_crnet's yardstick and every report name them with their counts) -- a
+long-tailed dataset can still be scored. No class left: one line.
 
 ``--classes a,b,c`` instead of ``--fold-file``: the episodes of those classes of the dataset
 (``all``: every object class), keyed by the class list rather than a fold -- the
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 from pipeline.config import load_params, section
 from pipeline.data.episodes import (check_enough_images, class_ids_by_name, class_list_arg, draw_episodes,
-                                    images_with_class, write_episodes)
+                                    images_with_class, small_classes, write_episodes)
 from pipeline.data.folds import fold_novel_classes, load_fold
 from pipeline.data.labels import check_labels_match, read_image_labels_file
 from pipeline.errors import PipelineError, run_stage
@@ -77,6 +80,15 @@ def main(argv=None):
         if missing:
             raise PipelineError(args.labels, f"no pixel_counts for val image '{missing[0]}'")
         images = images_with_class(document["pixel_counts"], val_ids, novel, min_pixels)
+        small = small_classes(images, args.shots)
+        if settings["small_classes"] == "leave_out" and small:
+            kept = [c for c in novel if c not in small]
+            log.warning("left out (episodes.small_classes: leave_out; fewer than %d val images): %s", args.shots + 1,
+                        ", ".join(f"{names[c]} ({n})" for c, n in small.items()))
+            if not kept:
+                raise PipelineError(args.labels, f"every class of fold {fold['fold']} is in fewer than "
+                                    f"{args.shots + 1} val images: no episode left")
+            novel, images = kept, {c: images[c] for c in kept}
         check_enough_images(images, args.shots, names, args.labels,
                             what=f"val images with >= {min_pixels} px of it (fold {fold['fold']})")
         episodes = draw_episodes(images, novel, num_episodes, args.shots, args.seed, names)

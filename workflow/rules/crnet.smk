@@ -92,6 +92,7 @@ rule test_crnet:
     params:
         **STAGE_PARAMS,
         iterations=lambda w: crnet_section(w.dataset, "test")["iterations"],
+        yardstick=yardstick_params,
         mode="",
     log:
         "logs/{dataset}/fold{fold}/crnet/{variant}/test_{shots}shot_seed{seed}.log",
@@ -118,6 +119,7 @@ use rule test_crnet as finetune_crnet with:
         **STAGE_PARAMS,
         test=lambda w: crnet_section(w.dataset, "test"),
         train=lambda w: crnet_section(w.dataset, "train"),
+        yardstick=yardstick_params,
         mode="--finetune",
     log:
         "logs/{dataset}/fold{fold}/crnet/{variant}/finetune_{shots}shot_seed{seed}.log",
@@ -138,6 +140,7 @@ rule test_prototype:
         seed=r"\d+",
     params:
         **STAGE_PARAMS,
+        yardstick=yardstick_params,
     log:
         "logs/{dataset}/fold{fold}/crnet_prototype/test_{shots}shot_seed{seed}.log",
     benchmark:
@@ -326,6 +329,7 @@ rule test_crnet_cross:
     params:
         **STAGE_PARAMS,
         iterations=lambda w: crnet_section(w.dataset, "test")["iterations"],
+        yardstick=yardstick_params,
         classes=cross_classes_arg,
         which=lambda w, input: f"--model {input.model}" if "model" in input.keys() else "--prototype",
     log:
@@ -450,6 +454,7 @@ rule test_crnet_partition:
     params:
         **STAGE_PARAMS,
         iterations=lambda w: crnet_section(w.dataset, "test")["iterations"],
+        yardstick=yardstick_params,
         shots=lambda w: crnet_section(w.dataset, "tpc_crc")["partitions"]["shots"],
         stress="",
     log:
@@ -481,6 +486,7 @@ use rule test_crnet_partition as test_crnet_partition_stress with:
     params:
         **STAGE_PARAMS,
         iterations=lambda w: crnet_section(w.dataset, "test")["iterations"],
+        yardstick=yardstick_params,
         shots=lambda w: crnet_section(w.dataset, "tpc_crc")["partitions"]["shots"],
         stress=lambda w: f"--stress {w.stress}",
     log:
@@ -505,6 +511,7 @@ rule test_crnet_stress:
     params:
         **STAGE_PARAMS,
         iterations=lambda w: crnet_section(w.dataset, "test")["iterations"],
+        yardstick=yardstick_params,
     log:
         "logs/{dataset}/fold{fold}/crnet/{variant}/stress_{stress}_seed{seed}.log",
     benchmark:

@@ -11,7 +11,9 @@ A test class is *seen* when the net's training classes (the fold's base classes)
 name, or hold the name that ``crnet.cross_dataset.<TEST>.class_map`` ({test: train}) gives
 it (:func:`seen_classes`); mIoU is reported over the seen, the unseen and all test classes
 (:func:`split_miou`), per shot count as mean ± std over the episode seeds, with the
-training-free prototype floor beside it (it learns nothing, so "seen" means nothing to it).
+training-free prototype floor beside it (it learns nothing, so "seen" means nothing to it),
+and the yardstick (trivial and mismatched-support rows, standard and labelled-background
+episodes, :func:`pipeline.methods.crnet.results.yardstick_tables`).
 
 ``--aggregate DIR ...`` (results/crnet_cross, the pairs of ``crnet.cross_dataset.pairs``): the
 reports one after another and ``{"<train>_fold<k>-><test>": metrics}``.
@@ -25,7 +27,7 @@ from pipeline.config import load_params, section
 from pipeline.data.folds import load_fold
 from pipeline.errors import PipelineError, run_stage
 from pipeline.io import read_json
-from pipeline.methods.crnet.results import KINDS, parse_evals, write_outputs
+from pipeline.methods.crnet.results import KINDS, parse_evals, write_outputs, yardstick_markdown, yardstick_tables
 from pipeline.metrics.episodic import format_mean_std, mean_std_over_seeds
 from pipeline.report import markdown_table
 from pipeline.runtime import stage_run
@@ -91,11 +93,13 @@ def cross_markdown(metrics: dict) -> str:
     rows = [[title] + [format_mean_std(metrics[kind][s][g]) if g in metrics[kind].get(s, {}) else "–"
                        for s in shots for g in GROUPS]
             for kind, title in KINDS.items() if kind in metrics]
-    lines += ["## mIoU over seen, unseen and all test classes", "", markdown_table(header, rows), "",
+    lines += ["## mIoU over seen, unseen and all test classes (standard episodes)", "", markdown_table(header, rows), "",
               "## Per class (CRNet)", ""]
     lines += [markdown_table(["Class", "Seen as"] + shots,
                              [[n, seen[n] or "unseen"] + [format_mean_std(metrics["crnet"][s]["class_iou"][n])
                                                           for s in shots] for n in seen])]
+    if metrics.get("yardstick"):
+        lines += ["", yardstick_markdown(metrics["yardstick"])]
     return "\n".join(lines) + "\n"
 
 
@@ -142,7 +146,8 @@ def main(argv=None):
         seen = seen_classes(test_names, trained, settings.get("class_map"))
         metrics = {"method": "crnet_cross", "dataset": params["dataset"], "train_dataset": args.train_dataset,
                    "train_fold": fold.get("fold"), "trained_classes": trained, "seen": seen,
-                   "episode_seeds": sorted({seed for _, _, seed in evals}), **cross_tables(docs, seen)}
+                   "episode_seeds": sorted({seed for _, _, seed in evals}), **cross_tables(docs, seen),
+                   "yardstick": yardstick_tables(docs)}
         write_outputs(args.out, metrics, cross_markdown(metrics))
 
 

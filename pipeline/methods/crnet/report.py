@@ -12,10 +12,13 @@ Per fold (the papers' table forms): 1-shot and 5-shot mIoU and FB-IoU as mean ±
 the episode seeds (:func:`pipeline.metrics.episodic.summaries_over_seeds`, never the best
 seed) with the prototype floor beside them; fusion vs finetune on the finetune subset; the
 refinement-iterations table (mIoU after 1..T iterations, mean ± std over seeds); the
-checkpoint the held-out base-class episodes selected; a figure support | query |
+checkpoint the selection episodes (base classes held out of training) chose; the yardstick
+(:func:`pipeline.methods.crnet.results.yardstick_tables`: per setting -- standard and
+labelled-background episodes -- CRNet, the floor, their mismatched-support rows and the
+trivial rows, mIoU and class IoU side by side, classes left out named); a figure support | query |
 prediction | ground truth of the first episodes (``report.figure_samples``) of the first
 episodes file. ``--aggregate``: the mean over folds of each fold's seed means, one
-column per fold. ``--ablation``: each variant's 1-shot mIoU (mean ± std over seeds) per fold.
+column per fold, and the yardstick rows per fold. ``--ablation``: each variant's 1-shot mIoU (mean ± std over seeds) per fold.
 ``--training-seeds`` (results/<dataset>/crnet_seeds; ``--eval KIND:TSEED:FOLD:SHOTS:ESEED=E.json``):
 per fold and shot count, CRNet of each training seed (mean ± std over the episode seeds), the
 mean ± std over the training seeds of those means, and the floor, with the margin of the
@@ -37,7 +40,8 @@ from pipeline.errors import PipelineError, run_stage
 from pipeline.fewshot import binary_prediction
 from pipeline.io import read_json
 from pipeline.methods.crnet.results import (
-    KINDS, parse_evals, report_rows, seed_tables, training_seed_spread, write_outputs)
+    KINDS, parse_evals, report_rows, seed_tables, training_seed_spread, write_outputs, yardstick_markdown,
+    yardstick_over_folds, yardstick_tables)
 from pipeline.metrics.episodic import format_mean_std, mean_std_over_seeds
 from pipeline.models.crnet import episode_probabilities
 from pipeline.report import colorize_labels, compose_figure, fit_into_cell, markdown_table
@@ -50,7 +54,7 @@ def fold_markdown(metrics: dict, fold: int, dataset: str) -> str:
     lines = [f"# CRNet few-shot segmentation: {dataset}, fold {fold}", "",
              "Novel classes of the fold on the val split (episodes: work/<dataset>/episodes). Mean ± std over "
              f"the episode seeds {metrics.get('episode_seeds')}; scores in %, at the labels' own resolution, "
-             "255 ignored.", "", "## 1-shot and 5-shot (mIoU, FB-IoU)", ""]
+             "255 ignored.", "", "## 1-shot and 5-shot (mIoU, FB-IoU; standard episodes)", ""]
     header = ["Method"] + [f"{s} {name}" for s in shots for name in ("mIoU", "FB-IoU")]
     rows = []
     for kind, title in KINDS.items():
@@ -73,8 +77,11 @@ def fold_markdown(metrics: dict, fold: int, dataset: str) -> str:
                                  [[s] + [format_mean_std(v) for v in its[s].values()] for s in its])]
     sel = metrics.get("selection")
     if sel:
-        lines += [f"Checkpoint selection: epoch {sel['epoch']} of {sel['epochs']} by held-out base-class 1-shot "
-                  f"mIoU ({100 * sel['heldout_miou']:.1f}); the test fold is never used.", ""]
+        lines += [f"Checkpoint selection: epoch {sel['epoch']} of {sel['epochs']} by the 1-shot mIoU "
+                  f"({100 * sel['heldout_miou']:.1f}) of base classes held out of training (crnet.select); val and "
+                  "the novel classes are never used.", ""]
+    if metrics.get("yardstick"):
+        lines += [yardstick_markdown(metrics["yardstick"])]
     if metrics.get("figure"):
         lines += ["## Episodes", "", f"![support | query | prediction | ground truth]({metrics['figure']})", ""]
     return "\n".join(lines) + "\n"
@@ -130,8 +137,9 @@ def aggregate(dirs: list[str]) -> tuple[dict, str]:
                 out.setdefault(kind, {}).setdefault(shots, {})[score] = {"per_fold": values, "mean": mean}
                 rows.append([title, shots, score] + ["–" if v is None else f"{100 * v:.1f}" for v in values]
                             + ["–" if mean is None else f"{100 * mean:.1f}"])
-    text = (f"# CRNet over folds: {out['dataset']}\n\nEach fold's mean over episode seeds; the last column "
-            "averages the folds.\n\n" + markdown_table(header, rows))
+    out["yardstick"], yard_text = yardstick_over_folds(folds)
+    text = (f"# CRNet over folds: {out['dataset']}\n\nEach fold's mean over episode seeds (standard episodes); the "
+            "last column averages the folds.\n\n" + markdown_table(header, rows) + "\n" + yard_text)
     return out, text
 
 
@@ -157,7 +165,9 @@ def ablation(evals: dict[tuple[str, int, int], str]) -> tuple[dict, str]:
 
 def training_seeds(evals: dict[tuple[str, int, int, int, int], str]) -> tuple[dict, str]:
     """CRNet over training seeds against the floor: {fold: {"<k>shot": {...}}} and the table."""
-    docs = {key: read_json(path)["summary"] for key, path in evals.items()}
+    full = {key: read_json(path) for key, path in evals.items()}
+    docs = {key: d["summary"] for key, d in full.items()}
+    yard_texts: list[str] = []
     folds = sorted({f for _, _, f, _, _ in docs})
     shots_list = sorted({s for _, _, _, s, _ in docs})
     out: dict = {"folds": {}, "training_seeds": sorted({t for k, t, *_ in docs if k == "crnet"})}
@@ -175,6 +185,11 @@ def training_seeds(evals: dict[tuple[str, int, int, int, int], str]) -> tuple[di
                 cell[f"worst_margin_{score}"] = min(v["mean"] for v in per_seed.values()) - floor["mean"]
                 cell[f"seeds_above_floor_{score}"] = sum(v["mean"] > floor["mean"] for v in per_seed.values())
             out["folds"].setdefault(str(f), {})[f"{shots}shot"] = cell
+            yard = yardstick_tables({(f"{k}__training seed {t}" if k == "crnet" else k, s, e): d
+                                     for (k, t, ff, s, e), d in full.items() if ff == f and s == shots},
+                                    {"crnet": "CRNet"})
+            cell["yardstick"] = yard
+            yard_texts.append(f"## Fold {f}\n\n" + yardstick_markdown(yard, level="###"))
             seeds_text = ", ".join(format_mean_std(v) for v in cell["crnet"]["miou"]["per_training_seed"].values())
             rows.append([f"fold {f}", f"{shots}-shot", seeds_text,
                          format_mean_std(cell["crnet"]["miou"]["over_training_seeds"]),
@@ -183,7 +198,8 @@ def training_seeds(evals: dict[tuple[str, int, int, int, int], str]) -> tuple[di
                          f"{100 * cell['worst_margin_miou']:+.1f}",
                          format_mean_std(cell["crnet"]["fb_iou"]["over_training_seeds"]),
                          format_mean_std(cell["prototype"]["fb_iou"])])
-    text = ("# CRNet over training seeds against the prototype floor\n\n"
+    text = ("# CRNet over training seeds against the prototype floor (standard episodes; the yardstick below "
+            "has both settings)\n\n"
             f"Training seeds {out['training_seeds']} (params.yaml crnet.training_seeds; each its own "
             "training job). Per seed: mIoU mean ± std over the episode seeds; 'over seeds': mean ± std "
             "over the training seeds of those means (the spread a claim rests on); the floor is "
@@ -191,7 +207,7 @@ def training_seeds(evals: dict[tuple[str, int, int, int, int], str]) -> tuple[di
             "seed's mIoU minus the floor's. Scores in %.\n\n"
             + markdown_table(["Fold", "Shots", "CRNet mIoU per training seed", "CRNet mIoU over seeds",
                               "Floor mIoU", "Seeds above floor", "Worst margin", "CRNet FB-IoU over seeds",
-                              "Floor FB-IoU"], rows))
+                              "Floor FB-IoU"], rows) + "\n" + "\n".join(yard_texts))
     return out, text
 
 
@@ -249,6 +265,7 @@ def main(argv=None):
         metrics["novel_classes"] = [docs[key]["class_names"][c] for key in list(docs)[:1]
                                     for c in sorted(docs[key]["class_names"], key=int)]
         metrics["selection"] = selection(args.history)
+        metrics["yardstick"] = yardstick_tables(docs)
         metrics["figure"] = "figure.png"
         figure = make_figure(args, params)
         write_outputs(args.out, metrics, fold_markdown(metrics, args.fold, params["dataset"]), figure)

@@ -18,6 +18,8 @@ on the standard episodes, mean ± std over the episode seeds, and CMPS on the H-
 with CMPS (:func:`pipeline.hpartitions.cmps`: a partition with no episodes reads "no
 episodes" and is left out; one with fewer than ``min_episodes`` is marked, counts in CMPS and
 is left out of the second CMPS column). ``--aggregate``: both methods and CMPS per fold and the mean over folds.
+Every report carries the yardstick (trivial and mismatched-support rows, standard and
+labelled-background episodes; :func:`pipeline.methods.crnet.results.yardstick_tables`).
 ``--components``: full / +TPC / +CRC / +TPC+CRC per fold, each training seed's 1-shot mIoU
 (mean ± std over the episode seeds), the mean ± std over training seeds of mIoU and FB-IoU,
 and the floor.
@@ -33,7 +35,9 @@ from pipeline.config import load_params
 from pipeline.errors import PipelineError, run_stage
 from pipeline.hpartitions import PARTITIONS, cmps, describe
 from pipeline.io import read_json
-from pipeline.methods.crnet.results import parse_evals, report_rows, seed_tables, training_seed_spread, write_outputs
+from pipeline.methods.crnet.results import (
+    parse_evals, report_rows, seed_tables, training_seed_spread, write_outputs, yardstick_markdown, yardstick_over_folds,
+    yardstick_tables)
 from pipeline.metrics.episodic import format_mean_std, mean_std_over_seeds
 from pipeline.report import markdown_table
 from pipeline.runtime import stage_run
@@ -126,7 +130,7 @@ def fold_markdown(metrics: dict) -> str:
     shots = sorted({key for kind in KINDS for key in metrics.get(kind, {})}, key=lambda s: int(s[:-4]))
     lines = [f"# CRNet + TPC + CRC: {metrics['dataset']}, fold {metrics['fold']}", "",
              "Novel classes of the fold on the val split. Mean ± std over the episode seeds "
-             f"{metrics['episode_seeds']}; scores in %.", "", "## 1-shot and 5-shot (mIoU, FB-IoU)", "",
+             f"{metrics['episode_seeds']}; scores in %.", "", "## 1-shot and 5-shot (mIoU, FB-IoU; standard episodes)", "",
              markdown_table(["Method"] + [f"{s[:-4]}-shot {n}" for s in shots for n in ("mIoU", "FB-IoU")],
                             [[title] + [format_mean_std(metrics[kind][s][n]) if s in metrics[kind] else "–"
                                         for s in shots for n in ("miou", "fb_iou")]
@@ -143,6 +147,8 @@ def fold_markdown(metrics: dict) -> str:
                                   for m, v in by_method.items()])]
     if metrics.get("hpartitions"):
         lines += partition_markdown(metrics["hpartitions"])
+    if metrics.get("yardstick"):
+        lines += [yardstick_markdown(metrics["yardstick"])]
     return "\n".join(lines) + "\n"
 
 
@@ -172,18 +178,21 @@ def aggregate(dirs: list[str]) -> tuple[dict, str]:
             "(one training seed); CMPS of each fold's H-partitions; the last column averages the folds "
             "that have a value.\n\n"
             + markdown_table(["Method", "Score"] + [f"fold {m['fold']}" for m in folds] + ["mean"], rows))
-    return out, text
+    out["yardstick"], yard_text = yardstick_over_folds(folds)
+    return out, text + "\n" + yard_text
 
 
 def components(evals: dict[tuple[str, int, int, int], str]) -> tuple[dict, str]:
     """The component table: per fold, each variant over training and episode seeds, and the floor."""
-    docs = {key: read_json(path)["summary"] for key, path in evals.items()}
+    full = {key: read_json(path) for key, path in evals.items()}
+    docs = {key: d["summary"] for key, d in full.items()}
     unknown = sorted({v for v, *_ in docs} - set(COMPONENTS) - {"prototype"})
     if unknown:
         raise PipelineError("--eval", f"unknown component '{unknown[0]}' (known: {', '.join(COMPONENTS)}, prototype)")
     folds = sorted({f for _, _, f, _ in docs})
     out: dict = {"folds": {}, "training_seeds": sorted({t for v, t, *_ in docs if v != "prototype"})}
     rows = []
+    yard_texts: list[str] = []
     for f in folds:
         cell: dict = {}
         for variant in [*COMPONENTS, "prototype"]:
@@ -207,14 +216,18 @@ def components(evals: dict[tuple[str, int, int, int], str]) -> tuple[dict, str]:
             rows.append([f"fold {f}", title, ", ".join(format_mean_std(v) for v in per_seed["miou"].values()),
                          format_mean_std(over["miou"]), format_mean_std(over["fb_iou"]), *deltas])
         out["folds"][str(f)] = cell
-    text = ("# CRNet + TPC + CRC: component table (1-shot)\n\n"
+        cell["yardstick"] = yardstick_tables({(v if v == "prototype" else f"{v}__training seed {t}", 1, e): d
+                                              for (v, t, ff, e), d in full.items() if ff == f}, COMPONENTS)
+        yard_texts.append(f"## Fold {f}\n\n" + yardstick_markdown(cell["yardstick"], level="###"))
+    text = ("# CRNet + TPC + CRC: component table (1-shot, standard episodes; the yardstick below has both "
+            "settings)\n\n"
             f"Training seeds {out['training_seeds']} (crnet.tpc_crc.components; each variant and seed its own "
             "training job). Per training seed: mIoU mean ± std over the episode seeds; then mean ± std over the "
             "training seeds of those means (the spread a gain must exceed); Δ: the variant's mean mIoU minus the "
             "base's, and minus the epoch-matched base's (the base trained as many epochs more as TPC conditions "
             "for: what TPC adds beyond extra training). The floor is training-free. Scores in %.\n\n"
             + markdown_table(["Fold", "Variant", "mIoU per training seed", "mIoU over seeds", "FB-IoU over seeds",
-                              "Δ mIoU vs base", "Δ mIoU vs epoch-matched"], rows))
+                              "Δ mIoU vs base", "Δ mIoU vs epoch-matched"], rows) + "\n" + "\n".join(yard_texts))
     return out, text
 
 
@@ -262,6 +275,7 @@ def main(argv=None):
                    **{k: v for k, v in seed_tables(docs).items() if k != "iterations"}}
         metrics["novel_classes"] = [first["class_names"][c] for c in sorted(first["class_names"], key=int)]
         metrics["methods"] = report_rows(metrics, KINDS)
+        metrics["yardstick"] = yardstick_tables(docs, KINDS)
         metrics["stress"] = stress_tables({key: read_json(path) for key, path in stress.items()})
         if parts or stress_parts:
             meta = read_json(args.partitions)

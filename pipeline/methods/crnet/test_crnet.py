@@ -35,7 +35,25 @@ itself (support = query on purpose); ``--stress zero_mask``: every support mask 
 novel class without an episode, or a file without any, is allowed (mIoU over the classes
 that have episodes; none: NaN, and the report says so).
 
-Bad input (one line, exit 2, nothing written): an episode naming an image that is not in
+The yardstick (issue 21), in the same pass and on the same episodes (``yardstick``):
+the trivial rows ``all_foreground`` (the class on every pixel) and ``all_background``; with
+``crnet.test.mismatched`` (not with --finetune, --stress or --partial) the ``mismatched``
+row, the model (or floor) run on each query with the supports of another class of the same
+fold and that class's masks (:func:`pipeline.data.episodes.mismatched_episodes`): a model
+that follows its support scores low there. Each row is scored in two settings:
+``standard`` (every episode) and ``labelled_background`` (only the episodes whose query has
+>= ``episodes.min_labelled_background`` of its pixels labelled and not the class,
+:func:`pipeline.data.episodes.labelled_background_share`): where the void hides the
+background, painting the class everywhere loses nothing, so the standard setting cannot
+tell a net from painting. A class without such a query has no IoU in that setting and is
+left out of its mean (``episodes_per_class`` 0; the reports name it). With
+``episodes.small_classes: leave_out`` a novel class without episodes (fewer than k + 1 val
+images, stage make_episodes) is allowed and named in ``yardstick.left_out`` with its val
+image count.
+
+Bad input (one line, exit 2, nothing written): a mismatched-support request
+(``crnet.test.mismatched``) on episodes of a single class; no query with labelled background
+at all (no class left in that table); an episode naming an image that is not in
 the val split (or whose file is missing); fewer supports than ``--shots``; an episode of a
 class that is not novel in the fold; a novel class of the fold without any episode.
 Output: ``summary``, ``episodes`` (per episode ``class``, ``inter`` and ``union`` [bg, fg]).
@@ -50,7 +68,8 @@ import torch
 
 from pipeline.config import load_params, section
 from pipeline.crnet_training import load_crnet, make_optimizer, pair_batches, pair_loss
-from pipeline.data.episodes import class_ids_by_name, class_list_arg, read_episodes
+from pipeline.data.episodes import (class_ids_by_name, class_list_arg, labelled_background_share,
+                                    mismatched_episodes, read_episodes)
 from pipeline.data.fewshot_features import FeatureStore
 from pipeline.data.folds import fold_novel_classes, load_fold
 from pipeline.data.voc import VOCDataset
@@ -64,9 +83,14 @@ from pipeline.stage import stage_device, stage_parser
 from pipeline.tpc_crc import STRESS_TESTS, identical_input
 
 
+SETTINGS = ("standard", "labelled_background")
+TRIVIAL_ROWS = ("all_foreground", "all_background")
+
+
 def check_episodes(episodes: list[dict], path, shots: int, novel: list[int], store: FeatureStore,
-                   class_names: list[str], partial: bool = False) -> None:
-    """The bad-input checks of the module docstring, each one line naming the file."""
+                   class_names: list[str], partial: bool = False, leave_out: bool = False) -> list[int]:
+    """The bad-input checks of the module docstring, each one line naming the file; returns the
+    novel classes without an episode (allowed with ``partial`` or ``leave_out``)."""
     for n, e in enumerate(episodes, 1):
         if e["class"] not in novel:
             raise PipelineError(path, f"line {n}: class {e['class']} is not a novel class of the fold {novel}")
@@ -74,10 +98,24 @@ def check_episodes(episodes: list[dict], path, shots: int, novel: list[int], sto
             raise PipelineError(path, f"line {n}: {len(e['supports'])} supports, but --shots {shots} needs {shots}")
         store.check_ids([e["query"], *e["supports"][:shots]], path, f"line {n}: image")
     present = {e["class"] for e in episodes}
-    for c in [] if partial else novel:
-        if c not in present:
-            raise PipelineError(path, f"no episode of novel class '{class_names[c]}' (id {c}): it has no val image "
-                                "in the fold")
+    missing = [c for c in novel if c not in present]
+    if missing and not (partial or leave_out):
+        c = missing[0]
+        raise PipelineError(path, f"no episode of novel class '{class_names[c]}' (id {c}): it has no val image "
+                            "in the fold")
+    if len(missing) == len(novel) and not partial:
+        raise PipelineError(path, "no episode of any class")
+    return missing
+
+
+def images_holding(store: FeatureStore, class_id: int, min_pixels: int) -> int:
+    """How many images of ``store``'s split hold >= ``min_pixels`` px of the class."""
+    return sum(int((store.class_mask(i) == class_id).sum()) >= min_pixels for i in store.dataset.ids)
+
+
+def trivial_predictions(shape) -> dict[str, np.ndarray]:
+    """The trivial rows' predictions: the class on every pixel, and on none."""
+    return {"all_foreground": np.ones(shape, np.uint8), "all_background": np.zeros(shape, np.uint8)}
 
 
 def finetuned(model: CRNet, store: FeatureStore, e: dict, shots: int, params: dict, device) -> CRNet:
@@ -112,7 +150,8 @@ def probabilities(model: CRNet | None, store: FeatureStore, e: dict, shots: int,
     c, supports = e["class"], e["supports"][:shots]
     query = store.features(e["query"]).to(device)
     feats = [store.features(s).to(device) for s in supports]
-    masks = [torch.zeros_like(m) if zero_mask else m for m in (store.mask(s, c) for s in supports)]
+    support_class = e.get("support_class", c)  # another class's supports: the mismatched row
+    masks = [torch.zeros_like(m) if zero_mask else m for m in (store.mask(s, support_class) for s in supports)]
     if model is None:
         return [prototype_probability(query[0], [f[0] for f in feats], masks, ignore_index=store.dataset.ignore_index)]
     return episode_probabilities(model, query, feats, masks, iterations)
@@ -153,7 +192,9 @@ def main(argv=None):
         novel = fold_novel_classes(fold, args.fold_file, dataset.num_classes)
     episodes = read_episodes(args.episodes)
     store = FeatureStore(args.features, params, dataset)
-    check_episodes(episodes, args.episodes, args.shots, novel, store, dataset.class_names, args.partial)
+    leave_out = section(params, "episodes.small_classes") == "leave_out"
+    missing = check_episodes(episodes, args.episodes, args.shots, novel, store, dataset.class_names, args.partial,
+                             leave_out)
     if args.stress == "identical":
         episodes = identical_input(episodes, args.shots)
     device = stage_device(args, params)
@@ -163,26 +204,56 @@ def main(argv=None):
     if args.finetune:
         episodes = episodes[:int(section(params, "crnet.test.finetune.episodes"))]
     kinds = ("fusion", "finetune") if args.finetune else ("crnet",) if model is not None else ("prototype",)
+    threshold = float(section(params, "episodes.min_labelled_background"))
+    shares = [labelled_background_share(store.mask(e["query"], e["class"]).numpy()) for e in episodes]
+    if not args.partial and not any(v >= threshold for v in shares):
+        raise PipelineError(args.episodes, f"no query has >= {threshold} labelled background "
+                            "(episodes.min_labelled_background): the labelled-background table has no class left")
+    mismatched = None
+    if section(params, "crnet.test.mismatched") and not (args.finetune or args.stress or args.partial):
+        try:
+            mismatched = mismatched_episodes(episodes, args.shots)
+        except ValueError as err:
+            raise PipelineError(args.episodes, f"mismatched supports (crnet.test.mismatched): {err}; "
+                                "a single-class test set needs crnet.test.mismatched: false") from None
+    min_pixels = int(section(params, "episodes.min_pixels"))
+    left_out = {dataset.class_names[c]: images_holding(store, c, min_pixels) for c in missing} if leave_out else {}
     inputs = {"episodes": args.episodes, "shots": args.shots, "model": args.model, "kinds": kinds,
               "count": len(episodes), "stress": args.stress, "partial": args.partial}
-    used = {"crnet.test": section(params, "crnet.test"), "seed": params["seed"]}
+    used = {"crnet.test": section(params, "crnet.test"), "seed": params["seed"],
+            "episodes": {k: section(params, "episodes")[k] for k in ("min_labelled_background", "small_classes")}}
     with stage_run("test_crnet", inputs, used, device) as log:
         accs = {kind: [EpisodeIoUAccumulator(novel, dataset.ignore_index)
                        for _ in range(iterations if kind != "prototype" else 1)] for kind in kinds}
+        rows = [*kinds, *(["mismatched"] if mismatched else []), *TRIVIAL_ROWS]
+        yard = {setting: {row: EpisodeIoUAccumulator(novel, dataset.ignore_index) for row in rows}
+                for setting in SETTINGS}
         started = time.perf_counter()
-        for e in progress(episodes, desc="episodes", total=len(episodes)):
+        for n, e in enumerate(progress(episodes, desc="episodes", total=len(episodes))):
             gt = store.mask(e["query"], e["class"])
+            preds = trivial_predictions(gt.shape)
             for kind in kinds:
                 net = finetuned(model, store, e, args.shots, params, device) if kind == "finetune" else model
                 for acc, p in zip(accs[kind], probabilities(net, store, e, args.shots, iterations, device,
                                                             args.stress == "zero_mask")):
-                    acc.update(binary_prediction(p.cpu(), gt.shape).numpy(), gt.numpy(), e["class"])
+                    preds[kind] = binary_prediction(p.cpu(), gt.shape).numpy()
+                    acc.update(preds[kind], gt.numpy(), e["class"])
+            if mismatched:
+                p = probabilities(model, store, mismatched[n], args.shots, iterations, device)[-1]
+                preds["mismatched"] = binary_prediction(p.cpu(), gt.shape).numpy()
+            for setting in SETTINGS if shares[n] >= threshold else SETTINGS[:1]:
+                for row in rows:
+                    yard[setting][row].update(preds[row], gt.numpy(), e["class"])
         rate = len(episodes) / max(time.perf_counter() - started, 1e-9)
-        log.info("%.1f episodes per second (%s, %d-shot)", rate, "+".join(kinds), args.shots)
+        log.info("%.1f episodes per second (%s, %d-shot)", rate, "+".join(rows), args.shots)
         document = {"method": "prototype" if model is None else "crnet", "episodes_file": args.episodes,
                     "stress": args.stress,
                     "shots": args.shots, "fold": fold.get("fold"), "class_names": {str(c): dataset.class_names[c]
-                                                                                   for c in novel}}
+                                                                                   for c in novel},
+                    "yardstick": {"min_labelled_background": threshold, "left_out": left_out,
+                                  "mismatched": mismatched is not None,
+                                  "rows": {setting: {row: acc.summary() for row, acc in yard[setting].items()}
+                                           for setting in SETTINGS}}}
         if args.finetune:
             document.update(subset=len(episodes), steps=int(section(params, "crnet.test.finetune.steps")),
                             fusion=accs["fusion"][-1].summary(), finetune=accs["finetune"][-1].summary())
@@ -193,8 +264,12 @@ def main(argv=None):
             document.update(iterations=len(accs[kinds[0]]), summary=final.summary(), episodes=final.episode_counts)
             if model is not None:
                 document["by_iterations"] = {str(t + 1): acc.summary() for t, acc in enumerate(accs["crnet"])}
-            log.info("%d episodes: mIoU %.4f FB-IoU %.4f", len(episodes), document["summary"]["miou"],
-                     document["summary"]["fb_iou"])
+            log.info("%d episodes: mIoU %.4f FB-IoU %.4f; mismatched %s, all foreground %.4f, all background %.4f; "
+                     "labelled-background queries %d", len(episodes), document["summary"]["miou"],
+                     document["summary"]["fb_iou"],
+                     f"{yard['standard']['mismatched'].miou():.4f}" if mismatched else "–",
+                     yard["standard"]["all_foreground"].miou(), yard["standard"]["all_background"].miou(),
+                     int(yard["labelled_background"][kinds[0]].episodes.sum()))
         write_json(args.out, document)
 
 

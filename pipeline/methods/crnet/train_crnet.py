@@ -6,19 +6,26 @@
         --out work/D/fold0/crnet/full/model.pt --history work/D/fold0/crnet/full/history.tsv
 
 Training-set hygiene (PFENet/HSNet/BAM): pairs come from the train split only and only
-from the fold's *base* object classes. ``crnet.train.novel_images``: ``background`` uses
-every train image, where a novel class is never the pair's class, so its pixels are
-"not the class" = background (PFENet/HSNet); ``drop`` uses only the fold's base samples,
-the images without any novel pixel (BAM).
+from the fold's *base* object classes, and only from images that hold a training base class
+(>= ``crnet.train.min_pixels``; PFENet/HSNet): an image whose only objects are novel is
+never a training image, so no pair -- positive or negative -- teaches "novel object =
+background". ``crnet.train.novel_images``: ``background`` keeps images that also hold a
+novel object, its pixels "not the class" = background (PFENet/HSNet); ``drop`` uses only the
+fold's base samples, the images without any novel pixel (BAM).
+(:func:`pipeline.crnet_training.protocol_images`.)
 
-Checkpoint selection: a seeded share (``crnet.select.holdout_fraction``, seed = the global
-``seed``) of those images is kept out of training; ``crnet.select.episodes`` 1-shot
-episodes of the base classes are drawn among them (:func:`pipeline.data.episodes.draw_episodes`)
-and after each epoch the net is scored on them (mIoU, ``crnet.test.iterations``
-refinement iterations). The model file holds the epoch with the best held-out mIoU
+Checkpoint selection on base classes playing novel (as ``refnet.select``):
+``crnet.select.classes`` base classes are drawn (numpy rng seeded ``[seed, fold]``,
+:func:`pipeline.crnet_training.select_classes`) and held out of training entirely -- never
+a pair's class, and every train image with any pixel of them is out of training. The
+selection images are the train images that hold one of them and no novel pixel;
+``crnet.select.episodes`` 1-shot episodes of those classes are drawn among them
+(:func:`pipeline.data.episodes.draw_episodes`) and after each epoch the net is scored on
+them (mIoU, ``crnet.test.iterations`` refinement iterations). So selection rewards a net
+that segments a class it was not trained on from its support, as the test does, and never
+reads val or a novel class. The model file holds the epoch with the best selection mIoU
 (``history.tsv``: ``heldout_miou`` per epoch; the best weights so far wait in
-``<out stem>.best.pt`` until the end, so a resumed run selects the same epoch). The test
-fold's episodes are never read here.
+``<out stem>.best.pt`` until the end, so a resumed run selects the same epoch).
 
 A training pair (per epoch ``crnet.train.episodes_per_epoch``, drawn from ``(seed, epoch)``):
 a base class c with two training images, query and support two distinct images holding
@@ -54,8 +61,8 @@ import torch
 
 from pipeline.config import check_range, load_params, params_hash, section
 from pipeline.crnet_training import (
-    FULL, build_crnet, draw_pairs, make_optimizer, pair_batches, pair_loss, score_episodes, split_holdout,
-    split_training_seed, tpc_batches, variant_settings)
+    FULL, build_crnet, draw_pairs, make_optimizer, negative_queries, pair_batches, pair_loss, protocol_images,
+    score_episodes, select_classes, split_training_seed, tpc_batches, variant_settings)
 from pipeline.data.episodes import draw_episodes, images_with_class
 from pipeline.data.fewshot_features import FeatureStore
 from pipeline.data.folds import load_base_samples
@@ -92,18 +99,19 @@ def main(argv=None):
     _, training_seed = split_training_seed(args.variant)
     seed = int(params["seed"]) if training_seed is None else training_seed  # variant <name>_seed<n>
     seed_everything(seed)
-    ids = list(dataset.ids) if settings["novel_images"] == "background" else base_samples
-    train_ids, held_ids = split_holdout(ids, float(select["holdout_fraction"]), seed)
     counts = document["pixel_counts"]
     min_px = int(cfg["min_pixels"])
-    train_images = {c: v for c, v in images_with_class(counts, train_ids, base_classes, min_px).items() if len(v) >= 2}
-    held_images = {c: v for c, v in images_with_class(counts, held_ids, base_classes, min_px).items() if len(v) >= 2}
+    held_classes = select_classes(counts, dataset.ids, base_classes, novel, int(select["classes"]), seed,
+                                  fold.get("fold"), min_px)
+    trained_classes = [c for c in base_classes if c not in held_classes]
+    train_ids, held_ids = protocol_images(counts, dataset.ids, trained_classes, held_classes, novel,
+                                          settings["novel_images"], min_px)
+    train_images = {c: v for c, v in images_with_class(counts, train_ids, trained_classes, min_px).items()
+                    if len(v) >= 2}
+    held_images = images_with_class(counts, held_ids, held_classes, min_px)
     if not train_images:
         raise PipelineError(args.fold_file, f"no base class is in 2 training images with >= {min_px} px "
                             "(crnet.train.min_pixels)")
-    if not held_images:
-        raise PipelineError(args.fold_file, f"no base class is in 2 held-out images ({len(held_ids)} held out; "
-                            "raise crnet.select.holdout_fraction)")
 
     store = FeatureStore(args.features, params, dataset)
     tpc_cfg = section(params, "crnet.tpc_crc.train") if settings["tpc"] else None
@@ -122,17 +130,19 @@ def main(argv=None):
         used["tpc_crc"] = section(params, "crnet.tpc_crc.train")
     inputs = {"features": args.features, "fold_file": args.fold_file, "variant": args.variant,
               "train_images": len(train_ids), "heldout_images": len(held_ids),
-              "classes": [dataset.class_names[c] for c in sorted(train_images)]}
+              "classes": [dataset.class_names[c] for c in sorted(train_images)],
+              "selection_classes": [dataset.class_names[c] for c in held_classes]}
     with stage_run("train_crnet", inputs, used, device) as log:
         heldout = draw_episodes(held_images, sorted(held_images), int(select["episodes"]), 1, seed, dataset.class_names)
-        log.info("fold %s: %d training images (%d base classes), %d held out (%d episodes of %d classes); novel "
-                 "images: %s", fold.get("fold"), len(train_ids), len(train_images), len(held_ids), len(heldout),
-                 len(held_images), settings["novel_images"])
+        log.info("fold %s: %d training images (%d base classes), %d selection images (%d episodes of the base "
+                 "classes %s, never trained on); novel images: %s", fold.get("fold"), len(train_ids),
+                 len(train_images), len(held_ids), len(heldout), [dataset.class_names[c] for c in held_classes],
+                 settings["novel_images"])
         model = build_crnet(params, store.level_channels, settings)
         ignore = dataset.ignore_index
         iterations = int(cfg["iterations"])
         test_iterations = int(section(params, "crnet.test.iterations"))
-        negatives = {c: [i for i in train_ids if counts[i][c] == 0] for c in train_images}
+        negatives = negative_queries(counts, train_ids, sorted(train_images))
 
         def make_batches(epoch: int, rng: np.random.Generator):
             if epoch < tpc_epochs:  # 0-based: the conditioning epochs come first
