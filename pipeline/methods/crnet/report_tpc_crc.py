@@ -42,8 +42,9 @@ from pipeline.tpc_crc import STRESS_TESTS
 
 METHODS = {"crnet": "CRNet", "crnet_tpc_crc": "CRNet + TPC + CRC"}
 KINDS = {**METHODS, "prototype": "Prototype floor (PANet, no alignment)"}
-COMPONENTS = {"full": "CRNet (base)", "epoch_matched": "CRNet, epoch-matched (+ tpc_epochs plain epochs)",
-              "tpc": "+ TPC", "crc": "+ CRC", "tpc_crc": "+ TPC + CRC"}
+COMPONENTS = {"full": "CRNet (base)", "epoch_matched": "CRNet, epoch-matched (+ TPC's epochs, plain)",
+              "tpc": "+ TPC", "crc": "+ CRC (cascade, the paper's)", "tpc_crc": "+ TPC + CRC (cascade)",
+              "crc_branch": "+ CRC (branch, the earlier form)", "tpc_crc_branch": "+ TPC + CRC (branch)"}
 
 
 def percent(value) -> str:
