@@ -173,13 +173,22 @@ def group_batches(items: list[dict], batch_size: int) -> list[dict]:
     return batches
 
 
+CRC_FORMS = ("cascade", "branch")  # crnet.tpc_crc.variants.<v>.crc (false: no CRC)
+
+
 def pair_loss(model: CRNet, group: dict, iterations: int, support_weight: float, cooccurrence_weight: float,
-              ignore_index: int, cyclic: bool = False) -> tuple[torch.Tensor, dict]:
+              ignore_index: int, crc: str | None = None) -> tuple[torch.Tensor, dict]:
     """The training loss of one group of pairs and its parts (see the module docstring).
-    ``cyclic`` (CRC, :mod:`pipeline.tpc_crc`): the support branch is conditioned on the
-    query's *predicted* soft mask instead of its ground truth, gradient kept."""
+    ``crc`` (CRC, :mod:`pipeline.tpc_crc`): ``"cascade"`` (the paper's): CRNet's own loss plus
+    a second pass of the whole network with the roles flipped -- the support image as the
+    query, the first pass's *soft* query mask (not detached) as the support mask -- whose
+    query output must predict the original support mask (``cycle_ce``, weight
+    ``support_weight``; positive pairs only); ``"branch"`` (the earlier form): CRNet's support
+    branch conditioned on the query's predicted soft mask instead of its ground truth."""
+    if crc not in (None, *CRC_FORMS):
+        raise ValueError(f"crc must be None or one of {CRC_FORMS}, not {crc!r}")
     out = model(group["query"], group["support"], group["support_mask"],
-                query_mask=None if cyclic else group["query_mask"],
+                query_mask=None if crc == "branch" else group["query_mask"],
                 iterations=iterations, predict_support=support_weight > 0, ignore_index=ignore_index)
     qm, sm, positive = group["query_mask"], group["support_mask"], group["positive"]
     query_ce = torch.stack([segmentation_ce(upsample_logits(o, qm.shape[-2:]), qm, ignore_index)
@@ -190,12 +199,33 @@ def pair_loss(model: CRNet, group: dict, iterations: int, support_weight: float,
                                                   ignore_index) for o in out["support"]]).mean()
         loss = loss + support_weight * support_ce
         parts["support_ce"] = float(support_ce.detach())
+    if crc == "cascade" and support_weight > 0 and positive.any():
+        cycle_ce = cascade_ce(model, group, out["query"][-1], iterations, ignore_index)
+        loss = loss + support_weight * cycle_ce
+        parts["cycle_ce"] = float(cycle_ce.detach())
     if out["cooccurrence"] is not None and cooccurrence_weight > 0:
         target = positive.to(torch.float32)
         bce = sum(F.binary_cross_entropy_with_logits(logit, target) for logit in out["cooccurrence"]) / 2
         loss = loss + cooccurrence_weight * bce
         parts["cooccurrence_bce"] = float(bce.detach())
     return loss, parts
+
+
+def cascade_ce(model: CRNet, group: dict, query_logits: torch.Tensor, iterations: int,
+               ignore_index: int) -> torch.Tensor:
+    """CRC's second stage (the paper's Eq. 1 cascade) on the positive pairs of ``group``: the
+    same network with the inputs flipped -- query = the support's features, support = the
+    query's features, support mask = the first pass's soft foreground ``softmax(query_logits)``
+    on the query's grid, gradient kept -- and its CE against the original support mask, mean
+    over the refinement iterations. A negative pair (query without the class) has no mask to
+    return from, so it has no term (as CRNet's support term)."""
+    positive = group["positive"]
+    soft = torch.softmax(query_logits[positive], dim=1)[:, 1]
+    sm = group["support_mask"][positive]
+    back = model(group["support"][positive], group["query"][positive], soft, iterations=iterations,
+                 predict_support=False, ignore_index=ignore_index)
+    return torch.stack([segmentation_ce(upsample_logits(o, sm.shape[-2:]), sm, ignore_index)
+                        for o in back["query"]]).mean()
 
 
 @torch.no_grad()

@@ -34,12 +34,19 @@ EPS = 1e-5
 def mask_weights(mask: torch.Tensor, size: Sequence[int], ignore_index: int = 255) -> tuple[torch.Tensor, torch.Tensor]:
     """``(foreground, background)`` weights ``B x 1 x h x w`` of an episode mask ``B x H x W``
     (or ``H x W``) on a feature grid of ``size`` = (h, w): the bilinear share of class
-    pixels and of non-class, non-ignored pixels under each cell."""
+    pixels and of non-class, non-ignored pixels under each cell. A floating-point ``mask`` is
+    a *soft* foreground probability (CRC's cascade, :mod:`pipeline.tpc_crc`: a predicted query
+    mask as the next pass's support mask): foreground ``mask``, background ``1 - mask``, no
+    ignore, gradient kept."""
     if mask.dim() == 2:
         mask = mask[None]
-    mask = mask.to(torch.float32)
-    fg = (mask == 1).float()[:, None]
-    bg = (mask == 0).float()[:, None]
+    if mask.is_floating_point():
+        fg = mask[:, None]
+        bg = 1 - fg
+    else:
+        mask = mask.to(torch.float32)
+        fg = (mask == 1).float()[:, None]
+        bg = (mask == 0).float()[:, None]
     if tuple(fg.shape[-2:]) != tuple(size):
         fg = F.interpolate(fg, size=tuple(size), mode="bilinear", align_corners=False)
         bg = F.interpolate(bg, size=tuple(size), mode="bilinear", align_corners=False)

@@ -1,9 +1,12 @@
 """TPC + CRC on CRNet ("Improved similarity propagation for one-shot semantic segmentation":
 transformed-pair conditioning and the cyclic reinforcement constraint; no public code).
 
-**TPC** (transformed-pair conditioning): ``crnet.tpc_crc.train.tpc_epochs`` epochs before the
-training, at ``tpc_lr``, whose pairs are one image and a transformed copy of it: the support is
-the image, the query the copy (:func:`tpc_pairs`, :func:`tpc_batches`). CRNet's encoder is
+**TPC** (transformed-pair conditioning): conditioning epochs before the training, whose
+pairs are one image and a transformed copy of it: the support is the image, the query the
+copy (:func:`tpc_pairs`, :func:`tpc_batches`). The schedule keeps the paper's *shape*
+(:func:`tpc_schedule`): 30 conditioning epochs at lr 2.5e-5 before 200 training epochs at
+CANet's 2.5e-3 become ``epoch_share`` (0.15) of ``crnet.train.epochs``, rounded up, at
+``lr_share`` (0.01) of ``crnet.train.lr``. CRNet's encoder is
 frozen and its features cached (:mod:`pipeline.data.fewshot_features`), so the transforms act
 on the cached *feature maps* and, with the same sampling grid, on the mask
 (:func:`sampling_grid`, :func:`transform_pair`): horizontal flip, rotation, zoom and a smooth
@@ -12,16 +15,20 @@ encoder's receptive field; Gaussian and pepper noise have no faithful feature-sp
 equivalent, so they are applied to the feature maps (Gaussian: ``gaussian`` x the map's std
 per element; pepper: a ``pepper`` share of grid cells set to zero, all channels). Running the
 frozen encoder on transformed images instead would cost one encoder pass per TPC pair on
-the CPU (README: measured). Pixels that come from outside the source map are zero features
+the CPU (docs/tpc_crc.md: measured). Pixels that come from outside the source map are zero features
 and *ignore* in the mask.
 
-**CRC** (cyclic reinforcement constraint): :func:`pipeline.crnet_training.pair_loss` with
-``cyclic=True``: the query mask is predicted from (support, support mask, query), then the
-support mask from (query, the *predicted soft* query mask, support) -- the support's mask is
-not an input of that second pass. Loss: CE(query) + ``support_weight`` x CE(support) (+ the
-co-occurrence term of CRNet), end to end through the soft mask (no stop-gradient: the paper
-trains end to end, and the gradient through the mask is what makes the cycle constrain the
-query prediction). The 2-class softmax CE is the paper's BCE on the logit difference.
+**CRC** (cyclic reinforcement constraint), :func:`pipeline.crnet_training.pair_loss`:
+``crc="cascade"`` is the paper's (Section 3, Eq. 1): stage one predicts the query mask from
+(support, support mask, query); stage two is the *same network with the inputs flipped*: the
+support image is the query, the stage-one *soft* query mask (not detached) the support mask,
+and it predicts the original support mask. Loss: CRNet's own loss + ``support_weight`` x the
+stage-two CE, end to end through the soft mask (the gradient through the mask is what makes
+the cycle constrain the query prediction). Stage two goes through the query branch of the
+cross-reference (its per-branch FC weights in the query role), which the earlier form never
+did. ``crc="branch"`` (the earlier form, kept as variants ``crc_branch``/``tpc_crc_branch``):
+CRNet's own support branch, conditioned on the query's predicted soft mask instead of its
+ground truth. The 2-class softmax CE is the paper's BCE on the logit difference.
 """
 from __future__ import annotations
 
@@ -128,6 +135,15 @@ def tpc_item(store, pair: dict) -> dict:
     qf, qm = transform_pair(feats, mask, pair["transform"], store.dataset.ignore_index)
     return {"query": qf[0], "support": feats[0], "query_mask": qm, "support_mask": mask,
             "positive": torch.tensor(True)}
+
+
+def tpc_schedule(train_epochs: int, train_lr: float, cfg: dict) -> tuple[int, float]:
+    """(conditioning epochs, conditioning lr) of a TPC training: the paper's shape scaled to
+    ours -- ``ceil(epoch_share x train_epochs)`` (at least 1) epochs at ``lr_share x train_lr``
+    (``cfg``: ``crnet.tpc_crc.train``). The paper's 30 of 200 epochs, 2.5e-5 of 2.5e-3: shares
+    0.15 and 0.01; 50 epochs at 2.5e-3 -> 8 at 2.5e-5."""
+    epochs = max(1, math.ceil(float(cfg["epoch_share"]) * int(train_epochs) - 1e-9))
+    return epochs, float(cfg["lr_share"]) * float(train_lr)
 
 
 class ConditioningThenPoly:

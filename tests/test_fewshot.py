@@ -32,6 +32,16 @@ def test_mask_weights_ignore_counts_for_neither_region_and_resize_is_the_area_sh
     assert torch.allclose(bg2[0, 0], torch.tensor([[0.0, 1.0], [0.0, 0.75]]))
 
 
+def test_mask_weights_of_a_soft_mask_are_the_probability_with_gradient():
+    soft = torch.tensor([[0.25, 1.0], [0.0, 0.5]], requires_grad=True)
+    fg, bg = mask_weights(soft, (2, 2))
+    assert torch.allclose(fg[0, 0], soft.detach()) and torch.allclose(bg[0, 0], 1 - soft.detach())
+    fg.sum().backward()
+    assert torch.equal(soft.grad, torch.ones(2, 2))  # CRC's cascade trains through it
+    hard = mask_weights(torch.tensor([[1, 0]], dtype=torch.uint8), (1, 2))[0]
+    assert torch.equal(hard[0, 0], torch.tensor([[1.0, 0.0]]))  # label masks stay labels
+
+
 def test_cosine_map_by_hand():
     feats = torch.tensor([[[[1.0, 0.0]], [[0.0, 2.0]]]])  # positions (1, 0) and (0, 2)
     assert torch.allclose(cosine_map(feats, torch.tensor([1.0, 1.0])), torch.tensor([[[2 ** -0.5, 2 ** -0.5]]]))

@@ -1,6 +1,8 @@
-"""TPC + CRC math (pipeline/tpc_crc.py, pipeline.crnet_training.pair_loss(cyclic=True)) on
-hand-checkable cases: the transforms keep features and mask aligned, the CRC loss and its
-gradient through the predicted soft mask, the lr factor of the conditioning phase."""
+"""TPC + CRC math (pipeline/tpc_crc.py, pipeline.crnet_training.pair_loss(crc=...)) on
+hand-checkable cases: the transforms keep features and mask aligned, both CRC forms (the
+paper's cascade: a second pass with the roles flipped, spied on a tiny net; the earlier
+branch form) and their gradient through the predicted soft mask, the TPC schedule and the
+lr factor of the conditioning phase."""
 from __future__ import annotations
 
 import math
@@ -10,11 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.crnet_training import pair_loss, variant_settings
+from pipeline.crnet_training import pair_loss, segmentation_ce, variant_settings
 from pipeline.errors import PipelineError
 from pipeline.models.crnet import CRNet
 from pipeline.tpc_crc import (
-    ConditioningThenPoly, add_noise, sample_transform, sampling_grid, transform_pair, warp_mask)
+    ConditioningThenPoly, add_noise, sample_transform, sampling_grid, tpc_schedule, transform_pair, warp_mask)
 
 IDENTITY = {"flip": False, "angle": 0.0, "zoom": 1.0, "distortion": 0.0, "phase": [0.0, 0.0], "gaussian": 0.0,
             "pepper": 0.0, "noise_seed": 0}
@@ -92,7 +94,7 @@ def test_crc_loss_on_a_hand_case():
              "query_mask": torch.tensor([[[1, 0]]], dtype=torch.uint8),
              "support_mask": torch.tensor([[[1, 0]]], dtype=torch.uint8), "positive": torch.tensor([True])}
     model = Fixed(q, s)
-    loss, parts = pair_loss(model, group, 1, 1.0, 0.0, 255, cyclic=True)
+    loss, parts = pair_loss(model, group, 1, 1.0, 0.0, 255, crc="branch")
     expected_support = (-math.log(0.75) - math.log(0.25)) / 2
     assert parts["query_ce"] == pytest.approx(math.log(2)) and parts["support_ce"] == pytest.approx(expected_support)
     assert float(loss) == pytest.approx(math.log(2) + expected_support)
@@ -101,7 +103,7 @@ def test_crc_loss_on_a_hand_case():
     assert model.seen[-1] is group["query_mask"]
 
 
-def test_crc_trains_through_the_predicted_soft_mask():
+def test_branch_crc_trains_through_the_predicted_soft_mask():
     torch.manual_seed(0)
     net = CRNet([4], hidden=8)
     query, support = torch.randn(1, 4, 6, 6), torch.randn(1, 4, 6, 6)
@@ -123,11 +125,95 @@ def test_conditioning_then_poly_lr_factor():
 
 def test_variant_settings_of_the_tpc_crc_variants():
     params = {"crnet": {"train": {"novel_images": "background"}, "ablation": {"variants": {"no_cache": {"cache": False}}},
-                        "tpc_crc": {"variants": {"tpc_crc": {"tpc": True, "crc": True}, "crc": {"crc": True}}}}}
+                        "tpc_crc": {"variants": {"tpc_crc": {"tpc": True, "crc": "cascade"}, "crc": {"crc": "cascade"},
+                                                 "crc_branch": {"crc": "branch"}}}}}
     full = variant_settings(params, "full")
     assert not full["tpc"] and not full["crc"] and full["cache"]
     both = variant_settings(params, "tpc_crc_seed2")
-    assert both["tpc"] and both["crc"] and both["cache"]
-    assert variant_settings(params, "crc")["crc"] and not variant_settings(params, "crc")["tpc"]
+    assert both["tpc"] and both["crc"] == "cascade" and both["cache"]
+    assert variant_settings(params, "crc")["crc"] == "cascade" and not variant_settings(params, "crc")["tpc"]
+    assert variant_settings(params, "crc_branch")["crc"] == "branch"
     with pytest.raises(PipelineError, match="crnet.tpc_crc.variants"):
         variant_settings(params, "nope")
+
+
+class Spy(torch.nn.Module):
+    """A tiny CRNet whose forward calls (arguments and outputs) are recorded, with a hook on the
+    cross-reference's query-branch FC (what it receives: the pooled projected query)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = CRNet([4], hidden=8)
+        self.calls, self.query_branch = [], []
+        self.net.cross.fc_query.register_forward_hook(lambda m, inp, out: self.query_branch.append(inp[0]))
+
+    def forward(self, query, support, support_mask, **kw):
+        if support_mask.is_floating_point():
+            support_mask.retain_grad()
+        out = self.net(query, support, support_mask, **kw)
+        self.calls.append({"query": query, "support": support, "support_mask": support_mask, **kw, "out": out})
+        return out
+
+
+def cascade_group():
+    torch.manual_seed(1)
+    smask = torch.zeros(2, 12, 12, dtype=torch.uint8)
+    smask[:, 2:8, 2:8] = 1
+    qmask = torch.zeros(2, 12, 12, dtype=torch.uint8)
+    qmask[:, 4:12, 0:6] = 1
+    return {"query": torch.randn(2, 4, 6, 6), "support": torch.randn(2, 4, 6, 6), "query_mask": qmask,
+            "support_mask": smask, "positive": torch.tensor([True, True])}
+
+
+def test_cascade_crc_second_pass_flips_the_roles_through_the_query_branch():
+    spy, group = Spy(), cascade_group()
+    loss, parts = pair_loss(spy, group, 2, 1.0, 0.0, 255, crc="cascade")
+    assert len(spy.calls) == 2 and "cycle_ce" in parts
+    first, second = spy.calls
+    # stage one: CRNet's own pass, with the query's ground truth for its support branch
+    assert first["query"] is group["query"] and first["support_mask"] is group["support_mask"]
+    assert first["query_mask"] is group["query_mask"]
+    # stage two: the support image is the query, the query image the support ...
+    assert torch.equal(second["query"], group["support"]) and torch.equal(second["support"], group["query"])
+    # ... and its support mask is stage one's soft query mask, not detached
+    soft = torch.softmax(first["out"]["query"][-1], dim=1)[:, 1]
+    assert torch.allclose(second["support_mask"], soft) and second["support_mask"].grad_fn is not None
+    assert second["predict_support"] is False
+    # the support image went through the query branch of the cross-reference (its FC weights)
+    assert torch.allclose(spy.query_branch[1], spy.net.project(group["support"]).mean(dim=(2, 3)))
+    # the stage-two term is the CE against the ORIGINAL support mask, mean over iterations
+    expected = torch.stack([segmentation_ce(F.interpolate(o, size=(12, 12), mode="bilinear", align_corners=False),
+                                            group["support_mask"], 255) for o in second["out"]["query"]]).mean()
+    assert parts["cycle_ce"] == pytest.approx(float(expected.detach()), rel=1e-5)
+    # end to end: the stage-two loss reaches stage one through the soft mask
+    loss.backward()
+    assert second["support_mask"].grad is not None and second["support_mask"].grad.abs().sum() > 0
+
+
+def test_cascade_crc_target_is_the_support_mask_and_negatives_have_no_term():
+    spy, group = Spy(), cascade_group()
+    _, parts = pair_loss(spy, group, 1, 1.0, 0.0, 255, crc="cascade")
+    flipped = {**group, "support_mask": 1 - group["support_mask"]}
+    _, parts_flipped = pair_loss(Spy(), flipped, 1, 1.0, 0.0, 255, crc="cascade")
+    assert parts["cycle_ce"] != pytest.approx(parts_flipped["cycle_ce"])
+    negative = {**group, "positive": torch.tensor([False, False])}
+    spy = Spy()
+    _, parts = pair_loss(spy, negative, 1, 1.0, 0.0, 255, crc="cascade")
+    assert len(spy.calls) == 1 and "cycle_ce" not in parts
+    half = {**group, "positive": torch.tensor([True, False])}
+    spy = Spy()
+    pair_loss(spy, half, 1, 1.0, 0.0, 255, crc="cascade")
+    assert spy.calls[1]["query"].shape[0] == 1  # only the positive pair returns
+    _, base = pair_loss(Spy(), group, 1, 1.0, 0.0, 255)
+    assert "cycle_ce" not in base
+    with pytest.raises(ValueError, match="crc"):
+        pair_loss(Spy(), group, 1, 1.0, 0.0, 255, crc="both")
+
+
+def test_tpc_schedule_keeps_the_papers_shape():
+    shares = {"epoch_share": 0.15, "lr_share": 0.01}
+    assert tpc_schedule(200, 2.5e-3, shares) == (30, pytest.approx(2.5e-5))  # the paper's own numbers
+    assert tpc_schedule(50, 2.5e-3, shares) == (8, pytest.approx(2.5e-5))  # 7.5 rounded up
+    assert tpc_schedule(8, 1e-3, shares) == (2, pytest.approx(1e-5))  # embedded / MSRC
+    assert tpc_schedule(2, 1e-3, shares)[0] == 1  # never zero epochs

@@ -16,7 +16,8 @@ from conftest import CAT, CRNET_TRAIN, DOG, crnet_dataset, crnet_eval_args as ev
 from pipeline.data.episodes import read_episodes
 from pipeline.data.label_png import label_image
 from pipeline.hpartitions import (
-    bbox_fraction, class_cells, class_iou, cmps, partition_episodes, partition_index, ranked_supports, split_high_low)
+    bbox_fraction, class_cells, class_iou, cmps, color_layout_descriptor, episode_counts, partition_episodes,
+    partition_index, ranked_supports, search_pools, split_high_low)
 from pipeline.methods.crnet import make_hpartitions, report_tpc_crc, test_crnet, train_crnet
 
 # 12 cat queries (boxes of growing size) and a dog: enough for median cells of 3 images
@@ -74,6 +75,45 @@ def test_cells_and_episodes_with_an_empty_partition():
     assert parts[1][0]["supports"] == ["c"] and parts[1][2]["query"] == "c" and parts[1][2]["supports"] == ["a"]
 
 
+def test_small_cells_are_counted_and_the_fallback_widens_only_them():
+    feats = {k: np.array([v]) for k, v in {"a": 0.0, "b": 1.0, "c": 5.0, "d": 2.0, "e": 9.0, "f": 3.0,
+                                           "g": 7.0}.items()}
+    names = ["bg", "cat"]
+    # easy/large: a, b (one other each: nearest == farthest); easy/small: c alone; hard/large: d, e, f
+    cells = {CAT: {(False, False): ["a", "b"], (False, True): ["c"], (True, False): ["d", "e", "f"],
+                   (True, True): []}}
+    queries = {CAT: ["a", "b", "c", "d", "e", "f", "g"]}  # g: the middle band of a std split, in no cell
+    paper = partition_episodes(cells, feats, 1, names)
+    counts = episode_counts(paper, queries, names)
+    assert counts["per_partition"]["L0"] == {"episodes": 2, "coincide": 2, "widened": 0}
+    assert counts["per_partition"]["L1"]["coincide"] == 2 and counts["per_partition"]["L4"]["coincide"] == 0
+    assert counts["no_episode"] == {"cat": 2} and counts["queries"] == {"cat": 7}  # c (alone) and g
+    pools = {CAT: search_pools(cells[CAT], queries[CAT], "size")}
+    assert pools[CAT][(False, False)] == ["a", "b", "d", "e", "f"] and pools[CAT][(False, True)] == ["c"]
+    widened = partition_episodes(cells, feats, 1, names, pools)
+    counts = episode_counts(widened, queries, names)
+    # a and b now search easy + hard large: a's nearest b, farthest e -- no longer the same image
+    assert [e["supports"] for e in widened[0]] == [["b"], ["a"]] and widened[1][0]["supports"] == ["e"]
+    assert counts["per_partition"]["L0"] == {"episodes": 2, "coincide": 0, "widened": 2}
+    assert counts["per_partition"]["L4"]["widened"] == 0  # a cell with 2 others keeps the paper's rule
+    assert counts["no_episode"] == {"cat": 2}  # c's size partition holds only c
+    by_class = partition_episodes(cells, feats, 1, names, {CAT: search_pools(cells[CAT], queries[CAT], "class")})
+    assert episode_counts(by_class, queries, names)["no_episode"] == {"cat": 1}  # only g, in no cell
+    with pytest.raises(ValueError, match="fallback"):
+        search_pools(cells[CAT], queries[CAT], "nope")
+
+
+def test_color_layout_descriptor_on_a_hand_case():
+    image = np.zeros((4, 4, 3), np.uint8)
+    image[:2, :2] = 255  # the top-left cell white, the rest black
+    d = color_layout_descriptor(image, bins=2, grid=2)
+    assert d.shape == (2 * 2 * 3 * 2,)
+    assert d[:6].tolist() == [0.0, 1.0] * 3 and d[6:12].tolist() == [1.0, 0.0] * 3
+    half = image.copy()
+    half[0, :2] = 0  # half of the white cell turns black: sqrt(1/2) in both bins
+    assert np.allclose(color_layout_descriptor(half, bins=2, grid=2)[:2], [0.5 ** 0.5] * 2)
+
+
 def test_cmps_leaves_out_empty_partitions_and_flags_small_ones():
     out = cmps([0.5, 0.3, None, 0.9, float("nan"), 0.1, 0.2, 0.4], [40, 30, 0, 5, 0, 31, 30, 30], 30)
     assert out["empty"] == [2, 4] and out["small"] == [3] and out["used"] == [0, 1, 5, 6, 7]
@@ -116,10 +156,11 @@ def test_tpc_crc_training_conditions_first_and_never_selects_a_conditioning_epoc
     rows = [line.split("\t") for line in (tiny["tmp"] / "tpc_history.tsv").read_text().splitlines()]
     header, rows = rows[0], rows[1:]
     phases = [r[header.index("phase")] for r in rows]
-    assert phases == ["tpc"] * 8 + ["train"] * 2  # crnet.tpc_crc.train.tpc_epochs, then crnet.train.epochs
-    assert all(r[header.index("heldout_miou")] == "" for r in rows[:8])
+    # ceil(crnet.tpc_crc.train.epoch_share 0.15 x crnet.train.epochs 2) = 1 conditioning epoch, then the 2
+    assert phases == ["tpc"] * 1 + ["train"] * 2
+    assert all(r[header.index("heldout_miou")] == "" for r in rows[:1])
     meta = torch.load(parts["tpc_model"], weights_only=True)["meta"]
-    assert meta["variant"] == "tpc_crc" and meta["selected_epoch"] in (9, 10)
+    assert meta["variant"] == "tpc_crc" and meta["selected_epoch"] in (2, 3)
 
 
 def test_the_epoch_matched_control_trains_the_tpc_epochs_as_plain_epochs(tiny):
@@ -128,7 +169,7 @@ def test_the_epoch_matched_control_trains_the_tpc_epochs_as_plain_epochs(tiny):
                                                         "--history", history])
     rows = [line.split("\t") for line in history.read_text().splitlines()]
     header, rows = rows[0], rows[1:]
-    assert len(rows) == 8 + 2 and "phase" not in header  # tpc_epochs + crnet.train.epochs, all plain training
+    assert len(rows) == 1 + 2 and "phase" not in header  # TPC's 1 epoch + crnet.train.epochs, all plain training
     assert all(r[header.index("heldout_miou")] != "" for r in rows)  # every epoch scored and selectable
     meta = torch.load(out, weights_only=True)["meta"]
     assert meta["variant"] == "epoch_matched" and 1 <= meta["selected_epoch"] <= 10
@@ -145,6 +186,18 @@ def test_stress_tests_and_partial_partition_evaluations(tiny, parts):
     meta = json.loads((parts["tmp"] / "hp" / "partitions.json").read_text())
     assert meta["split"] == "median" and sum(meta["counts"].values()) == 2 * 12  # every query twice
     assert all(n == 3 for n in meta["counts"].values())  # cells of 3 images
+    assert meta["similarity"] == "pixels" and meta["fallback"] == "none"
+    assert meta["degenerate"]["no_episode"] == {"cat": 0}
+    assert all(v["coincide"] == 0 for v in meta["degenerate"]["per_partition"].values())  # 2 others each
+    # the supports are the nearest by the images' colour layout (the key input: the images)
+    from pipeline.data.voc import VOCDataset
+    from pipeline.config import load_params
+    val = VOCDataset(load_params(parts["params"])["data"], "val")
+    episodes = read_episodes(parts["tmp"] / "hp" / "L0.jsonl")
+    for e in episodes:
+        cell = [x["query"] for x in episodes]
+        d = {i: color_layout_descriptor(val.load_image(i)) for i in cell}
+        assert e["supports"] == ranked_supports(e["query"], cell, d, 1, farthest=False)
     for name in ("L0", "L7"):
         episodes = read_episodes(parts["tmp"] / "hp" / f"{name}.jsonl")
         assert len(episodes) == 3 and all(e["class"] == CAT for e in episodes)
@@ -152,6 +205,76 @@ def test_stress_tests_and_partial_partition_evaluations(tiny, parts):
     run_ok(test_crnet.main, feats + ["--episodes", parts["tmp"] / "hp" / "L0.jsonl", "--shots", 1, "--partial",
                                      "--model", tiny["tmp"] / "model.pt", "--out", parts["tmp"] / "L0.json"])
     assert json.loads((parts["tmp"] / "L0.json").read_text())["summary"]["episodes"] == 3
+
+
+def test_one_grouped_job_scores_like_the_per_file_calls(tiny, parts, capsys):
+    """The TPC + CRC suite (test_crnet --job, one process per (variant, fold)) writes, per file,
+    what the single-file call writes with the same options: compared in this run."""
+    tmp, hp = tiny["tmp"], parts["tmp"] / "hp_group"
+    run_ok(make_hpartitions.main, parts["args"] + ["--out", hp])
+    feats = parts["common"] + ["--features", parts["tmp"] / "val.pt", "--fold-file", parts["fold"]]
+    cases = {"hpart/L0.json": (hp / "L0.jsonl", ["--partial"]),
+             "hpart/zero_mask/L5.json": (hp / "L5.jsonl", ["--partial", "--stress", "zero_mask"]),
+             "hpart/identical/L2.json": (hp / "L2.jsonl", ["--partial", "--stress", "identical"])}
+    jobs = []
+    for name, (episodes, options) in cases.items():
+        spec = f"{name}={episodes}" + "".join(
+            ",partial" if o == "--partial" else f",stress={v}" for o, v in zip(options, options[1:] + [""])
+            if o in ("--partial", "--stress"))
+        jobs += ["--job", spec]
+        run_ok(test_crnet.main, feats + ["--episodes", episodes, "--shots", 1, *options, "--model",
+                                         parts["tpc_model"], "--out", tmp / name.replace("/", "_")])
+    stress_spec = f"stress/identical_seed0.json={tmp / 'ep1.jsonl'},shots=1,stress=identical"
+    run_ok(test_crnet.main, eval_args(tiny, tmp / "ep1.jsonl", 1, tmp / "single_identical.json", "--model",
+                                      parts["tpc_model"], "--stress", "identical"))
+    group = tmp / "suite"
+    run_ok(test_crnet.main, feats + jobs + ["--model", parts["tpc_model"], "--out", group])
+    for name in cases:
+        grouped = json.loads((group / name).read_text())
+        single = json.loads((tmp / name.replace("/", "_")).read_text())
+        assert grouped["stress"] == single["stress"] and grouped["episodes"] == single["episodes"]
+        for t, summary in single["by_iterations"].items():
+            for key in ("miou", "fb_iou"):
+                a, b = grouped["by_iterations"][t][key], summary[key]
+                assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, abs=1e-6)
+    # the standard 1-shot episodes under a stress test, as the suite runs them (its own fold file)
+    suite2 = tmp / "suite2"
+    run_ok(test_crnet.main, tiny["common"] + ["--features", tmp / "val.pt", "--fold-file", tiny["fold"], "--job",
+                                              stress_spec, "--model", parts["tpc_model"], "--out", suite2])
+    a = json.loads((suite2 / "stress" / "identical_seed0.json").read_text())["summary"]
+    b = json.loads((tmp / "single_identical.json").read_text())["summary"]
+    assert a["miou"] == pytest.approx(b["miou"], abs=1e-6) and a["episodes"] == b["episodes"]
+    # bad input in any job: one line, nothing written
+    bad = tmp / "suite_bad"
+    run_fails(test_crnet.main, feats + jobs + ["--job", f"x.json={tmp / 'no_such_suite_episodes.jsonl'},partial", "--model",
+                                               parts["tpc_model"], "--out", bad], capsys, "no_such_suite_episodes.jsonl")
+    assert not bad.exists()
+    run_fails(test_crnet.main, feats + ["--job", f"x.json={hp / 'L0.jsonl'},stress=nope", "--model",
+                                        parts["tpc_model"], "--out", bad], capsys, "unknown option")
+    run_fails(test_crnet.main, feats + ["--job", f"x.json={hp / 'L0.jsonl'}", "--shots", 1, "--model",
+                                        parts["tpc_model"], "--out", bad], capsys, "single-file option")
+    assert not bad.exists()
+
+
+def test_supports_follow_the_images_not_the_encoder(parts, monkeypatch):
+    """similarity: pixels reads the images: with images whose white share grows with the id,
+    each query's nearest support is the id closest to it and its farthest the most distant."""
+    from pipeline.data.voc import VOCDataset
+
+    def load_image(self, image_id):
+        image = np.zeros((26, 20, 3), np.uint8)
+        image[: 2 * (int(image_id[1:]) + 1)] = 255  # white share (k + 1) / 13
+        return image
+
+    monkeypatch.setattr(VOCDataset, "load_image", load_image)
+    out = parts["tmp"] / "hp_pixels"
+    run_ok(make_hpartitions.main, parts["args"] + ["--out", out])
+    for name, farthest in (("L0", False), ("L1", True), ("L6", False), ("L7", True)):
+        episodes = read_episodes(out / f"{name}.jsonl")
+        cell = [e["query"] for e in episodes]
+        for e in episodes:
+            others = sorted((x for x in cell if x != e["query"]), key=lambda x: abs(int(x[1:]) - int(e["query"][1:])))
+            assert e["supports"] == [others[-1] if farthest else others[0]], (name, e, cell)
 
 
 def test_std_split_leaves_partitions_empty_and_the_report_says_so(tiny, parts, capsys):
@@ -183,6 +306,10 @@ def test_std_split_leaves_partitions_empty_and_the_report_says_so(tiny, parts, c
     assert set(metrics["methods"]) == {"crnet", "crnet_tpc_crc"}
     text = (report_dir / "report.md").read_text()
     assert "no episodes" in text and "Split: **std**" in text and "Identical input" in text
+    # the std cuts leave the middle band without episodes: the report counts them per class
+    lost = json.loads((out / "partitions.json").read_text())["degenerate"]["no_episode"]["cat"]
+    assert lost > 0 and f"Queries without any episode: cat {lost} of 12" in text
+    assert "nearest and farthest supports are the same images" in text and "fallback **none**" in text
     assert metrics["stress"]["zero_mask"]["crnet"]["cmps"]["cmps"] == part["crnet"]["cmps"]
     assert "miou" not in metrics["stress"]["zero_mask"]["crnet"] and "All-zero support mask" in text
     from pipeline.stages import report_all  # results/report takes the fold report (no figure)

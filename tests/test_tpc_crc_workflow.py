@@ -10,22 +10,24 @@ from conftest import dry_run as rule_counts, scratch_workflow, snakemake
 def test_dry_runs_of_the_tpc_crc_targets(tmp_path):
     workdir = scratch_workflow(tmp_path)
     fold = rule_counts(workdir, "results/crnet_tpc_crc_fold0")
-    # full and tpc_crc: 2 trainings; each on 2 shot counts x 5 episode seeds, 2 stress tests x 5
-    # episode seeds (1-shot) and L0-L7 (plain and stressed); the floor; one H-partition stage on the Fully Oracle's predictions
+    # full and tpc_crc: 2 trainings; each on 2 shot counts x 5 episode seeds; per model ONE suite job for
+    # 2 stress tests x 5 episode seeds (1-shot) and L0-L7 (plain and stressed); the floor; one H-partition
+    # stage on the Fully Oracle's predictions
     assert fold["train_crnet"] == 2 and fold["test_crnet"] == 20 and fold["test_prototype"] == 10
-    assert fold["test_crnet_stress"] == 20 and fold["test_crnet_partition"] == 16
-    assert fold["test_crnet_partition_stress"] == 2 * 2 * 8  # both stress tests on L0-L7 (CMPS), both models
+    assert fold["test_crnet_tpc_crc_suite"] == 2
+    assert not {"test_crnet_stress", "test_crnet_partition", "test_crnet_partition_stress"} & set(fold)
     assert fold["make_hpartitions"] == 1 and fold["train_seg"] == 1 and fold["predict_seg"] == 1
     assert fold["crnet_tpc_crc_result"] == 1 and "train_cam" not in fold
     every = rule_counts(workdir, "results/crnet_tpc_crc_all")
     assert every["train_crnet"] == 8 and every["crnet_tpc_crc_result"] == 4 and every["make_hpartitions"] == 4
     assert every["train_seg"] == 1  # one shared oracle net for every fold
     components = rule_counts(workdir, "results/crnet_tpc_crc_components")
-    # full, epoch_matched, tpc, crc, tpc_crc x training seeds 0 (the plain variant), 1, 2; 1-shot x 5 episode seeds
-    assert components["train_crnet"] == 15 and components["test_crnet"] == 75 and components["test_prototype"] == 5
+    # full, epoch_matched, tpc, crc, tpc_crc, crc_branch, tpc_crc_branch x training seeds 0 (the plain
+    # variant), 1, 2; 1-shot x 5 episode seeds
+    assert components["train_crnet"] == 21 and components["test_crnet"] == 105 and components["test_prototype"] == 5
     assert "make_hpartitions" not in components
     msrc = rule_counts(workdir, "results/msrc/crnet_tpc_crc_fold0")
-    assert msrc["train_crnet"] == 2 and msrc["test_crnet_partition"] == 16
+    assert msrc["train_crnet"] == 2 and msrc["test_crnet_tpc_crc_suite"] == 2
 
 
 def test_tpc_variants_and_their_seeds_train_as_their_own_jobs(tmp_path):

@@ -404,9 +404,9 @@ rule crnet_cross_all:
 # train_crnet above (work/<ds>/fold<k>/crnet/<variant>/model.pt, each its own job). Here: the
 # H-partitions and the tests only they need, and the reports.
 #   work/<ds>/fold<k>/hpartitions/{L0..L7.jsonl,partitions.json}      H-partition episodes
-#   work/<ds>/fold<k>/crnet/<variant>/hpart/L<i>.json                 a model on partition L<i>
-#   work/<ds>/fold<k>/crnet/<variant>/hpart/<test>/L<i>.json          the same under a stress test
-#   work/<ds>/fold<k>/crnet/<variant>/stress/<test>_seed<e>.json      identical input | zero mask
+#   work/<ds>/fold<k>/crnet/<variant>/tpc_crc/                         one job per (variant, fold):
+#       hpart/L<i>.json, hpart/<test>/L<i>.json                         a model on partition L<i>, plain and stressed
+#       stress/<test>_seed<e>.json                                      identical input | zero mask, 1-shot episodes
 # Targets: results/<ds>/crnet_tpc_crc_fold<k> (CRNet vs + TPC + CRC: tables, stress tests,
 # L0-L7 + CMPS), results/<ds>/crnet_tpc_crc_all (every fold), results/<ds>/crnet_tpc_crc_components
 # (full, +TPC, +CRC, +TPC+CRC over crnet.tpc_crc.components' training seeds); the default
@@ -440,93 +440,41 @@ rule make_hpartitions:
                     "--fold-file {input.fold} --out {output}")
 
 
-rule test_crnet_partition:
+rule test_crnet_tpc_crc_suite:
+    # one job per (variant, fold): L0-L7, both stress tests on L0-L7 (CMPS) and both stress tests on
+    # the standard 1-shot episodes of every episode seed, with one loaded model (test_crnet --job);
+    # the same files, one per cell, as separate calls would write them (tests/test_tpc_crc_stages.py)
     input:
         model=f"{CRNET_DIR}/model.pt",
         features=CRNET_FEATURES.replace("{split}", "val"),
         fold=FOLD_FILE,
         partitions=HPART_DIR,
+        episodes=tpc_crc_suite_episodes,
     output:
-        HPART_EVAL,
+        directory(TPC_CRC_SUITE),
     wildcard_constraints:
         variant=r"[a-z][a-z0-9_]*",
-        part=r"L[0-7]",
     params:
         **STAGE_PARAMS,
         iterations=lambda w: crnet_section(w.dataset, "test")["iterations"],
         yardstick=yardstick_params,
         shots=lambda w: crnet_section(w.dataset, "tpc_crc")["partitions"]["shots"],
-        stress="",
+        jobs=tpc_crc_suite_jobs,
     log:
-        "logs/{dataset}/fold{fold}/crnet/{variant}/hpart_{part}.log",
+        "logs/{dataset}/fold{fold}/crnet/{variant}/tpc_crc_suite.log",
     benchmark:
-        "benchmarks/out/{dataset}/fold{fold}/crnet/{variant}/hpart_{part}.tsv"
+        "benchmarks/out/{dataset}/fold{fold}/crnet/{variant}/tpc_crc_suite.tsv"
     threads: TRAIN_THREADS
     resources:
         gpu=1,
         mem_mb=4000,
-        runtime=60,
+        runtime=240,
     conda:
         CONDA_ENV
     shell:
         stage_shell("pipeline.methods.crnet.test_crnet",
-                    "--features {input.features} --fold-file {input.fold} "
-                    "--episodes {input.partitions}/{wildcards.part}.jsonl --shots {params.shots} --partial "
-                    "{params.stress} --model {input.model} --out {output} --threads {threads}")
-
-
-use rule test_crnet_partition as test_crnet_partition_stress with:
-    # the stress tests on L0-L7 (CMPS)
-    output:
-        HPART_STRESS_EVAL,
-    wildcard_constraints:
-        variant=r"[a-z][a-z0-9_]*",
-        part=r"L[0-7]",
-        stress="|".join(STRESS_TESTS),
-    params:
-        **STAGE_PARAMS,
-        iterations=lambda w: crnet_section(w.dataset, "test")["iterations"],
-        yardstick=yardstick_params,
-        shots=lambda w: crnet_section(w.dataset, "tpc_crc")["partitions"]["shots"],
-        stress=lambda w: f"--stress {w.stress}",
-    log:
-        "logs/{dataset}/fold{fold}/crnet/{variant}/hpart_{stress}_{part}.log",
-    benchmark:
-        "benchmarks/out/{dataset}/fold{fold}/crnet/{variant}/hpart_{stress}_{part}.tsv"
-
-
-rule test_crnet_stress:
-    # the paper's Table 7 on the standard 1-shot episodes: support = query, or all-zero support masks
-    input:
-        model=f"{CRNET_DIR}/model.pt",
-        features=CRNET_FEATURES.replace("{split}", "val"),
-        fold=FOLD_FILE,
-        episodes=EPISODES_FILE.replace("{shots}", "1"),
-    output:
-        STRESS_EVAL,
-    wildcard_constraints:
-        variant=r"[a-z][a-z0-9_]*",
-        stress="|".join(STRESS_TESTS),
-        seed=r"\d+",
-    params:
-        **STAGE_PARAMS,
-        iterations=lambda w: crnet_section(w.dataset, "test")["iterations"],
-        yardstick=yardstick_params,
-    log:
-        "logs/{dataset}/fold{fold}/crnet/{variant}/stress_{stress}_seed{seed}.log",
-    benchmark:
-        "benchmarks/out/{dataset}/fold{fold}/crnet/{variant}/stress_{stress}_seed{seed}.tsv"
-    threads: TRAIN_THREADS
-    resources:
-        gpu=1,
-        mem_mb=4000,
-        runtime=60,
-    conda:
-        CONDA_ENV
-    shell:
-        stage_shell("pipeline.methods.crnet.test_crnet",
-                    "--features {input.features} --fold-file {input.fold} --episodes {input.episodes} --shots 1 "
-                    "--stress {wildcards.stress} --model {input.model} --out {output} --threads {threads}")
+                    "--features {input.features} --fold-file {input.fold} {params.jobs} "
+                    "--model {input.model} --out {output} --threads {threads}")
 
 
 rule crnet_tpc_crc_result:

@@ -204,18 +204,54 @@ def crnet_seeds_args(wildcards, input):
 
 # TPC + CRC (pipeline/tpc_crc.py) and the H-partitions (pipeline/hpartitions.py).
 HPART_DIR = "work/{dataset}/fold{fold}/hpartitions"
-HPART_EVAL = f"{CRNET_DIR}/hpart/{{part}}.json"
-HPART_STRESS_EVAL = f"{CRNET_DIR}/hpart/{{stress}}/{{part}}.json"
-STRESS_EVAL = f"{CRNET_DIR}/stress/{{stress}}_seed{{seed}}.json"
+TPC_CRC_SUITE = f"{CRNET_DIR}/tpc_crc"  # one job per (variant, fold): the files below, test_crnet --job
+HPART_EVAL = "hpart/{part}.json"  # inside TPC_CRC_SUITE
+HPART_STRESS_EVAL = "hpart/{stress}/{part}.json"
+STRESS_EVAL = "stress/{stress}_seed{seed}.json"
 ORACLE_PREDICTIONS = "work/{dataset}/shared/seg/oracle/pred_val"  # the RETAB branch's Fully Oracle net
 TPC_CRC_METHODS = {"crnet": CRNET_FULL, "crnet_tpc_crc": "tpc_crc"}  # report row -> training variant
 STRESS_TESTS = ("identical", "zero_mask")
 
 
+def tpc_crc_suite_episodes(wildcards):
+    """The standard 1-shot episode files of every episode seed (the stress tests on them)."""
+    _, seeds = crnet_shots_seeds(wildcards.dataset)
+    return [EPISODES_FILE.format(dataset=wildcards.dataset, fold=wildcards.fold, shots=1, seed=e) for e in seeds]
+
+
+def tpc_crc_suite_files(dataset):
+    """[(name inside TPC_CRC_SUITE, episodes name, shots, stress or None, partial)] of one (variant, fold):
+    L0-L7, both stress tests on L0-L7, both stress tests on the 1-shot episodes of every seed."""
+    _, seeds = crnet_shots_seeds(dataset)
+    shots = int(P(dataset)["crnet"]["tpc_crc"]["partitions"]["shots"])
+    files = []
+    for i in range(8):
+        files.append((HPART_EVAL.format(part=f"L{i}"), f"L{i}", shots, None, True))
+        for test in STRESS_TESTS:
+            files.append((HPART_STRESS_EVAL.format(stress=test, part=f"L{i}"), f"L{i}", shots, test, True))
+    for test in STRESS_TESTS:
+        for e in seeds:
+            files.append((STRESS_EVAL.format(stress=test, seed=e), e, 1, test, False))
+    return files
+
+
+def tpc_crc_suite_jobs(wildcards, input):
+    """--job NAME=EPISODES,shots=K[,stress=TEST][,partial] for each file of tpc_crc_suite_files."""
+    _, seeds = crnet_shots_seeds(wildcards.dataset)
+    by_seed = dict(zip(seeds, input.episodes))
+    out = []
+    for name, source, shots, stress, partial in tpc_crc_suite_files(wildcards.dataset):
+        episodes = f"{input.partitions}/{source}.jsonl" if partial else by_seed[source]
+        out.append(f"--job {name}={episodes},shots={shots}" + (f",stress={stress}" if stress else "")
+                   + (",partial" if partial else ""))
+    return " ".join(out)
+
+
 def tpc_crc_result_inputs(wildcards):
     """results/<dataset>/crnet_tpc_crc_fold<k>: CRNet (full) and CRNet + TPC + CRC (tpc_crc) on
-    every shot count and episode seed, the floor, both stress tests (1-shot, every episode seed,
-    and on L0-L7) and L0-L7 of the fold's H-partitions. Keys: <what>__<field>__... (split by the args)."""
+    every shot count and episode seed, the floor, and each model's TPC + CRC suite (both stress
+    tests, 1-shot, every episode seed, and on L0-L7; L0-L7 of the fold's H-partitions).
+    Keys: <what>__<field>__... (split by the args)."""
     d, k = wildcards.dataset, wildcards.fold
     num_folds(d, k)
     shots, seeds = crnet_shots_seeds(d)
@@ -225,15 +261,7 @@ def tpc_crc_result_inputs(wildcards):
             for e in seeds:
                 inputs[f"eval__{method}__{s}__{e}"] = CRNET_EVAL.format(dataset=d, fold=k, variant=variant,
                                                                        shots=s, seed=e)
-        for test in STRESS_TESTS:
-            for e in seeds:
-                inputs[f"stress__{test}__{method}__{e}"] = STRESS_EVAL.format(dataset=d, fold=k, variant=variant,
-                                                                             stress=test, seed=e)
-        for i in range(8):
-            inputs[f"part__{method}__{i}"] = HPART_EVAL.format(dataset=d, fold=k, variant=variant, part=f"L{i}")
-            for test in STRESS_TESTS:
-                inputs[f"spart__{test}__{method}__{i}"] = HPART_STRESS_EVAL.format(
-                    dataset=d, fold=k, variant=variant, stress=test, part=f"L{i}")
+        inputs[f"suite__{method}"] = TPC_CRC_SUITE.format(dataset=d, fold=k, variant=variant)
     for s in shots:
         for e in seeds:
             inputs[f"eval__prototype__{s}__{e}"] = PROTOTYPE_EVAL.format(dataset=d, fold=k, shots=s, seed=e)
@@ -243,18 +271,23 @@ def tpc_crc_result_inputs(wildcards):
 
 def tpc_crc_result_args(wildcards, input):
     """--eval KIND:SHOTS:SEED=P, --stress TEST/METHOD:SEED=P, --partition METHOD:INDEX=P,
-    --stress-partition TEST/METHOD:INDEX=P, --partitions."""
+    --stress-partition TEST/METHOD:INDEX=P (the last three inside each method's suite), --partitions."""
+    _, seeds = crnet_shots_seeds(wildcards.dataset)
     out = []
     for name in input.keys():
         what, *fields = name.split("__")
         if what == "eval":
             out.append(f"--eval {fields[0]}:{fields[1]}:{fields[2]}={input[name]}")
-        elif what == "stress":
-            out.append(f"--stress {fields[0]}/{fields[1]}:{fields[2]}={input[name]}")
-        elif what == "part":
-            out.append(f"--partition {fields[0]}:{fields[1]}={input[name]}")
-        elif what == "spart":
-            out.append(f"--stress-partition {fields[0]}/{fields[1]}:{fields[2]}={input[name]}")
+        elif what == "suite":
+            method, suite = fields[0], input[name]
+            for test in STRESS_TESTS:
+                for e in seeds:
+                    out.append(f"--stress {test}/{method}:{e}={suite}/{STRESS_EVAL.format(stress=test, seed=e)}")
+            for i in range(8):
+                out.append(f"--partition {method}:{i}={suite}/{HPART_EVAL.format(part=f'L{i}')}")
+                for test in STRESS_TESTS:
+                    out.append(f"--stress-partition {test}/{method}:{i}="
+                               f"{suite}/{HPART_STRESS_EVAL.format(stress=test, part=f'L{i}')}")
     out.append(f"--partitions {input.partitions}/partitions.json")
     return " ".join(out)
 

@@ -46,8 +46,9 @@ from pipeline.tpc_crc import STRESS_TESTS
 
 METHODS = {"crnet": "CRNet", "crnet_tpc_crc": "CRNet + TPC + CRC"}
 KINDS = {**METHODS, "prototype": "Prototype floor (PANet, no alignment)"}
-COMPONENTS = {"full": "CRNet (base)", "epoch_matched": "CRNet, epoch-matched (+ tpc_epochs plain epochs)",
-              "tpc": "+ TPC", "crc": "+ CRC", "tpc_crc": "+ TPC + CRC"}
+COMPONENTS = {"full": "CRNet (base)", "epoch_matched": "CRNet, epoch-matched (+ TPC's epochs, plain)",
+              "tpc": "+ TPC", "crc": "+ CRC (cascade, the paper's)", "tpc_crc": "+ TPC + CRC (cascade)",
+              "crc_branch": "+ CRC (branch, the earlier form)", "tpc_crc_branch": "+ TPC + CRC (branch)"}
 
 
 def percent(value) -> str:
@@ -82,7 +83,8 @@ def partition_scores(docs: dict[int, dict], min_episodes: int, what: str) -> dic
 def partition_table(docs: dict[tuple[str, int], dict], meta: dict) -> dict:
     """``{"split", "min_episodes", "counts", <method>: partition_scores}``."""
     out = {"split": meta["split"], "shots": meta.get("shots"), "min_episodes": int(meta["min_episodes"]),
-           "counts": meta["counts"]}
+           "counts": meta["counts"], "fallback": meta.get("fallback", "none"), "similarity": meta.get("similarity"),
+           "degenerate": meta.get("degenerate")}
     for method in sorted({m for m, _ in docs}):
         if method not in METHODS:
             raise PipelineError("--partition", f"'{method}' is not one of {', '.join(METHODS)}")
@@ -99,6 +101,27 @@ def stress_cmps(docs: dict[tuple[str, int], dict], min_episodes: int, tables: di
             raise PipelineError("--stress-partition", f"'{name}' is not TEST/METHOD")
         entry = partition_scores({i: d for (n, i), d in docs.items() if n == name}, min_episodes, name)
         tables.setdefault(test, {}).setdefault(method, {})["cmps"] = entry
+
+
+def degenerate_lines(part: dict) -> list[str]:
+    """What the small cells did to the partitions (stage make_hpartitions' counts), as text."""
+    info = part.get("degenerate")
+    if not info:
+        return []
+    per = info["per_partition"]
+    lost = {c: n for c, n in info["no_episode"].items() if n}
+    similarity = {"pixels": "colour-layout histograms of the images (no network)",
+                  "encoder": "the frozen encoder's pooled features (the floor's own space)"}.get(part.get("similarity"),
+                                                                                              "not recorded")
+    return [f"Supports: nearest / farthest by {similarity}; fallback **{part.get('fallback', 'none')}** "
+            "(crnet.tpc_crc.partitions.fallback: where a query with <= shots other images in its cell searches). "
+            "Episodes whose nearest and farthest supports are the same images (so the even and odd partition "
+            "hold the same episode): " + ", ".join(f"{n} {per[n]['coincide']} of {per[n]['episodes']}"
+                                                 for n in PARTITIONS)
+            + "; searched in a widened pool: " + ", ".join(f"{n} {per[n]['widened']}" for n in PARTITIONS) + ". "
+            + "Queries without any episode: "
+            + (", ".join(f"{c} {n} of {info['queries'][c]}" for c, n in lost.items()) if lost else "none")
+            + f" ({sum(info['no_episode'].values())} of {sum(info['queries'].values())}).", ""]
 
 
 def partition_markdown(part: dict) -> list[str]:
@@ -118,6 +141,7 @@ def partition_markdown(part: dict) -> list[str]:
              "median = median cuts for small data). " + "; ".join(f"{n}: {describe(i)}"
                                                                  for i, n in enumerate(PARTITIONS)) + ".", "",
              "Episodes per partition: " + ", ".join(f"{n} {counts[n]}" for n in PARTITIONS) + ".", "",
+             *degenerate_lines(part),
              markdown_table(header, rows),
              "CMPS: the mean mIoU over the partitions that have episodes (the paper's); a cell marked * has fewer "
              f"than {part['min_episodes']} episodes (crnet.tpc_crc.partitions.min_episodes): it counts in CMPS and "

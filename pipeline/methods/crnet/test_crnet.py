@@ -51,6 +51,14 @@ left out of its mean (``episodes_per_class`` 0; the reports name it). With
 images, stage make_episodes) is allowed and named in ``yardstick.left_out`` with its val
 image count.
 
+``--job NAME=EPISODES[,shots=K][,stress=TEST][,partial]`` (repeated; with ``--model`` or
+``--prototype``, instead of ``--episodes``/``--shots``/``--stress``/``--partial``): one process
+scores many episode files with one loaded model and feature cache, and ``--out`` is a
+directory holding ``NAME`` (a relative path, e.g. ``hpart/L0.json``) per job -- each file
+exactly what the single-file call writes for the same options (the TPC + CRC report's
+partitions and stress tests: one job per (variant, fold), not one per cell). Every job's
+episodes are checked before any is scored; the directory is complete or absent.
+
 Bad input (one line, exit 2, nothing written): a mismatched-support request
 (``crnet.test.mismatched``) on episodes of a single class; no query with labelled background
 at all (no class left in that table); an episode naming an image that is not in
@@ -62,6 +70,7 @@ from __future__ import annotations
 
 import copy
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -75,7 +84,7 @@ from pipeline.data.folds import fold_novel_classes, load_fold
 from pipeline.data.voc import VOCDataset
 from pipeline.errors import PipelineError, run_stage
 from pipeline.fewshot import binary_prediction, prototype_probability
-from pipeline.io import write_json
+from pipeline.io import atomic_dir, write_json
 from pipeline.metrics.episodic import EpisodeIoUAccumulator
 from pipeline.models.crnet import CRNet, episode_probabilities
 from pipeline.runtime import progress, seed_everything, stage_run
@@ -157,14 +166,129 @@ def probabilities(model: CRNet | None, store: FeatureStore, e: dict, shots: int,
     return episode_probabilities(model, query, feats, masks, iterations)
 
 
+JOB_OPTIONS = ("shots", "stress", "partial")
+
+
+def parse_job(text: str) -> dict:
+    """``NAME=EPISODES[,shots=K][,stress=TEST][,partial]`` -> ``{name, episodes, shots, stress,
+    partial}`` (shots 1, no stress, not partial unless given); a malformed one: one line."""
+    name, sep, rest = text.partition("=")
+    fields = rest.split(",")
+    if not sep or not name or not fields[0] or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise PipelineError("--job", f"'{text}': expected NAME=EPISODES[,shots=K][,stress=TEST][,partial] "
+                            "with NAME a relative path")
+    job = {"name": name, "episodes": fields[0], "shots": 1, "stress": None, "partial": False}
+    for field in fields[1:]:
+        key, _, value = field.partition("=")
+        if key == "partial" and not value:
+            job["partial"] = True
+        elif key == "shots" and value.isdigit():
+            job["shots"] = int(value)
+        elif key == "stress" and value in STRESS_TESTS:
+            job["stress"] = value
+        else:
+            raise PipelineError("--job", f"'{text}': unknown option '{field}' (known: shots=K, "
+                                f"stress={'|'.join(STRESS_TESTS)}, partial)")
+    return job
+
+
+def prepare_file(job: dict, episodes: list[dict], novel: list[int], store: FeatureStore, params: dict,
+                 finetune: bool) -> dict:
+    """The checks of one episodes file and what its scoring needs, before any file is scored:
+    ``episodes`` (identical-input / finetune subset applied), the queries' labelled-background
+    ``shares``, the ``mismatched`` episodes (or None) and the ``left_out`` small classes."""
+    dataset, shots, path = store.dataset, job["shots"], job["episodes"]
+    leave_out = section(params, "episodes.small_classes") == "leave_out"
+    missing = check_episodes(episodes, path, shots, novel, store, dataset.class_names, job["partial"], leave_out)
+    if job["stress"] == "identical":
+        episodes = identical_input(episodes, shots)
+    if finetune:
+        episodes = episodes[:int(section(params, "crnet.test.finetune.episodes"))]
+    threshold = float(section(params, "episodes.min_labelled_background"))
+    shares = [labelled_background_share(store.mask(e["query"], e["class"]).numpy()) for e in episodes]
+    if not job["partial"] and not any(v >= threshold for v in shares):
+        raise PipelineError(path, f"no query has >= {threshold} labelled background "
+                            "(episodes.min_labelled_background): the labelled-background table has no class left")
+    mismatched = None
+    if section(params, "crnet.test.mismatched") and not (finetune or job["stress"] or job["partial"]):
+        try:
+            mismatched = mismatched_episodes(episodes, shots)
+        except ValueError as err:
+            raise PipelineError(path, f"mismatched supports (crnet.test.mismatched): {err}; "
+                                "a single-class test set needs crnet.test.mismatched: false") from None
+    min_pixels = int(section(params, "episodes.min_pixels"))
+    left_out = {dataset.class_names[c]: images_holding(store, c, min_pixels) for c in missing} if leave_out else {}
+    return {"episodes": episodes, "shares": shares, "threshold": threshold, "mismatched": mismatched,
+            "left_out": left_out}
+
+
+def score_file(job: dict, prepared: dict, model: CRNet | None, store: FeatureStore, novel: list[int], fold: dict,
+               params: dict, iterations: int, finetune: bool, device, log) -> dict:
+    """The evaluation document of one episodes file (module docstring: Output), the yardstick's
+    rows scored on the same episodes in the same pass."""
+    dataset, shots = store.dataset, job["shots"]
+    episodes, shares, threshold = prepared["episodes"], prepared["shares"], prepared["threshold"]
+    mismatched = prepared["mismatched"]
+    kinds = ("fusion", "finetune") if finetune else ("crnet",) if model is not None else ("prototype",)
+    accs = {kind: [EpisodeIoUAccumulator(novel, dataset.ignore_index)
+                   for _ in range(iterations if kind != "prototype" else 1)] for kind in kinds}
+    rows = [*kinds, *(["mismatched"] if mismatched else []), *TRIVIAL_ROWS]
+    yard = {setting: {row: EpisodeIoUAccumulator(novel, dataset.ignore_index) for row in rows} for setting in SETTINGS}
+    started = time.perf_counter()
+    for n, e in enumerate(progress(episodes, desc="episodes", total=len(episodes))):
+        gt = store.mask(e["query"], e["class"])
+        preds = trivial_predictions(gt.shape)
+        for kind in kinds:
+            net = finetuned(model, store, e, shots, params, device) if kind == "finetune" else model
+            for acc, p in zip(accs[kind], probabilities(net, store, e, shots, iterations, device,
+                                                        job["stress"] == "zero_mask")):
+                preds[kind] = binary_prediction(p.cpu(), gt.shape).numpy()
+                acc.update(preds[kind], gt.numpy(), e["class"])
+        if mismatched:
+            p = probabilities(model, store, mismatched[n], shots, iterations, device)[-1]
+            preds["mismatched"] = binary_prediction(p.cpu(), gt.shape).numpy()
+        for setting in SETTINGS if shares[n] >= threshold else SETTINGS[:1]:
+            for row in rows:
+                yard[setting][row].update(preds[row], gt.numpy(), e["class"])
+    rate = len(episodes) / max(time.perf_counter() - started, 1e-9)
+    log.info("%s: %.1f episodes per second (%s, %d-shot)", job["episodes"], rate, "+".join(rows), shots)
+    document = {"method": "prototype" if model is None else "crnet", "episodes_file": job["episodes"],
+                "stress": job["stress"],
+                "shots": shots, "fold": fold.get("fold"), "class_names": {str(c): dataset.class_names[c]
+                                                                          for c in novel},
+                "yardstick": {"min_labelled_background": threshold, "left_out": prepared["left_out"],
+                              "mismatched": mismatched is not None,
+                              "rows": {setting: {row: acc.summary() for row, acc in yard[setting].items()}
+                                       for setting in SETTINGS}}}
+    if finetune:
+        document.update(subset=len(episodes), steps=int(section(params, "crnet.test.finetune.steps")),
+                        fusion=accs["fusion"][-1].summary(), finetune=accs["finetune"][-1].summary())
+        log.info("%d episodes: fusion mIoU %.4f, finetune mIoU %.4f", len(episodes), document["fusion"]["miou"],
+                 document["finetune"]["miou"])
+    else:
+        final = accs[kinds[0]][-1]
+        document.update(iterations=len(accs[kinds[0]]), summary=final.summary(), episodes=final.episode_counts)
+        if model is not None:
+            document["by_iterations"] = {str(t + 1): acc.summary() for t, acc in enumerate(accs["crnet"])}
+        log.info("%d episodes: mIoU %.4f FB-IoU %.4f; mismatched %s, all foreground %.4f, all background %.4f; "
+                 "labelled-background queries %d", len(episodes), document["summary"]["miou"],
+                 document["summary"]["fb_iou"],
+                 f"{yard['standard']['mismatched'].miou():.4f}" if mismatched else "–",
+                 yard["standard"]["all_foreground"].miou(), yard["standard"]["all_background"].miou(),
+                 int(yard["labelled_background"][kinds[0]].episodes.sum()))
+    return document
+
+
 def main(argv=None):
     ap = stage_parser(__doc__, threads=True)
     ap.add_argument("--features", required=True, help="val-split feature cache (stage crnet_features)")
     classes = ap.add_mutually_exclusive_group(required=True)
     classes.add_argument("--fold-file", help="fold JSON: its novel classes are the episodes' classes")
     classes.add_argument("--classes", help="comma-separated class names or 'all' (cross-dataset episodes)")
-    ap.add_argument("--episodes", required=True, help="episodes JSONL (stage make_episodes)")
-    ap.add_argument("--shots", required=True, type=int, help="supports per episode used (k)")
+    ap.add_argument("--episodes", help="episodes JSONL (stage make_episodes)")
+    ap.add_argument("--shots", type=int, help="supports per episode used (k)")
+    ap.add_argument("--job", action="append", default=[],
+                    help="NAME=EPISODES[,shots=K][,stress=TEST][,partial] (repeated): many files, --out a directory")
     which = ap.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", help="CRNet model file (stage train_crnet)")
     which.add_argument("--prototype", action="store_true", help="the training-free prototype floor")
@@ -172,12 +296,28 @@ def main(argv=None):
     ap.add_argument("--stress", choices=STRESS_TESTS, help="identical: support = query; zero_mask: all-zero "
                     "support masks (TPC + CRC paper, Table 7)")
     ap.add_argument("--partial", action="store_true", help="novel classes without episodes allowed (H-partitions)")
-    ap.add_argument("--out", required=True, help="evaluation JSON to write")
+    ap.add_argument("--out", required=True, help="evaluation JSON to write (with --job: a directory)")
     args = ap.parse_args(argv)
 
     params = load_params(args.params, args.dataset)
-    if args.shots < 1:
-        raise PipelineError("--shots", f"{args.shots} must be >= 1")
+    if args.job:
+        single = [flag for flag, value in (("--episodes", args.episodes), ("--shots", args.shots),
+                                           ("--stress", args.stress), ("--partial", args.partial),
+                                           ("--finetune", args.finetune)) if value]
+        if single:
+            raise PipelineError(single[0], "is a single-file option: with --job give it inside each job")
+        jobs = [parse_job(text) for text in args.job]
+        names = [job["name"] for job in jobs]
+        if len(set(names)) != len(names):
+            raise PipelineError("--job", f"two jobs write '{next(n for n in names if names.count(n) > 1)}'")
+    else:
+        if args.episodes is None or args.shots is None:
+            raise PipelineError("--episodes" if args.episodes is None else "--shots", "is required (or --job)")
+        jobs = [{"name": None, "episodes": args.episodes, "shots": args.shots, "stress": args.stress,
+                 "partial": args.partial}]
+    for job in jobs:
+        if job["shots"] < 1:
+            raise PipelineError("--shots", f"{job['shots']} must be >= 1")
     if args.finetune and not args.model:
         raise PipelineError("--finetune", "needs --model")
     if args.finetune and args.stress:
@@ -190,87 +330,33 @@ def main(argv=None):
     else:
         fold = load_fold(args.fold_file)
         novel = fold_novel_classes(fold, args.fold_file, dataset.num_classes)
-    episodes = read_episodes(args.episodes)
     store = FeatureStore(args.features, params, dataset)
-    leave_out = section(params, "episodes.small_classes") == "leave_out"
-    missing = check_episodes(episodes, args.episodes, args.shots, novel, store, dataset.class_names, args.partial,
-                             leave_out)
-    if args.stress == "identical":
-        episodes = identical_input(episodes, args.shots)
+    # every file checked before any is scored
+    prepared = [prepare_file(job, read_episodes(job["episodes"]), novel, store, params, args.finetune) for job in jobs]
     device = stage_device(args, params)
     seed_everything(int(params["seed"]))
     iterations = int(section(params, "crnet.test.iterations"))
     model = load_crnet(args.model, store).to(device) if args.model else None
-    if args.finetune:
-        episodes = episodes[:int(section(params, "crnet.test.finetune.episodes"))]
-    kinds = ("fusion", "finetune") if args.finetune else ("crnet",) if model is not None else ("prototype",)
-    threshold = float(section(params, "episodes.min_labelled_background"))
-    shares = [labelled_background_share(store.mask(e["query"], e["class"]).numpy()) for e in episodes]
-    if not args.partial and not any(v >= threshold for v in shares):
-        raise PipelineError(args.episodes, f"no query has >= {threshold} labelled background "
-                            "(episodes.min_labelled_background): the labelled-background table has no class left")
-    mismatched = None
-    if section(params, "crnet.test.mismatched") and not (args.finetune or args.stress or args.partial):
-        try:
-            mismatched = mismatched_episodes(episodes, args.shots)
-        except ValueError as err:
-            raise PipelineError(args.episodes, f"mismatched supports (crnet.test.mismatched): {err}; "
-                                "a single-class test set needs crnet.test.mismatched: false") from None
-    min_pixels = int(section(params, "episodes.min_pixels"))
-    left_out = {dataset.class_names[c]: images_holding(store, c, min_pixels) for c in missing} if leave_out else {}
-    inputs = {"episodes": args.episodes, "shots": args.shots, "model": args.model, "kinds": kinds,
-              "count": len(episodes), "stress": args.stress, "partial": args.partial}
+    if args.job:
+        inputs = {"jobs": jobs, "model": args.model, "count": sum(len(p["episodes"]) for p in prepared)}
+    else:
+        kinds = ("fusion", "finetune") if args.finetune else ("crnet",) if model is not None else ("prototype",)
+        inputs = {"episodes": args.episodes, "shots": args.shots, "model": args.model, "kinds": kinds,
+                  "count": len(prepared[0]["episodes"]), "stress": args.stress, "partial": args.partial}
     used = {"crnet.test": section(params, "crnet.test"), "seed": params["seed"],
             "episodes": {k: section(params, "episodes")[k] for k in ("min_labelled_background", "small_classes")}}
     with stage_run("test_crnet", inputs, used, device) as log:
-        accs = {kind: [EpisodeIoUAccumulator(novel, dataset.ignore_index)
-                       for _ in range(iterations if kind != "prototype" else 1)] for kind in kinds}
-        rows = [*kinds, *(["mismatched"] if mismatched else []), *TRIVIAL_ROWS]
-        yard = {setting: {row: EpisodeIoUAccumulator(novel, dataset.ignore_index) for row in rows}
-                for setting in SETTINGS}
-        started = time.perf_counter()
-        for n, e in enumerate(progress(episodes, desc="episodes", total=len(episodes))):
-            gt = store.mask(e["query"], e["class"])
-            preds = trivial_predictions(gt.shape)
-            for kind in kinds:
-                net = finetuned(model, store, e, args.shots, params, device) if kind == "finetune" else model
-                for acc, p in zip(accs[kind], probabilities(net, store, e, args.shots, iterations, device,
-                                                            args.stress == "zero_mask")):
-                    preds[kind] = binary_prediction(p.cpu(), gt.shape).numpy()
-                    acc.update(preds[kind], gt.numpy(), e["class"])
-            if mismatched:
-                p = probabilities(model, store, mismatched[n], args.shots, iterations, device)[-1]
-                preds["mismatched"] = binary_prediction(p.cpu(), gt.shape).numpy()
-            for setting in SETTINGS if shares[n] >= threshold else SETTINGS[:1]:
-                for row in rows:
-                    yard[setting][row].update(preds[row], gt.numpy(), e["class"])
-        rate = len(episodes) / max(time.perf_counter() - started, 1e-9)
-        log.info("%.1f episodes per second (%s, %d-shot)", rate, "+".join(rows), args.shots)
-        document = {"method": "prototype" if model is None else "crnet", "episodes_file": args.episodes,
-                    "stress": args.stress,
-                    "shots": args.shots, "fold": fold.get("fold"), "class_names": {str(c): dataset.class_names[c]
-                                                                                   for c in novel},
-                    "yardstick": {"min_labelled_background": threshold, "left_out": left_out,
-                                  "mismatched": mismatched is not None,
-                                  "rows": {setting: {row: acc.summary() for row, acc in yard[setting].items()}
-                                           for setting in SETTINGS}}}
-        if args.finetune:
-            document.update(subset=len(episodes), steps=int(section(params, "crnet.test.finetune.steps")),
-                            fusion=accs["fusion"][-1].summary(), finetune=accs["finetune"][-1].summary())
-            log.info("%d episodes: fusion mIoU %.4f, finetune mIoU %.4f", len(episodes), document["fusion"]["miou"],
-                     document["finetune"]["miou"])
-        else:
-            final = accs[kinds[0]][-1]
-            document.update(iterations=len(accs[kinds[0]]), summary=final.summary(), episodes=final.episode_counts)
-            if model is not None:
-                document["by_iterations"] = {str(t + 1): acc.summary() for t, acc in enumerate(accs["crnet"])}
-            log.info("%d episodes: mIoU %.4f FB-IoU %.4f; mismatched %s, all foreground %.4f, all background %.4f; "
-                     "labelled-background queries %d", len(episodes), document["summary"]["miou"],
-                     document["summary"]["fb_iou"],
-                     f"{yard['standard']['mismatched'].miou():.4f}" if mismatched else "–",
-                     yard["standard"]["all_foreground"].miou(), yard["standard"]["all_background"].miou(),
-                     int(yard["labelled_background"][kinds[0]].episodes.sum()))
-        write_json(args.out, document)
+        if not args.job:
+            write_json(args.out, score_file(jobs[0], prepared[0], model, store, novel, fold, params, iterations,
+                                            args.finetune, device, log))
+            return
+        with atomic_dir(args.out) as tmp:
+            for job, prep in zip(jobs, prepared):
+                seed_everything(int(params["seed"]))  # each file as its own call would score it
+                target = tmp / job["name"]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                write_json(target, score_file(job, prep, model, store, novel, fold, params, iterations, False,
+                                              device, log))
 
 
 if __name__ == "__main__":

@@ -42,14 +42,18 @@ switches and/or ``novel_images``) or of ``crnet.tpc_crc.variants`` (the TPC + CR
 scheme, :mod:`pipeline.tpc_crc`), optionally with a ``_seed<n>`` suffix that sets the
 training seed to n (``full_seed1``; results/<ds>/crnet_seeds). Resumable per epoch (pipeline.training).
 
-TPC (variant ``tpc: true``): ``crnet.tpc_crc.train.tpc_epochs`` conditioning epochs come
-first, each ``episodes_per_epoch`` pairs of one training image (support) and its transformed
-copy (query), at the constant lr ``tpc_lr``; then the ``epochs`` of training with the usual
-poly schedule. Conditioning epochs are not scored on the held-out episodes and are never
-selected (``history.tsv``: ``phase`` tpc / train). CRC (``crc: true``): every step's
-support branch is conditioned on the query's predicted soft mask (``pair_loss(cyclic=True)``).
-The control ``epoch_matched: true`` trains the base ``tpc_epochs`` plain epochs longer (poly
-over all of them): the TPC variants' total number of epochs without the transformed pairs.
+TPC (variant ``tpc: true``): the conditioning epochs come first (the paper's schedule shape,
+:func:`pipeline.tpc_crc.tpc_schedule`: ``crnet.tpc_crc.train.epoch_share`` x ``epochs``
+rounded up, at the constant lr ``lr_share`` x ``lr``), each ``episodes_per_epoch`` pairs of
+one training image (support) and its transformed copy (query); then the ``epochs`` of
+training with the usual poly schedule. Conditioning epochs are not scored on the held-out
+episodes and are never selected (``history.tsv``: ``phase`` tpc / train). CRC (``crc:
+cascade``, the paper's): every positive pair also runs the network a second time with the
+roles flipped, the first pass's soft query mask as the support mask, predicting the
+support mask (``pair_loss(crc="cascade")``); ``crc: branch`` (the earlier form): CRNet's
+support branch is conditioned on the query's predicted soft mask. The control
+``epoch_matched: true`` trains the base as many plain epochs longer as TPC conditions for
+(poly over all of them): the TPC variants' total number of epochs without the transformed pairs.
 """
 from __future__ import annotations
 
@@ -72,7 +76,7 @@ from pipeline.errors import PipelineError, run_stage
 from pipeline.models.crnet import CRNet
 from pipeline.runtime import seed_everything, stage_run
 from pipeline.stage import stage_device, stage_parser
-from pipeline.tpc_crc import ConditioningThenPoly, tpc_pairs
+from pipeline.tpc_crc import ConditioningThenPoly, tpc_pairs, tpc_schedule
 from pipeline.training import count_steps, load_model, poly_scheduler, save_model, train_and_save
 
 def main(argv=None):
@@ -114,14 +118,15 @@ def main(argv=None):
                             "(crnet.train.min_pixels)")
 
     store = FeatureStore(args.features, params, dataset)
-    tpc_cfg = section(params, "crnet.tpc_crc.train") if settings["tpc"] else None
-    tpc_epochs = int(tpc_cfg["tpc_epochs"]) if tpc_cfg else 0
+    tpc_cfg = section(params, "crnet.tpc_crc.train") if settings["tpc"] or settings.get("epoch_matched") else None
     if tpc_cfg:
-        check_range(tpc_cfg["tpc_lr"], "crnet.tpc_crc.train.tpc_lr", 0, low_open=True)
-        check_range(tpc_epochs, "crnet.tpc_crc.train.tpc_epochs", 1)
+        check_range(tpc_cfg["epoch_share"], "crnet.tpc_crc.train.epoch_share", 0, low_open=True)
+        check_range(tpc_cfg["lr_share"], "crnet.tpc_crc.train.lr_share", 0, low_open=True)
+    schedule_epochs, tpc_lr = tpc_schedule(int(cfg["epochs"]), float(cfg["lr"]), tpc_cfg) if tpc_cfg else (0, 0.0)
+    tpc_epochs = schedule_epochs if settings["tpc"] else 0
     # The TPC variants' control: as many plain epochs more as TPC conditions for, so a TPC gain is
     # not just more training (the key is absent from every other variant's settings).
-    extra_epochs = int(section(params, "crnet.tpc_crc.train.tpc_epochs")) if settings.get("epoch_matched") else 0
+    extra_epochs = schedule_epochs if settings.get("epoch_matched") else 0
     train_epochs = int(cfg["epochs"]) + extra_epochs
     used = {"crnet": {k: v for k, v in params["crnet"].items() if k not in ("test", "ablation", "tpc_crc")},
             "iterations": section(params, "crnet.test.iterations"), "variant": settings,
@@ -156,7 +161,7 @@ def main(argv=None):
             total, sums = 0.0, {}
             for group in batch["groups"]:
                 loss, parts = pair_loss(net, group, iterations, float(cfg["support_weight"]),
-                                        float(cfg["cooccurrence_weight"]), ignore, cyclic=settings["crc"])
+                                        float(cfg["cooccurrence_weight"]), ignore, crc=settings["crc"] or None)
                 share = group["query"].shape[0] / int(cfg["batch_size"])
                 total = total + share * loss
                 for k, v in parts.items():
@@ -204,12 +209,15 @@ def main(argv=None):
         steps = count_steps(int(cfg["episodes_per_epoch"]), int(cfg["batch_size"])) or 1
         if tpc_epochs:
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, ConditioningThenPoly(
-                steps * tpc_epochs, float(tpc_cfg["tpc_lr"]) / float(cfg["lr"]), steps * train_epochs))
+                steps * tpc_epochs, tpc_lr / float(cfg["lr"]), steps * train_epochs))
             log.info("TPC: %d conditioning epochs at lr %g before %d training epochs; CRC: %s", tpc_epochs,
-                     float(tpc_cfg["tpc_lr"]), train_epochs, settings["crc"])
+                     tpc_lr, train_epochs, settings["crc"] or "none")
         else:
             if extra_epochs:
-                log.info("epoch-matched control: %d training epochs (crnet.train.epochs + tpc_epochs)", train_epochs)
+                log.info("epoch-matched control: %d training epochs (crnet.train.epochs + TPC's %d)", train_epochs,
+                         extra_epochs)
+            elif settings["crc"]:
+                log.info("CRC: %s", settings["crc"])
             scheduler = poly_scheduler(optimizer, steps * train_epochs)
         train_and_save(model, make_batches, step, optimizer, scheduler, tpc_epochs + train_epochs, args.out,
                        args.history, log, seed, meta, device, model_meta=model_meta, after_epoch=after_epoch,
