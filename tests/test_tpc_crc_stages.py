@@ -246,8 +246,9 @@ def test_one_grouped_job_scores_like_the_per_file_calls(tiny, parts, capsys):
     assert a["miou"] == pytest.approx(b["miou"], abs=1e-6) and a["episodes"] == b["episodes"]
     # bad input in any job: one line, nothing written
     bad = tmp / "suite_bad"
-    run_fails(test_crnet.main, feats + jobs + ["--job", f"x.json={tmp / 'no_such_suite_episodes.jsonl'},partial", "--model",
-                                               parts["tpc_model"], "--out", bad], capsys, "no_such_suite_episodes.jsonl")
+    absent = tmp / "no_such_suite_episodes.jsonl"  # tmp is shared with other test files: a name of its own
+    run_fails(test_crnet.main, feats + jobs + ["--job", f"x.json={absent},partial", "--model", parts["tpc_model"],
+                                               "--out", bad], capsys, absent.name)
     assert not bad.exists()
     run_fails(test_crnet.main, feats + ["--job", f"x.json={hp / 'L0.jsonl'},stress=nope", "--model",
                                         parts["tpc_model"], "--out", bad], capsys, "unknown option")
