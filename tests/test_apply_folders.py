@@ -310,3 +310,31 @@ def test_crnet_on_folders_uses_the_trained_model(crnet_tiny, tmp_path, capsys):
     # a model file of another kind is one line naming it
     args[args.index(crnet_tiny["tmp"] / "model.pt")] = crnet_tiny["tmp"] / "fold0.json"
     run_fails(fewshot_folder.main, args, capsys, "fold0.json")
+
+
+def test_refnet_on_folders_uses_the_trained_model(tmp_path, capsys):
+    from pipeline.methods.crnet import crnet_features
+    from pipeline.methods.refnet import train_refnet
+
+    train = {**{f"t{i}": [(1, 4 + i, 16 + i, 4, 16)] for i in range(4)},
+             **{f"t{i}": [(2, 10, 24, 2 + i, 16 + i)] for i in range(4, 8)}}
+    data = write_tiny_voc(tmp_path / "tiny", train, ["t0"])
+    small = {"refnet.size": 32, "refnet.grid": 4, "refnet.hidden": 64, "refnet.min_pixels": 4,
+             "refnet.train.steps": 2, "refnet.train.warmup_steps": 1, "refnet.train.batch_size": 2,
+             "refnet.critic.n_critic": 1, "refnet.critic.channels": 4, "backbone.output_stride": 16}
+    params = write_yaml(tmp_path / "params.yaml", tiny_params(data, [["cat"]], small))
+    common = ["--params", params, "--dataset", "tiny"]
+    run_ok(crnet_features.main, common + ["--split", "train", "--out", tmp_path / "train.pt"])
+    run_ok(train_refnet.main, common + ["--features", tmp_path / "train.pt", "--labels",
+                                        data.write_labels(tmp_path / "labels.json"), "--fold-file",
+                                        data.write_fold(tmp_path / "fold0.json", [1]), "--shots", "2",
+                                        "--out", tmp_path / "model.pt", "--history", tmp_path / "history.tsv"])
+    sup, query, truth = write_fewshot_folders(tmp_path / "folders")
+    args = fewshot_args(params, sup, query, tmp_path / "out", "refnet", "--model", tmp_path / "model.pt")
+    run_ok(fewshot_folder.main, args)
+    for stem, box in truth.items():
+        mask = read_label_png(tmp_path / "out" / "masks" / f"{stem}.png")
+        assert mask.shape == box.shape and set(np.unique(mask)) <= {0, 1}
+    assert json.loads((tmp_path / "out" / "info.json").read_text())["method"] == "refnet"
+    args[args.index(tmp_path / "model.pt")] = tmp_path / "train.pt"  # not a model file
+    run_fails(fewshot_folder.main, args, capsys, "train.pt")
