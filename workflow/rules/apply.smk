@@ -121,7 +121,6 @@ rule segment_folder:
     params:
         **STAGE_PARAMS,
         folder=lambda w: apply_folder(w.dataset, w.name),
-        predict=lambda w: section(w.dataset, "segmentation").get("predict"),
         display=lambda w: {k: apply_settings(w.dataset)[k] for k in ("overlay_alpha", "sheet")},
         segmentation=lambda w: section(w.dataset, "segmentation"),
         backbone=lambda w: section(w.dataset, "backbone"),
