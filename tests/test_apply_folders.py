@@ -338,3 +338,42 @@ def test_refnet_on_folders_uses_the_trained_model(tmp_path, capsys):
     assert json.loads((tmp_path / "out" / "info.json").read_text())["method"] == "refnet"
     args[args.index(tmp_path / "model.pt")] = tmp_path / "train.pt"  # not a model file
     run_fails(fewshot_folder.main, args, capsys, "train.pt")
+
+
+def test_fit_scale_bounds_the_longer_side():
+    from pipeline.data.image_folder import fit_scale
+
+    assert fit_scale((100, 50), 200) == 1.0 and fit_scale((100, 50), None) == 1.0
+    assert fit_scale((100, 400), 200) == 0.5 and fit_scale((300, 150), 100) == pytest.approx(1 / 3)
+
+
+def test_large_images_are_seen_at_max_side_and_masks_keep_their_size(seg, tmp_path):
+    import yaml
+
+    raw = yaml.safe_load(seg["params"].read_text())
+    raw["apply"]["max_side"] = 48
+    params = write_yaml(tmp_path / "params.yaml", raw)
+    (tmp_path / "imgs").mkdir()
+    image = photo((96, 120), (20, 70, 30, 100), 5)
+    Image.fromarray(image).save(tmp_path / "imgs" / "big.png")
+    args = seg_args(seg, tmp_path / "imgs", tmp_path / "out")
+    args[args.index(seg["params"])] = params
+    run_ok(segment_folder.main, args)
+    mask = read_label_png(tmp_path / "out" / "masks" / "big.png")
+    assert mask.shape == (96, 120)
+    cfg = predict_config(seg["loaded"])
+    mean, std = backbone_normalization(seg["loaded"]["backbone"])
+    expected = predict_label_map(seg["net"], image, [s * 0.4 for s in cfg["scales"]], cfg["flip"], mean, std, "cpu",
+                                 torch.channels_last)
+    assert np.array_equal(mask, expected)
+
+
+def test_exif_orientation_is_applied(seg, tmp_path):
+    (tmp_path / "imgs").mkdir()
+    stored = Image.fromarray(photo((20, 40), None, 6))  # stored 40 wide, 20 high
+    exif = stored.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
+    stored.save(tmp_path / "imgs" / "phone.jpg", exif=exif)
+    assert read_rgb(tmp_path / "imgs" / "phone.jpg").shape == (40, 20, 3)
+    run_ok(segment_folder.main, seg_args(seg, tmp_path / "imgs", tmp_path / "out"))
+    assert read_label_png(tmp_path / "out" / "masks" / "phone.png").shape == (40, 20)

@@ -7,9 +7,10 @@ names, any sizes, JPEG / PNG / anything PIL decodes, grey-scale or with alpha.
   whose name does not start with a dot (hidden files such as ``.DS_Store`` are skipped,
   sub-folders are not read). A file that is not a readable image is an error, not skipped:
   the user learns which file was left out of the results.
-* :func:`read_rgb`: HxWx3 uint8. Grey-scale images are repeated to three channels; an alpha
-  channel is dropped (the colours under it are kept: a transparent area is segmented as
-  whatever colour it stores).
+* :func:`read_rgb`: HxWx3 uint8 as viewers show the image (an EXIF orientation is applied, so
+  a phone photo's mask is upright with it). Grey-scale images are repeated to three channels;
+  an alpha channel is dropped (the colours under it are kept: a transparent area is segmented
+  as whatever colour it stores).
 * :func:`check_images`: every image decoded once before any output is written, so a corrupt
   file stops the run with one line naming it and nothing partial appears (the "nothing done"
   choice of the folder stages: a result folder is complete or absent, as every artifact of
@@ -24,7 +25,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.errors import PipelineError
 
@@ -64,7 +65,8 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+            # camera photos store their orientation in EXIF: segment the image as viewers show it
+            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.uint8).copy()
     except FileNotFoundError:
         raise PipelineError(path, "file not found") from None
     except UnidentifiedImageError:
@@ -107,6 +109,14 @@ def support_pairs(support: str | os.PathLike) -> list[tuple[Path, Path]]:
         extra = sorted(masks.values())[0]
         raise PipelineError(extra, f"support mask without an image of the same name in {support / SUPPORT_IMAGES}")
     return pairs
+
+
+def fit_scale(size: tuple[int, int], max_side: int | None) -> float:
+    """The factor that brings an image of ``size`` (H, W) to at most ``max_side`` px on its
+    longer side (1.0 when it is smaller or ``max_side`` is None): the network's input only,
+    masks are written at the image's own size."""
+    longest = max(size)
+    return 1.0 if max_side is None or longest <= max_side else max_side / longest
 
 
 def read_object_mask(path: str | os.PathLike, size: tuple[int, int],

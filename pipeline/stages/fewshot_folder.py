@@ -11,7 +11,8 @@ grey-scale PNG: values >= 128). ``--query``: every non-hidden file of the folder
 
 Every image goes through the few-shot branch's frozen encoder
 (:class:`pipeline.data.fewshot_features.Encoder`, ``crnet.encoder`` of the dataset's params: the
-features the trained models saw), then one k-shot episode per query image, scored as the
+features the trained models saw; an image longer than ``apply.max_side`` px is resized to it
+first, masks stay at their own size), then one k-shot episode per query image, scored as the
 episodic tests score one:
 
 * ``prototype``: the training-free PANet floor, :func:`pipeline.fewshot.prototype_probability`
@@ -44,11 +45,11 @@ import torch.nn.functional as F
 
 from pipeline.config import load_params, section
 from pipeline.crnet_training import load_crnet
-from pipeline.data.augment import resize_mask
+from pipeline.data.augment import resize_image, resize_mask
 from pipeline.data.batches import normalize_batch
 from pipeline.data.fewshot_features import Encoder
 from pipeline.data.image_folder import (
-    IGNORE, check_images, check_unique_stems, folder_files, read_object_mask, read_rgb, support_pairs)
+    IGNORE, check_images, check_unique_stems, fit_scale, folder_files, read_object_mask, read_rgb, support_pairs)
 from pipeline.errors import PipelineError, run_stage
 from pipeline.fewshot import binary_prediction, prototype_probability
 from pipeline.folder_outputs import overlay, save_sheet, thumbnail, write_image_outputs
@@ -144,6 +145,9 @@ def main(argv=None):
     mean, std = backbone_normalization(params["backbone"])
 
     def features(image: np.ndarray) -> torch.Tensor:
+        fit = fit_scale(image.shape[:2], apply.get("max_side"))  # large photos: the encoder's input only
+        if fit != 1.0:
+            image = resize_image(image, (max(1, round(image.shape[0] * fit)), max(1, round(image.shape[1] * fit))))
         return encoder(normalize_batch(image[None], mean, std).to(device)).float()
 
     inputs = {"support": args.support, "shots": len(pairs), "query": args.query, "count": len(queries),

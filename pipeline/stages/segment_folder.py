@@ -7,7 +7,8 @@
 format PIL decodes (grey-scale is repeated to RGB, an alpha channel is dropped). Each image
 is predicted at its own size as stage predict_seg predicts a val image
 (:func:`pipeline.segmentation.predict_label_map`: ``segmentation.predict.scales`` and
-``flip`` of the dataset's params; always on the image, never on a feature cache). The net is
+``flip`` of the dataset's params; always on the image, never on a feature cache; an image
+longer than ``apply.max_side`` px is seen at that size, its mask still written at its own). The net is
 built from the dataset's ``backbone`` / ``segmentation`` params and checked against the model
 file (:func:`pipeline.segmentation.load_seg_model`); its classes are the dataset's.
 
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from pipeline.config import load_params, section
-from pipeline.data.image_folder import check_images, check_unique_stems, folder_files, read_rgb
+from pipeline.data.image_folder import check_images, check_unique_stems, fit_scale, folder_files, read_rgb
 from pipeline.errors import run_stage
 from pipeline.folder_outputs import save_sheet, thumbnail, write_image_outputs
 from pipeline.io import atomic_dir, write_json
@@ -71,7 +72,9 @@ def main(argv=None):
         cells, per_image = [], {}
         for path, size in progress(list(zip(files, sizes)), desc="segment_folder"):
             image = read_rgb(path)
-            labels = predict_label_map(model, image, cfg["scales"], cfg["flip"], mean, std, device, memory_format)
+            fit = fit_scale(image.shape[:2], apply.get("max_side"))
+            labels = predict_label_map(model, image, [s * fit for s in cfg["scales"]], cfg["flip"], mean, std,
+                                       device, memory_format)
             tinted = write_image_outputs(tmp, path.stem, image, labels, float(apply["overlay_alpha"]))
             cells.append((path.name, thumbnail(tinted, int(apply["sheet"]["cell"]))))
             per_image[path.name] = {"height": int(size[0]), "width": int(size[1]),

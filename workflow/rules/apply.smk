@@ -101,8 +101,9 @@ def fewshot_folder_params(wildcards):
     the support-mask convention, the display settings, the encoder and the method's test keys."""
     settings = apply_settings(wildcards.dataset)
     method = settings["fewshot_method"]
-    out = {"method": method, "object_indices": settings["object_indices"], "overlay_alpha": settings["overlay_alpha"],
-           "sheet": settings["sheet"], "encoder": section(wildcards.dataset, "crnet")["encoder"]}
+    out = {"method": method, "object_indices": settings["object_indices"], "max_side": settings["max_side"],
+           "overlay_alpha": settings["overlay_alpha"], "sheet": settings["sheet"],
+           "encoder": section(wildcards.dataset, "crnet")["encoder"]}
     if method == "crnet":
         out["iterations"] = section(wildcards.dataset, "crnet")["test"]["iterations"]
     if method == "refnet":
@@ -121,7 +122,7 @@ rule segment_folder:
     params:
         **STAGE_PARAMS,
         folder=lambda w: apply_folder(w.dataset, w.name),
-        display=lambda w: {k: apply_settings(w.dataset)[k] for k in ("overlay_alpha", "sheet")},
+        apply=lambda w: {k: apply_settings(w.dataset)[k] for k in ("max_side", "overlay_alpha", "sheet")},
         segmentation=lambda w: section(w.dataset, "segmentation"),
         backbone=lambda w: section(w.dataset, "backbone"),
     log:
