@@ -129,6 +129,8 @@ def main(argv=None):
     params = load_params(args.params, args.dataset)
     if args.method != "prototype" and not args.model:
         raise PipelineError("--model", f"--method {args.method} needs the trained model file")
+    if args.method == "prototype" and args.model:
+        raise PipelineError("--model", "the prototype floor uses no trained model (--method crnet or refnet do)")
     apply = section(params, "apply")
     object_indices = apply.get("object_indices")
     pairs = support_pairs(args.support)
@@ -153,7 +155,7 @@ def main(argv=None):
     inputs = {"support": args.support, "shots": len(pairs), "query": args.query, "count": len(queries),
               "method": args.method, "model": args.model}
     used = {"crnet.encoder": encoder.cfg, "apply": apply,
-            "test": section(params, "crnet.test" if args.method == "crnet" else "refnet.test")}
+            **({f"{args.method}.test": section(params, f"{args.method}.test")} if args.model else {})}
     cell, alpha = int(apply["sheet"]["cell"]), float(apply["overlay_alpha"])
     with stage_run("fewshot_folder", inputs, used, device) as log, atomic_dir(args.out) as tmp:
         started = time.perf_counter()
