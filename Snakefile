@@ -34,6 +34,8 @@ include: "workflow/rules/crnet_inputs.smk"
 include: "workflow/rules/crnet.smk"
 include: "workflow/rules/refnet_inputs.smk"
 include: "workflow/rules/refnet.smk"
+include: "workflow/rules/apply_inputs.smk"
+include: "workflow/rules/apply.smk"
 
 
 rule all:

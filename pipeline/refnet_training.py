@@ -56,6 +56,7 @@ from pipeline.errors import PipelineError
 from pipeline.losses import dice_loss, gaussian_mmd
 from pipeline.models.refnet import BoundaryCritic, RefNet, pooled_encoding
 from pipeline.morphology import boundary_band, dilate
+from pipeline.training import load_model, read_model_meta
 
 FULL = "full"
 SWITCHES = ("dice", "representation", "self_supervision", "condition", "pseudo", "outer_critic", "inner_critic")
@@ -404,6 +405,17 @@ def train_refnet(model: RefNet, setting: Setting, bank: ImageBank, labels: Mappi
 
 
 # --------------------------------------------------------------------------- prediction and scores
+
+def load_refnet(path) -> tuple[RefNet, dict]:
+    """(the Ref-Net of a model file of stage train_refnet, in eval mode on the CPU; the file's meta);
+    a file of another kind is one line naming it."""
+    meta = read_model_meta(path)
+    if meta.get("task") != "refnet":
+        raise PipelineError(path, "not a model file of stage train_refnet")
+    model = RefNet(meta["in_channels"], meta["hidden"], tuple(meta["aspp_rates"]), meta["condition"])
+    load_model(path, model)
+    return model.eval(), meta
+
 
 @torch.no_grad()
 def class_probability(model: RefNet, features: torch.Tensor, references: Sequence[tuple[torch.Tensor, torch.Tensor]],

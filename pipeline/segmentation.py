@@ -19,8 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from pipeline.config import check_range, params_hash, section
+from pipeline.data.augment import resize_image
+from pipeline.data.batches import normalize_batch
 from pipeline.data.folds import mask_novel_pixels
 from pipeline.data.label_png import read_class_png
 from pipeline.data.voc import VOCDataset, image_size
@@ -29,6 +32,7 @@ from pipeline.io import check_files_exist
 from pipeline.models import DeepLabASPP
 from pipeline.models.deeplab import deeplab_meta
 from pipeline.runtime import progress
+from pipeline.training import load_model
 
 GT, PSEUDO = "gt", "pseudo"  # label sources of target_sources
 
@@ -224,7 +228,21 @@ def build_seg_model(params: dict, num_classes: int) -> DeepLabASPP:
 
 def model_meta(model: DeepLabASPP, dataset: VOCDataset) -> dict:
     """What the weights fit: architecture, head, rates, input scale and the classes they predict."""
-    return {**deeplab_meta(model), "input_scale": model.input_scale, "class_names": list(dataset.class_names)}
+    return class_model_meta(model, dataset.class_names)
+
+
+def class_model_meta(model: DeepLabASPP, class_names: Sequence[str]) -> dict:
+    """:func:`model_meta` from the class names alone (no dataset split needed)."""
+    return {**deeplab_meta(model), "input_scale": model.input_scale, "class_names": list(class_names)}
+
+
+def load_seg_model(params: dict, path: str | os.PathLike, class_names: Sequence[str]) -> DeepLabASPP:
+    """The trained segmentation net of a model file (stage train_seg, or L-Net's train_pnet),
+    built from the params and checked against the file's meta (a mismatch: one line naming the
+    file), in eval mode on the CPU. The file holds every weight: no ImageNet weights are loaded."""
+    model = build_seg_model({**params, "backbone": {**params["backbone"], "pretrained": False}}, len(class_names))
+    load_model(path, model, class_model_meta(model, class_names))
+    return model.eval()
 
 
 
@@ -301,3 +319,51 @@ def directory_fingerprint(directory: Path | None) -> str | None:
     with os.scandir(directory) as entries:
         stats = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries)
     return params_hash(stats)
+
+
+# --------------------------------------------------------------------------- inference on whole images
+# (stage predict_seg on a split, stage segment_folder on a folder of the user's images)
+
+def predict_config(params: dict) -> dict:
+    """``segmentation.predict`` checked: a non-empty list of positive scales and a flip flag."""
+    scales = section(params, "segmentation.predict.scales")
+    flip = section(params, "segmentation.predict.flip")
+    if not isinstance(scales, list) or not scales:
+        raise PipelineError("params.yaml", "segmentation.predict.scales must be a non-empty list")
+    for scale in scales:
+        check_range(scale, "segmentation.predict.scales[]", 0, low_open=True)
+    return {"scales": [float(s) for s in scales], "flip": bool(flip)}
+
+
+def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """(height, width) of the image rescaled by ``scale`` (at least 1 px each)."""
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+@torch.no_grad()
+def class_probabilities(model: torch.nn.Module, image: np.ndarray, scales: list[float], flip: bool,
+                        mean, std, device: str | torch.device,
+                        memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """``C x H x W`` softmax probabilities of an HxWx3 uint8 image, averaged over scales (+ flip)."""
+    height, width = image.shape[:2]
+    total = None
+    for scale in scales:
+        scaled = resize_image(image, scaled_size(height, width, scale))
+        x = normalize_batch(scaled[None], mean, std).to(device)
+        if flip:
+            x = torch.cat([x, torch.flip(x, dims=[3])])
+        logits = model(x.contiguous(memory_format=memory_format))
+        logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+        probs = logits.float().softmax(dim=1)
+        if flip:
+            probs = probs[:1] + torch.flip(probs[1:], dims=[3])
+        total = probs[0] if total is None else total + probs[0]
+    return total / (len(scales) * (2 if flip else 1))
+
+
+def predict_label_map(model: torch.nn.Module, image: np.ndarray, scales: list[float], flip: bool,
+                      mean, std, device: str | torch.device,
+                      memory_format: torch.memory_format = torch.contiguous_format) -> np.ndarray:
+    """HxW uint8 argmax of :func:`class_probabilities`."""
+    probs = class_probabilities(model, image, scales, flip, mean, std, device, memory_format)
+    return probs.argmax(dim=0).to(torch.uint8).cpu().numpy()

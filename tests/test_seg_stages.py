@@ -193,7 +193,7 @@ def test_class_probabilities_average_to_one(tiny):
     params = load_params(tiny[0])
     model = segmentation.build_seg_model(params, len(CLASSES)).eval()
     image = np.random.default_rng(1).integers(0, 255, (20, 28, 3), dtype=np.uint8)
-    probs = predict_seg.class_probabilities(model, image, [1.0, 0.5], True, (0.5,) * 3, (0.5,) * 3, "cpu")
+    probs = segmentation.class_probabilities(model, image, [1.0, 0.5], True, (0.5,) * 3, (0.5,) * 3, "cpu")
     assert probs.shape == (len(CLASSES), 20, 28)
     np.testing.assert_allclose(probs.sum(0).numpy(), 1.0, atol=1e-5)
 

@@ -34,13 +34,11 @@ from pipeline.errors import PipelineError, run_stage
 from pipeline.io import atomic_path, write_json
 from pipeline.metrics.semantic import (
     confusion_matrix, frequency_weighted_iou, mean_iou, mean_pixel_accuracy, per_class_iou)
-from pipeline.models.refnet import RefNet
 from pipeline.refnet_training import (
-    ImageBank, class_probability, combine_classes, reference_batch, target_ground_truth)
+    ImageBank, class_probability, combine_classes, load_refnet, reference_batch, target_ground_truth)
 from pipeline.report import pick_largest
 from pipeline.runtime import progress, seed_everything, stage_run
 from pipeline.stage import stage_device, stage_parser
-from pipeline.training import load_model, read_model_meta
 
 
 def summarize(cm: np.ndarray) -> dict:
@@ -63,12 +61,8 @@ def main(argv=None):
     params = load_params(args.params, args.dataset)
     device = stage_device(args, params)
     seed_everything(int(params["seed"]))
-    meta = read_model_meta(args.model)
-    if meta.get("task") != "refnet":
-        raise PipelineError(args.model, "not a model file of stage train_refnet")
-    model = RefNet(meta["in_channels"], meta["hidden"], tuple(meta["aspp_rates"]), meta["condition"])
-    load_model(args.model, model)
-    model.to(device).eval()
+    model, meta = load_refnet(args.model)
+    model.to(device)
     setting = meta["setting"]
     targets = [int(c) for c in setting["targets"]]
     train = VOCDataset(params["data"], "train")
