@@ -94,7 +94,7 @@ def run_schedule(schedule: str, args) -> dict:
     import torch
 
     from pipeline.boundary import boundary_net_backbone_cfg, non_boundary_mask, prob_to_uint8
-    from pipeline.cam import cam_backbone_cfg, multiscale_cams, normalize_cams, strided_size
+    from pipeline.cam import cam_backbone_cfg, cams_function, multiscale_cams, normalize_cams, strided_size
     from pipeline.data.batches import normalize_batch
     from pipeline.methods.retab.infer_boundary import boundary_probability
     from pipeline.methods.retab.propagate import boundary_on_grid, cams_on_grid, predict_affinities, \
@@ -120,9 +120,13 @@ def run_schedule(schedule: str, args) -> dict:
     scales, flip = [float(s) for s in cam_cfg["infer"]["scales"]], bool(cam_cfg["infer"]["flip"])
     store = int(cam_cfg["store_stride"])
     cam_model = CAMNet(cam_backbone_cfg(params), num_classes=n_fg).eval()
+    anchor_cam_model = CAMNet(cam_backbone_cfg(params), num_classes=n_fg).eval()
+    anchor_cam_model.load_state_dict(cam_model.state_dict())  # IRN's form: the default layout
+    cams_fn = cams_function(cam_model, "cpu")  # what stage infer_cam runs
     boundary_model = BoundaryNet(boundary_net_backbone_cfg(params, pretrained=False)).eval()
     aff_model = AffinityNet(params["backbone"], feat_dim=int(params["affinity"].get("feat_dim", 448))).eval()
-    seg_model = build_seg_model(params, n_fg + 1).eval()
+    # predict_seg runs the seg net channels_last on the CPU
+    seg_model = build_seg_model(params, n_fg + 1).eval().to(memory_format=torch.channels_last)
     pcfg = propagation_config(params, "two_stage")
     alphas = pcfg["alpha_candidates"] if pcfg["alpha"] == "auto" else [pcfg["alpha"]]
     seg_pred = predict_config(params)
@@ -130,7 +134,7 @@ def run_schedule(schedule: str, args) -> dict:
     state = {}
 
     def cam_stage():
-        cams = multiscale_cams(cam_model.cams, image, scales, flip, strided_size(size, store), mean, std, channels)
+        cams = multiscale_cams(cams_fn, image, scales, flip, strided_size(size, store), mean, std, channels)
         return normalize_cams(cams).numpy()
 
     batch = normalize_batch(image[None], mean, std)
@@ -171,12 +175,17 @@ def run_schedule(schedule: str, args) -> dict:
                                    args.repeats)
     with torch.no_grad():
         times["seg"], _ = best_time(lambda: predict_label_map(seg_model, image, seg_pred["scales"], seg_pred["flip"],
-                                                              mean, std, "cpu"), args.repeats)
+                                                              mean, std, "cpu", torch.channels_last), args.repeats)
     if args.anchors:
         anchors["walk"], dense = best_time(lambda: walk_stage("dense"), 1 if args.repeats else 0)
         notes["walk_max_abs_diff_vs_dense"] = float(np.abs(dense - revised).max())
         with torch.no_grad():
-            anchors["cam"], _ = best_time(lambda: irn_style_cams(cam_model, image, scales, flip, store, channels,
+            notes["cam_default_layout_s"], default = best_time(
+                lambda: normalize_cams(multiscale_cams(anchor_cam_model.cams, image, scales, flip,
+                                                       strided_size(size, store), mean, std, channels)).numpy(),
+                args.repeats)
+            notes["cam_max_abs_diff_vs_default_layout"] = float(np.abs(default - state["cams"]).max())
+            anchors["cam"], _ = best_time(lambda: irn_style_cams(anchor_cam_model, image, scales, flip, store, channels,
                                                                  mean, std), args.repeats)
     return {"schedule": schedule, "times": times, "anchors": anchors, "notes": notes, "grid": list(grid),
             "logt": cfg["logt"], "walk_channels": len(keys), "method": cfg["method"],
@@ -239,6 +248,9 @@ def main(argv=None) -> dict:
             print("anchors: walk = PSA's dense form of the same two-stage walk (max |diff| "
                   f"{res['notes']['walk_max_abs_diff_vs_dense']:.1e}); cam = IRN-style make_cam (all classes, "
                   "stride-4 and full-size maps)")
+            print(f"cam stage in the default (contiguous) layout: {res['notes']['cam_default_layout_s']:.3f} s, "
+                  f"{res['notes']['cam_default_layout_s'] / res['times']['cam']:.2f}x the channels_last one "
+                  f"(max |diff| of the CAMs {res['notes']['cam_max_abs_diff_vs_default_layout']:.1e})")
     print(f"\nload average (1/5/15 min) before {' '.join(f'{x:.2f}' for x in load_before)}, after "
           f"{' '.join(f'{x:.2f}' for x in load_after)} on {os.cpu_count()} cores: timings of a busy machine are noisy")
     summary = {"config": {k: getattr(args, k) for k in ("height", "width", "labels", "threads", "repeats",
