@@ -197,3 +197,24 @@ def test_crf_confident_labels_follow_the_image():
     assert out.dtype == np.uint8 and out.shape == (16, 16)
     assert (out[:, :6] == 3).all()
     assert (out[:, 10:] == 0).all()
+
+
+def test_cams_function_runs_channels_last_on_cpu_with_the_same_cams():
+    from pipeline.models import CAMNet
+
+    torch.manual_seed(0)
+    backbone = {"name": "efficientnet_lite0", "pretrained": False, "output_stride": 16, "frozen_blocks": 2}
+    plain = CAMNet(backbone, num_classes=4).eval()
+    fast = CAMNet(backbone, num_classes=4).eval()
+    fast.load_state_dict(plain.state_dict())
+    fn = cam.cams_function(fast, "cpu")
+    conv = next(m for m in fast.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)
+                and m.in_channels > 1)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    image = np.random.default_rng(0).integers(0, 256, size=(70, 90, 3), dtype=np.uint8)
+    args = (image, [1.0, 0.5, 1.5], True, (18, 23), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), [0, 2])
+    with torch.no_grad():
+        reference = cam.normalize_cams(cam.multiscale_cams(plain.cams, *args))
+        channels_last = cam.normalize_cams(cam.multiscale_cams(fn, *args))
+    assert float((reference - channels_last).abs().max()) <= 1e-5
+    assert float(reference.abs().max()) > 0.5  # real maps (max-normalised), not zeros

@@ -1,4 +1,4 @@
-"""Transition matrices, PSA's random walk and RETAB's two-stage walk (sparse vs dense)."""
+"""Transition matrices, PSA's random walk and RETAB's two-stage walk (sparse and stencil vs dense)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,6 +17,9 @@ from pipeline.propagation.random_walk import (
     psa_random_walk,
     random_walk_dense,
     random_walk_sparse,
+    random_walk_stencil,
+    stencil_offsets,
+    stencil_transition,
     transition_from_affinity,
     two_stage_edge_masks,
     two_stage_random_walk,
@@ -156,7 +159,7 @@ def test_two_stage_edges_2x2_by_hand():
     np.testing.assert_array_equal(a2, [[1, 0, 0, 1], [0, 1, 0, 1], [0, 0, 1, 1], [0, 0, 0, 1]])
 
 
-@pytest.mark.parametrize("method", ["sparse", "dense"])
+@pytest.mark.parametrize("method", ["sparse", "dense", "stencil"])
 def test_two_stage_walk_2x2_by_hand(method):
     boundary = np.array([[False, False], [False, True]])
     cams = np.array([[[1.0, 0.0], [0.0, 5.0]]])
@@ -175,7 +178,7 @@ def _boundary_band(h=12, w=12):
     return mask
 
 
-@pytest.mark.parametrize("method", ["sparse", "dense"])
+@pytest.mark.parametrize("method", ["sparse", "dense", "stencil"])
 def test_two_stage_freezing_properties(method):
     aff, cams = _random_case(channels=4)
     boundary = _boundary_band()
@@ -200,6 +203,96 @@ def test_two_stage_sparse_equals_dense():
         np.testing.assert_allclose(sparse, dense, atol=1e-10)
         sparse32 = two_stage_random_walk(cams.astype(np.float32), aff, boundary, beta=8, logt=logt, radius=5)
         assert np.abs(sparse32 - dense).max() <= 1e-4
+
+
+# ---------------------------------------------------------------- stencil form
+
+def test_stencil_planes_1x3_by_hand():
+    # plane k holds T[target + offset k, target] (see T_1X3); offsets leaving the row hold 0
+    offsets, planes = stencil_transition(AFF_1X3, 1, 3, 2, beta=1.0)
+    assert offsets[0] == (0, 0) and planes.shape == (len(offsets), 1, 3)
+    by_offset = {o: plane[0] for o, plane in zip(offsets, planes)}
+    np.testing.assert_allclose(by_offset[(0, 0)], [2 / 3, 4 / 7, 4 / 5], atol=1e-12)
+    np.testing.assert_allclose(by_offset[(0, 1)], [1 / 3, 1 / 7, 0], atol=1e-12)
+    np.testing.assert_allclose(by_offset[(0, -1)], [0, 2 / 7, 1 / 5], atol=1e-12)
+    assert all(not plane.any() for o, plane in by_offset.items() if o[0] != 0)
+    cams = np.array([[1.0, 0.0, 0.0]])
+    np.testing.assert_allclose(random_walk_stencil(cams, offsets, planes, 1), cams @ T_1X3 @ T_1X3, atol=1e-12)
+
+
+def test_stencil_offsets_are_the_full_disc():
+    for radius in (1, 2, 5):
+        offsets = stencil_offsets(radius)
+        disc = {(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)
+                if dy * dy + dx * dx < radius * radius}
+        assert offsets[0] == (0, 0) and len(offsets) == len(set(offsets)) and set(offsets) == disc
+
+
+def test_stencil_planes_equal_the_csr_transition():
+    h, w, radius = 7, 9, 5
+    aff, _ = _random_case(h, w, radius=radius, seed=2)
+    t = transition_from_affinity(aff, h, w, radius, beta=8.0).toarray()
+    offsets, planes = stencil_transition(aff, h, w, radius, beta=8.0)
+    rebuilt = np.zeros_like(t)
+    for (dy, dx), plane in zip(offsets, planes):
+        for y in range(h):
+            for x in range(w):
+                sy, sx = y + dy, x + dx
+                if 0 <= sy < h and 0 <= sx < w:
+                    rebuilt[sy * w + sx, y * w + x] = plane[y, x]
+                else:
+                    assert plane[y, x] == 0  # no weight from outside the image
+    np.testing.assert_allclose(rebuilt, t, atol=1e-15)
+
+
+@pytest.mark.parametrize("h,w,radius", [(12, 12, 5), (7, 19, 5), (19, 7, 5), (3, 4, 5), (1, 9, 3), (9, 1, 2),
+                                        (16, 11, 3)])
+@pytest.mark.parametrize("logt", [0, 3, 6])
+def test_stencil_equals_dense_and_csr_on_random_cases(h, w, radius, logt):
+    aff, cams = _random_case(h, w, channels=3, radius=radius, seed=h * 31 + w)
+    dense = psa_random_walk(cams[1:], aff, beta=8, logt=logt, alpha=16, radius=radius, method="dense")
+    stencil = psa_random_walk(cams[1:], aff, beta=8, logt=logt, alpha=16, radius=radius, method="stencil")
+    assert stencil.shape == dense.shape and stencil.dtype == np.float64
+    np.testing.assert_allclose(stencil, dense, atol=1e-10)
+    sparse32 = psa_random_walk(cams[1:].astype(np.float32), aff, beta=8, logt=logt, alpha=16, radius=radius)
+    stencil32 = psa_random_walk(cams[1:].astype(np.float32), aff, beta=8, logt=logt, alpha=16, radius=radius,
+                                method="stencil")
+    assert stencil32.dtype == np.float32
+    assert np.abs(stencil32 - sparse32).max() <= 1e-5
+    assert np.abs(stencil32 - dense).max() <= 1e-5
+    boundary = np.random.default_rng(h + w).random((h, w)) > 0.7
+    two_dense = two_stage_random_walk(cams, aff, boundary, beta=8, logt=logt, radius=radius, method="dense")
+    two_stencil = two_stage_random_walk(cams, aff, boundary, beta=8, logt=logt, radius=radius, method="stencil")
+    np.testing.assert_allclose(two_stencil, two_dense, atol=1e-10)
+    two_sparse32 = two_stage_random_walk(cams.astype(np.float32), aff, boundary, beta=8, logt=logt, radius=radius)
+    two_stencil32 = two_stage_random_walk(cams.astype(np.float32), aff, boundary, beta=8, logt=logt, radius=radius,
+                                          method="stencil")
+    assert np.abs(two_stencil32 - two_sparse32).max() <= 1e-5
+
+
+def test_stencil_carries_mass_from_edge_and_corner_pixels():
+    # all mass on the four corners and one edge pixel: the padding must neither leak nor inject
+    h, w, radius = 10, 13, 5
+    aff, _ = _random_case(h, w, radius=radius, seed=5)
+    cams = np.zeros((2, h, w))
+    cams[0, 0, 0] = cams[0, 0, w - 1] = cams[0, h - 1, 0] = cams[0, h - 1, w - 1] = 1.0
+    cams[1, h // 2, 0] = 1.0
+    t = transition_from_affinity(aff, h, w, radius, beta=8.0)
+    offsets, planes = stencil_transition(aff, h, w, radius, beta=8.0)
+    for logt in (1, 4, 8):
+        stencil = random_walk_stencil(cams, offsets, planes, logt)
+        np.testing.assert_allclose(stencil, random_walk_sparse(cams, t, logt), atol=1e-12)
+
+
+def test_stencil_early_stop_and_torch_inputs():
+    aff, cams = _random_case(seed=4)
+    offsets, planes = stencil_transition(aff, 12, 12, 5, beta=8.0)
+    full = random_walk_stencil(torch.from_numpy(cams).reshape(4, -1), offsets, planes, 12)
+    assert full.shape == (4, 144)
+    early = random_walk_stencil(cams, offsets, planes, 12, tol=1e-10)
+    np.testing.assert_allclose(early.reshape(4, -1), full, atol=1e-8)
+    with pytest.raises(ValueError):
+        random_walk_stencil(cams[:, :11], offsets, planes, 2)
 
 
 def test_no_boundary_two_stage_is_single_stage():
@@ -287,11 +380,14 @@ def test_benchmark_runs_at_tiny_scale(tmp_path, capsys):
     spec.loader.exec_module(bench)
     out_json = tmp_path / "bench.json"
     summary = bench.main(["--height", "10", "--width", "10", "--channels", "3", "--logt", "3", "--features", "8",
-                          "--threads", "1", "--repeats", "1", "--variants", "dense", "sparse-torch",
+                          "--threads", "1", "--repeats", "1", "--variants", "dense", "sparse-torch", "stencil",
                           "--json", str(out_json)])
     printed = capsys.readouterr().out
-    assert "sparse-torch" in printed and "speedup" in printed
-    assert summary["variants"]["sparse-torch"]["max_abs_diff_vs_dense"] <= 1e-4
+    assert "sparse-torch" in printed and "speedup" in printed and "x floor" in printed
+    for variant in ("sparse-torch", "stencil"):
+        assert summary["variants"][variant]["max_abs_diff_vs_dense"] <= 1e-4
+        assert summary["variants"][variant]["walk_over_floor"] > 0
+    assert summary["floor_s"] > 0 and summary["walk_macs"] > 0
     assert out_json.exists()
 
 

@@ -39,8 +39,8 @@ from pipeline.config import check_range, section
 from pipeline.errors import PipelineError
 from pipeline.propagation.affinity import check_radius, pair_index_arrays
 
-Method = Literal["sparse", "dense"]
-METHODS = ("sparse", "dense")
+Method = Literal["sparse", "dense", "stencil"]
+METHODS = ("sparse", "dense", "stencil")
 
 
 # ---------------------------------------------------------------------------- parameters
@@ -379,6 +379,100 @@ def random_walk_sparse(cams, t_sparse, logt: int, tol: float | None = None,
     return np.ascontiguousarray(x.T).reshape(shape)
 
 
+
+# ---------------------------------------------------------------------------- stencil form
+#
+# The graph is a fixed-radius stencil on a regular grid: pixel j receives from the pixels
+# j + o for the offsets o of a full disc (the half disc of `pair_offsets`, its mirror and
+# (0, 0) for the self-loop). One step ``X <- T^T X`` is then ``sum_o W_o * shift_o(X)``
+# with dense per-offset weight planes ``W_o[j] = T[j + o, j]``: no index arrays at all, every
+# operation a contiguous multiply-add over the whole (padded) grid.
+
+def stencil_offsets(radius: int) -> list[tuple[int, int]]:
+    """Source offsets ``(dy, dx)`` of the full disc: ``(0, 0)`` first (the self-loop), then the
+    half disc of :func:`pipeline.propagation.affinity.pair_offsets`, then its mirror."""
+    from pipeline.propagation.affinity import pair_offsets
+
+    half = pair_offsets(radius)
+    return [(0, 0), *half, *[(-dy, -dx) for dy, dx in half]]
+
+
+def stencil_transition(aff_pairs, h: int, w: int, radius: int, beta: float, edge_mask=None,
+                       self_loops: bool = True) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """The transition of :func:`transition_from_affinity` as per-offset weight planes.
+
+    Returns ``(offsets, planes)``: ``planes[k, y, x] = T[src, dst]`` for the target pixel
+    ``dst = (y, x)`` and the source ``src = (y, x) + offsets[k]`` (0 where that source is
+    outside the image or the edge is not kept), float64, ``K x h x w``. Same edges
+    (:func:`directed_edges`), same ``aff ** beta``, same column normalisation and the same
+    identity column for a pixel without weight as the CSR form.
+    """
+    beta = check_beta(beta)
+    offsets = stencil_offsets(radius)
+    index = {o: k for k, o in enumerate(offsets)}
+    src, dst, aff = directed_edges(aff_pairs, h, w, radius, edge_mask)
+    planes = np.zeros((len(offsets), h * w), dtype=np.float64)
+    if src.size:
+        dy, dx = src // w - dst // w, src % w - dst % w
+        lookup = np.zeros((2 * radius - 1, 2 * radius - 1), dtype=np.int64)
+        for (oy, ox), k in index.items():
+            lookup[oy + radius - 1, ox + radius - 1] = k
+        planes[lookup[dy + radius - 1, dx + radius - 1], dst] = np.power(aff.astype(np.float64), beta)
+    if self_loops:
+        planes[0] = 1.0
+    col_sum = planes.sum(axis=0)
+    empty = col_sum <= 0
+    planes[0, empty] = 1.0
+    col_sum[empty] = 1.0
+    planes /= col_sum
+    return offsets, planes.reshape(len(offsets), h, w)
+
+
+def random_walk_stencil(cams, offsets, planes, logt: int, tol: float | None = None) -> np.ndarray:
+    """``cams @ T ** (2 ** logt)`` by ``2 ** logt`` stencil steps (the same steps as
+    :func:`random_walk_sparse`, the same result to float rounding).
+
+    ``offsets``, ``planes``: :func:`stencil_transition`. The CAMs live in a zero-padded
+    flat buffer (pad ``p`` = the largest offset on every side), so the shift by ``(dy, dx)``
+    is the flat slice starting ``dy * (w + 2p) + dx`` further: one ``addcmul_`` over all
+    channels and all rows per offset (the padding columns get weight 0 and stay 0).
+    Planes that are zero everywhere (offsets longer than the grid, edges the mask drops)
+    are skipped. Runs on torch's configured threads, like :func:`random_walk_sparse`.
+    """
+    logt = check_logt(logt)
+    cam_mat, shape = _cams_matrix(cams)
+    planes = _to_numpy(planes, "planes")
+    k, h, w = planes.shape
+    if len(offsets) != k or cam_mat.shape[1] != h * w:
+        raise ValueError(f"planes {planes.shape} / {len(offsets)} offsets do not fit cams of shape {shape}")
+    dtype = _float_dtype(cam_mat)
+    channels = cam_mat.shape[0]
+    pad = max((max(abs(dy), abs(dx)) for dy, dx in offsets), default=0)
+    wp = w + 2 * pad
+    length = h * wp  # the h grid rows, padding columns included
+    base = pad + pad * wp  # flat position of (row 0, padded column 0) in the buffer
+    keep = [i for i in range(k) if i == 0 or planes[i].any()]
+    weights = np.zeros((len(keep), h, wp), dtype=dtype)
+    weights[:, :, pad:pad + w] = planes[keep]
+    weights = torch.from_numpy(weights.reshape(len(keep), length))
+    shifts = [base + offsets[i][0] * wp + offsets[i][1] for i in keep]
+    buf = torch.zeros((channels, pad + (h + 2 * pad + 1) * wp), dtype=torch.float64 if dtype == np.float64 else torch.float32)
+    grid = buf[:, pad:pad + (h + 2 * pad) * wp].view(channels, h + 2 * pad, wp)
+    grid[:, pad:pad + h, pad:pad + w] = torch.from_numpy(np.ascontiguousarray(cam_mat, dtype=dtype)).view(channels, h, w)
+    acc = torch.empty((channels, length), dtype=buf.dtype)
+    for _ in range(2 ** logt):
+        torch.mul(weights[0], buf[:, shifts[0]:shifts[0] + length], out=acc)
+        for plane, start in zip(weights[1:], shifts[1:]):
+            acc.addcmul_(plane, buf[:, start:start + length])
+        current = buf[:, base:base + length]
+        if tol is not None and float((acc - current).abs().max()) <= tol:
+            current.copy_(acc)
+            break
+        current.copy_(acc)
+    out = grid[:, pad:pad + h, pad:pad + w].reshape(channels, h * w).numpy()
+    return np.ascontiguousarray(out).reshape(shape)
+
+
 def background_channel(fg_cams, alpha: float) -> np.ndarray:
     """PSA/RETAB background score ``(1 - max_c fg_c) ** alpha`` from max-normalised CAMs.
 
@@ -403,6 +497,9 @@ def _walk(cams, aff_pairs, h: int, w: int, radius: int, beta: float, logt: int, 
     if method == "dense":
         a = dense_affinity_matrix(aff_pairs, h, w, radius, beta, edge_mask)
         return random_walk_dense(cams, a, logt)
+    if method == "stencil":
+        offsets, planes = stencil_transition(aff_pairs, h, w, radius, beta, edge_mask)
+        return random_walk_stencil(cams, offsets, planes, logt, tol=tol)
     t = transition_from_affinity(aff_pairs, h, w, radius, beta, edge_mask)
     return random_walk_sparse(cams, t, logt, tol=tol)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.cam import (
-    cam_backbone_cfg, cam_model_meta, cam_path, label_channels, multiscale_cams, normalize_cams, strided_size,
+    cam_backbone_cfg, cam_model_meta, cam_path, cams_function, label_channels, multiscale_cams, normalize_cams, strided_size,
     write_cam_file)
 from pipeline.config import load_params, section
 from pipeline.data.labels import check_labels_cover, check_labels_document, read_image_labels_file
@@ -75,6 +75,7 @@ def main(argv=None):
 
     mean, std = backbone_normalization(backbone_cfg)
     model = load_cam_model(args.model, backbone_cfg, fg_names, device)
+    cams_fn = cams_function(model, device)
     inputs = {"model": args.model, "labels": args.labels, "split": args.split, "images": len(dataset)}
     with stage_run("infer_cam", inputs, {"cam": cam_cfg, "backbone": backbone_cfg}, device) as log, \
             atomic_dir(args.out) as tmp:
@@ -88,7 +89,7 @@ def main(argv=None):
                 raise PipelineError(args.labels, f"labels of '{image_id}': {err}") from None
             grid = strided_size(size, stride)
             if keys:
-                cams = multiscale_cams(model.cams, image, scales, flip, grid, mean, std, channels, device)
+                cams = multiscale_cams(cams_fn, image, scales, flip, grid, mean, std, channels, device)
                 cams = normalize_cams(cams).numpy()
             else:
                 cams = np.zeros((0, *grid), dtype=np.float32)
