@@ -17,7 +17,7 @@ from pipeline.errors import PipelineError
 from pipeline.fewshot import binary_prediction
 from pipeline.losses import segmentation_ce
 from pipeline.metrics.episodic import EpisodeIoUAccumulator
-from pipeline.models.crnet import SWITCHES, CRNet, episode_probabilities, upsample_logits
+from pipeline.models.crnet import LEGACY, SWITCH_DEFAULTS, SWITCHES, CRNet, episode_probabilities, upsample_logits
 from pipeline.tpc_crc import tpc_item
 from pipeline.training import load_model
 
@@ -37,7 +37,7 @@ def variant_settings(params: dict, variant: str) -> dict:
     (``full``: the defaults; a key of ``crnet.ablation.variants`` or of
     ``crnet.tpc_crc.variants``: those values; a ``_seed<n>`` suffix changes the training seed only)."""
     variant, _ = split_training_seed(variant)
-    settings = {name: name != "single_level" for name in SWITCHES}
+    settings = dict(SWITCH_DEFAULTS)
     settings["novel_images"] = section(params, "crnet.train.novel_images")
     settings.update(tpc=False, crc=False)
     if variant != FULL:
@@ -178,8 +178,8 @@ def load_crnet(path, store: FeatureStore) -> CRNet:
         raise PipelineError(path, "model file not found (stage train_crnet)") from None
     except Exception as err:  # noqa: BLE001 - any unpickling failure: not our file
         raise PipelineError(path, f"not a readable model file ({type(err).__name__})") from None
-    settings = {k: meta[k] for k in SWITCHES if k in meta}
-    if len(settings) != len(SWITCHES):
+    settings = {k: meta.get(k, LEGACY.get(k)) for k in SWITCHES}
+    if any(v is None for v in settings.values()):
         raise PipelineError(path, "not a CRNet model file (stage train_crnet)")
     model = build_crnet({"crnet": {"hidden": meta.get("hidden", 0)}}, store.level_channels, settings)
     load_model(path, model, {"model": "CRNet", "level_channels": store.level_channels})

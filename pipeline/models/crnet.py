@@ -36,7 +36,10 @@ encoder never trains, the few-shot stages compute these features once per image 
 Ablation switches (constructor): ``cross_reference``, ``condition``, ``refinement`` (False:
 a 3x3 conv + classifier once), ``cache`` (False: the refinement never sees its previous
 output, so every iteration gives the same logits), ``single_level`` (only the last level's
-channels of the cached features). ``iterations`` is a forward argument (1-5).
+channels of the cached features), ``refine_cross`` (True, the paper: the refinement's input is
+the condition module's output concatenated with the cross-reference module's reinforced
+features; False: the condition output alone, this project's first reading). ``iterations`` is
+a forward argument (1-5).
 """
 from __future__ import annotations
 
@@ -48,7 +51,12 @@ import torch.nn.functional as F
 
 from pipeline.fewshot import mask_weights, masked_average_pooling
 
-SWITCHES = ("cross_reference", "condition", "refinement", "cache", "single_level")
+# The switches and the full model's value of each (the paper row). A model file written before a
+# switch existed was built as the switch's LEGACY value (pipeline.crnet_training.load_crnet).
+SWITCH_DEFAULTS = {"cross_reference": True, "condition": True, "refinement": True, "cache": True,
+                   "single_level": False, "refine_cross": True}
+SWITCHES = tuple(SWITCH_DEFAULTS)
+LEGACY = {"refine_cross": False}
 
 
 def encoder_features(backbone: nn.Module, images: torch.Tensor, levels: Sequence[int]) -> torch.Tensor:
@@ -106,10 +114,11 @@ class Refinement(nn.Module):
     """One iteration of the mask refinement: [features, cache] -> downsample -> global
     convolution (1x7/7x1) -> combine -> {background, foreground} logits."""
 
-    def __init__(self, channels: int, cache: bool = True, kernel: int = 7):
+    def __init__(self, channels: int, cache: bool = True, kernel: int = 7, in_channels: int | None = None):
         super().__init__()
         self.cache = cache
-        self.fuse = nn.Sequential(nn.Conv2d(channels + (1 if cache else 0), channels, 1), nn.ReLU(inplace=True))
+        cin = (channels if in_channels is None else in_channels) + (1 if cache else 0)
+        self.fuse = nn.Sequential(nn.Conv2d(cin, channels, 1), nn.ReLU(inplace=True))
         self.down = nn.Sequential(_conv(channels, channels, stride=2), nn.ReLU(inplace=True))
         self.gcn_a = nn.Sequential(_conv(channels, channels, (1, kernel)), _conv(channels, channels, (kernel, 1)))
         self.gcn_b = nn.Sequential(_conv(channels, channels, (kernel, 1)), _conv(channels, channels, (1, kernel)))
@@ -129,20 +138,22 @@ class CRNet(nn.Module):
 
     def __init__(self, level_channels: Sequence[int], hidden: int = 256, cross_reference: bool = True,
                  condition: bool = True, refinement: bool = True, cache: bool = True, single_level: bool = False,
-                 reduction: int = 16):
+                 refine_cross: bool = True, reduction: int = 16):
         super().__init__()
         self.level_channels = [int(c) for c in level_channels]
         self.switches = {"cross_reference": bool(cross_reference), "condition": bool(condition),
-                         "refinement": bool(refinement), "cache": bool(cache), "single_level": bool(single_level)}
+                         "refinement": bool(refinement), "cache": bool(cache), "single_level": bool(single_level),
+                         "refine_cross": bool(refine_cross)}
         self.hidden = int(hidden)
         cin = self.level_channels[-1] if single_level else sum(self.level_channels)
         self.project = nn.Sequential(nn.Conv2d(cin, hidden, 1), nn.ReLU(inplace=True))
         self.cross = CrossReference(hidden, reduction) if cross_reference else None
         self.condition = Condition(hidden) if condition else None
+        refine_in = 2 * hidden if refine_cross else hidden
         if refinement:
-            self.refine = Refinement(hidden, cache=cache)
+            self.refine = Refinement(hidden, cache=cache, in_channels=refine_in)
         else:
-            self.refine = nn.Sequential(_conv(hidden, hidden), nn.ReLU(inplace=True), nn.Conv2d(hidden, 2, 1))
+            self.refine = nn.Sequential(_conv(refine_in, hidden), nn.ReLU(inplace=True), nn.Conv2d(hidden, 2, 1))
 
     @property
     def meta(self) -> dict:
@@ -153,6 +164,11 @@ class CRNet(nn.Module):
             raise ValueError(f"features have {features.shape[1]} channels, the net expects "
                              f"{sum(self.level_channels)} ({self.level_channels})")
         return features[:, -self.level_channels[-1]:] if self.switches["single_level"] else features
+
+    def _refinement_input(self, conditioned: torch.Tensor, reinforced: torch.Tensor) -> torch.Tensor:
+        """The refinement's input: the condition module's output and, with ``refine_cross`` (the
+        paper's figure 2), the cross-reference module's reinforced features beside it."""
+        return torch.cat([conditioned, reinforced], dim=1) if self.switches["refine_cross"] else conditioned
 
     def _predict(self, features: torch.Tensor, iterations: int) -> list[torch.Tensor]:
         if not self.switches["refinement"]:
@@ -186,7 +202,7 @@ class CRNet(nn.Module):
         if self.condition is not None:
             support_fg, _ = mask_weights(support_mask, fs.shape[-2:], ignore_index)
             cq = self.condition(fq, masked_average_pooling(fs, support_fg)[0])
-        out_query = self._predict(cq, iterations)
+        out_query = self._predict(self._refinement_input(cq, fq), iterations)
         out_support = None
         if predict_support:
             cs = fs
@@ -196,7 +212,7 @@ class CRNet(nn.Module):
                 else:
                     query_fg = torch.softmax(out_query[-1], dim=1)[:, 1:]
                 cs = self.condition(fs, masked_average_pooling(fq, query_fg)[0])
-            out_support = self._predict(cs, iterations)
+            out_support = self._predict(self._refinement_input(cs, fs), iterations)
         return {"query": out_query, "support": out_support, "cooccurrence": cooccurrence}
 
 
