@@ -141,11 +141,27 @@ def pair_loss(model: CRNet, group: dict, iterations: int, support_weight: float,
         loss = loss + support_weight * support_ce
         parts["support_ce"] = float(support_ce.detach())
     if out["cooccurrence"] is not None and cooccurrence_weight > 0:
-        target = positive.to(torch.float32)
-        bce = sum(F.binary_cross_entropy_with_logits(logit, target) for logit in out["cooccurrence"]) / 2
+        bce = sum(cooccurrence_bce(logit, mask, positive, ignore_index)
+                  for logit, mask in zip(out["cooccurrence"], (qm, sm))) / 2
         loss = loss + cooccurrence_weight * bce
         parts["cooccurrence_bce"] = float(bce.detach())
     return loss, parts
+
+
+def cooccurrence_bce(logits: torch.Tensor, mask: torch.Tensor, positive: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """BCE of one branch's co-occurrence prediction. Dense (``B x 1 x h x w``, the paper): the
+    target is the pair's class mask of the image where the pair is positive (the object both
+    images hold) and all 0 in both images of a negative pair (nothing co-occurs), logits
+    resized to the mask, ``ignore_index`` pixels left out. Pooled (``B``): whether the pair is
+    positive."""
+    if logits.dim() == 1:
+        return F.binary_cross_entropy_with_logits(logits, positive.to(torch.float32))
+    logits = upsample_logits(logits, mask.shape[-2:])[:, 0]
+    target = ((mask == 1) & positive.reshape(-1, 1, 1)).to(torch.float32)
+    valid = mask != ignore_index
+    if not valid.any():
+        return logits.sum() * 0.0
+    return F.binary_cross_entropy_with_logits(logits[valid], target[valid])
 
 
 @torch.no_grad()

@@ -15,9 +15,11 @@ encoder never trains, the few-shot stages compute these features once per image 
 1. *Projection* (shared by both branches): 1x1 conv to ``hidden`` channels + ReLU.
 2. *Cross-reference module*: per branch, global average pooling -> FC -> ReLU -> FC ->
    sigmoid gives a channel vector; the two vectors are multiplied element-wise (what both
-   images hold) and reweight both feature maps. Auxiliary co-occurrence heads (one linear
-   logit per branch on its reweighted, pooled features) predict whether the other image's
-   class occurs in this one.
+   images hold) and reweight both feature maps. An auxiliary decoder (``dense_cooccurrence``,
+   the paper) predicts the co-occurring object's map in both images from the reweighted
+   features (target: the pair's class mask in each; BCE), so the channel product itself must
+   find the shared object; ``dense_cooccurrence=False``: one linear logit per branch on pooled
+   features (whether the class occurs), whose BCE never left its prior here.
 3. *Condition module* (one module for both branches): the other image's foreground
    features average-pooled under its mask (:func:`pipeline.fewshot.masked_average_pooling`),
    expanded over the grid, concatenated with the branch's features, 1x1 conv, then a
@@ -54,9 +56,9 @@ from pipeline.fewshot import mask_weights, masked_average_pooling
 # The switches and the full model's value of each (the paper row). A model file written before a
 # switch existed was built as the switch's LEGACY value (pipeline.crnet_training.load_crnet).
 SWITCH_DEFAULTS = {"cross_reference": True, "condition": True, "refinement": True, "cache": True,
-                   "single_level": False, "refine_cross": True}
+                   "single_level": False, "refine_cross": True, "dense_cooccurrence": True}
 SWITCHES = tuple(SWITCH_DEFAULTS)
-LEGACY = {"refine_cross": False}
+LEGACY = {"refine_cross": False, "dense_cooccurrence": False}
 
 
 def encoder_features(backbone: nn.Module, images: torch.Tensor, levels: Sequence[int]) -> torch.Tensor:
@@ -77,22 +79,32 @@ def _conv(cin: int, cout: int, kernel=3, stride: int = 1) -> nn.Conv2d:
 
 class CrossReference(nn.Module):
     """Channel vectors of both branches (GAP -> FC -> ReLU -> FC -> sigmoid), their product,
-    and the co-occurrence logits of the reweighted features."""
+    and the co-occurrence predictions of the reweighted features: ``dense`` (the paper) a small
+    decoder shared by both branches (3x3 conv -> ReLU -> 1x1 conv) that predicts the
+    co-occurring object's map in each image (``B x 1 x h x w`` logits); else one linear logit
+    per branch on the pooled features (``B``), this project's first reading."""
 
-    def __init__(self, channels: int, reduction: int = 16):
+    def __init__(self, channels: int, reduction: int = 16, dense: bool = True):
         super().__init__()
         inner = max(channels // reduction, 8)
+        self.dense = dense
         self.fc_query = nn.Sequential(nn.Linear(channels, inner), nn.ReLU(inplace=True), nn.Linear(inner, channels))
         self.fc_support = nn.Sequential(nn.Linear(channels, inner), nn.ReLU(inplace=True), nn.Linear(inner, channels))
-        self.head_query = nn.Linear(channels, 1)
-        self.head_support = nn.Linear(channels, 1)
+        if dense:
+            self.decoder = nn.Sequential(_conv(channels, channels), nn.ReLU(inplace=True), nn.Conv2d(channels, 1, 1))
+        else:
+            self.head_query = nn.Linear(channels, 1)
+            self.head_support = nn.Linear(channels, 1)
 
     def forward(self, query: torch.Tensor, support: torch.Tensor):
         vq = torch.sigmoid(self.fc_query(query.mean(dim=(2, 3))))
         vs = torch.sigmoid(self.fc_support(support.mean(dim=(2, 3))))
         common = (vq * vs)[:, :, None, None]
         query, support = query * common, support * common
-        logits = (self.head_query(query.mean(dim=(2, 3)))[:, 0], self.head_support(support.mean(dim=(2, 3)))[:, 0])
+        if self.dense:
+            logits = (self.decoder(query), self.decoder(support))
+        else:
+            logits = (self.head_query(query.mean(dim=(2, 3)))[:, 0], self.head_support(support.mean(dim=(2, 3)))[:, 0])
         return query, support, logits
 
 
@@ -138,16 +150,16 @@ class CRNet(nn.Module):
 
     def __init__(self, level_channels: Sequence[int], hidden: int = 256, cross_reference: bool = True,
                  condition: bool = True, refinement: bool = True, cache: bool = True, single_level: bool = False,
-                 refine_cross: bool = True, reduction: int = 16):
+                 refine_cross: bool = True, dense_cooccurrence: bool = True, reduction: int = 16):
         super().__init__()
         self.level_channels = [int(c) for c in level_channels]
         self.switches = {"cross_reference": bool(cross_reference), "condition": bool(condition),
                          "refinement": bool(refinement), "cache": bool(cache), "single_level": bool(single_level),
-                         "refine_cross": bool(refine_cross)}
+                         "refine_cross": bool(refine_cross), "dense_cooccurrence": bool(dense_cooccurrence)}
         self.hidden = int(hidden)
         cin = self.level_channels[-1] if single_level else sum(self.level_channels)
         self.project = nn.Sequential(nn.Conv2d(cin, hidden, 1), nn.ReLU(inplace=True))
-        self.cross = CrossReference(hidden, reduction) if cross_reference else None
+        self.cross = CrossReference(hidden, reduction, dense=dense_cooccurrence) if cross_reference else None
         self.condition = Condition(hidden) if condition else None
         refine_in = 2 * hidden if refine_cross else hidden
         if refinement:
@@ -190,7 +202,8 @@ class CRNet(nn.Module):
         ``support_mask`` (and ``query_mask``, optional): ``B x H x W`` episode masks.
 
         Returns ``{"query": [B x 2 x h x w logits per iteration], "support": the same for the
-        support or None, "cooccurrence": (query logit B, support logit B) or None}``."""
+        support or None, "cooccurrence": (query, support) co-occurrence logits -- maps
+        ``B x 1 x h x w`` (dense) or ``B`` -- or None}``."""
         if iterations < 1:
             raise ValueError(f"iterations must be >= 1, not {iterations}")
         fq = self.project(self._levels(query))
