@@ -40,8 +40,12 @@ a 3x3 conv + classifier once), ``cache`` (False: the refinement never sees its p
 output, so every iteration gives the same logits), ``single_level`` (only the last level's
 channels of the cached features), ``refine_cross`` (True, the paper: the refinement's input is
 the condition module's output concatenated with the cross-reference module's reinforced
-features; False: the condition output alone, this project's first reading). ``iterations`` is
-a forward argument (1-5).
+features; False: the condition output alone, this project's first reading),
+``dense_cooccurrence`` (above), ``prior`` (False in the paper row; True: the row "CRNet + prior",
+beyond the paper: PFENet's training-free prior, :func:`training_free_prior` on the frozen
+encoder's highest cached level, is one more channel of the refinement's input, so the net sees
+where the query resembles the support's object before any learned layer can ignore it).
+``iterations`` is a forward argument (1-5).
 """
 from __future__ import annotations
 
@@ -56,9 +60,10 @@ from pipeline.fewshot import mask_weights, masked_average_pooling
 # The switches and the full model's value of each (the paper row). A model file written before a
 # switch existed was built as the switch's LEGACY value (pipeline.crnet_training.load_crnet).
 SWITCH_DEFAULTS = {"cross_reference": True, "condition": True, "refinement": True, "cache": True,
-                   "single_level": False, "refine_cross": True, "dense_cooccurrence": True}
+                   "single_level": False, "refine_cross": True, "dense_cooccurrence": True, "prior": False}
 SWITCHES = tuple(SWITCH_DEFAULTS)
-LEGACY = {"refine_cross": False, "dense_cooccurrence": False}
+LEGACY = {"refine_cross": False, "dense_cooccurrence": False, "prior": False}
+PRIOR_EPS = 1e-7  # PFENet's min-max normalisation eps (model/PFENet.py: cosine_eps)
 
 
 def encoder_features(backbone: nn.Module, images: torch.Tensor, levels: Sequence[int]) -> torch.Tensor:
@@ -70,6 +75,23 @@ def encoder_features(backbone: nn.Module, images: torch.Tensor, levels: Sequence
     chosen = [m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
               for m in chosen]
     return torch.cat(chosen, dim=1)
+
+
+def training_free_prior(query: torch.Tensor, support: torch.Tensor, support_fg: torch.Tensor) -> torch.Tensor:
+    """PFENet's training-free prior (Tian et al., TPAMI 2020, model/PFENet.py): per query cell,
+    the highest cosine similarity to any cell of the support's masked features (features times
+    the foreground weight, so a background cell is a zero vector with cosine 0), min-max
+    normalised over the query's cells: ``B x 1 x h x w`` in [0, 1].
+
+    ``query``: ``B x C x h x w`` and ``support``: ``B x C x h_s x w_s`` frozen high-level
+    features; ``support_fg``: ``B x 1 x h_s x w_s`` foreground weights on the support grid. An
+    all-zero mask gives a zero prior everywhere."""
+    q = F.normalize(query.flatten(2), dim=1, eps=PRIOR_EPS)                   # B x C x Nq
+    s = F.normalize((support * support_fg).flatten(2), dim=1, eps=PRIOR_EPS)  # B x C x Ns
+    best = torch.bmm(q.transpose(1, 2), s).max(dim=2).values                  # B x Nq
+    low = best.min(dim=1, keepdim=True).values
+    high = best.max(dim=1, keepdim=True).values
+    return ((best - low) / (high - low + PRIOR_EPS)).reshape(query.shape[0], 1, *query.shape[-2:])
 
 
 def _conv(cin: int, cout: int, kernel=3, stride: int = 1) -> nn.Conv2d:
@@ -150,18 +172,20 @@ class CRNet(nn.Module):
 
     def __init__(self, level_channels: Sequence[int], hidden: int = 256, cross_reference: bool = True,
                  condition: bool = True, refinement: bool = True, cache: bool = True, single_level: bool = False,
-                 refine_cross: bool = True, dense_cooccurrence: bool = True, reduction: int = 16):
+                 refine_cross: bool = True, dense_cooccurrence: bool = True, prior: bool = False,
+                 reduction: int = 16):
         super().__init__()
         self.level_channels = [int(c) for c in level_channels]
         self.switches = {"cross_reference": bool(cross_reference), "condition": bool(condition),
                          "refinement": bool(refinement), "cache": bool(cache), "single_level": bool(single_level),
-                         "refine_cross": bool(refine_cross), "dense_cooccurrence": bool(dense_cooccurrence)}
+                         "refine_cross": bool(refine_cross), "dense_cooccurrence": bool(dense_cooccurrence),
+                         "prior": bool(prior)}
         self.hidden = int(hidden)
         cin = self.level_channels[-1] if single_level else sum(self.level_channels)
         self.project = nn.Sequential(nn.Conv2d(cin, hidden, 1), nn.ReLU(inplace=True))
         self.cross = CrossReference(hidden, reduction, dense=dense_cooccurrence) if cross_reference else None
         self.condition = Condition(hidden) if condition else None
-        refine_in = 2 * hidden if refine_cross else hidden
+        refine_in = (2 * hidden if refine_cross else hidden) + (1 if prior else 0)
         if refinement:
             self.refine = Refinement(hidden, cache=cache, in_channels=refine_in)
         else:
@@ -177,10 +201,17 @@ class CRNet(nn.Module):
                              f"{sum(self.level_channels)} ({self.level_channels})")
         return features[:, -self.level_channels[-1]:] if self.switches["single_level"] else features
 
-    def _refinement_input(self, conditioned: torch.Tensor, reinforced: torch.Tensor) -> torch.Tensor:
+    def _refinement_input(self, conditioned: torch.Tensor, reinforced: torch.Tensor,
+                          prior: torch.Tensor | None) -> torch.Tensor:
         """The refinement's input: the condition module's output and, with ``refine_cross`` (the
-        paper's figure 2), the cross-reference module's reinforced features beside it."""
-        return torch.cat([conditioned, reinforced], dim=1) if self.switches["refine_cross"] else conditioned
+        paper's figure 2), the cross-reference module's reinforced features beside it; with
+        ``prior``, the training-free prior as one more channel."""
+        parts = [conditioned] + ([reinforced] if self.switches["refine_cross"] else [])
+        return torch.cat(parts + ([prior] if prior is not None else []), dim=1)
+
+    def _high_level(self, features: torch.Tensor) -> torch.Tensor:
+        """The frozen encoder's highest cached level (the prior's features, before any training)."""
+        return features[:, -self.level_channels[-1]:]
 
     def _predict(self, features: torch.Tensor, iterations: int) -> list[torch.Tensor]:
         if not self.switches["refinement"]:
@@ -203,7 +234,8 @@ class CRNet(nn.Module):
 
         Returns ``{"query": [B x 2 x h x w logits per iteration], "support": the same for the
         support or None, "cooccurrence": (query, support) co-occurrence logits -- maps
-        ``B x 1 x h x w`` (dense) or ``B`` -- or None}``."""
+        ``B x 1 x h x w`` (dense) or ``B`` -- or None, "prior": (query prior, support prior or
+        None) with ``prior``, else None}``."""
         if iterations < 1:
             raise ValueError(f"iterations must be >= 1, not {iterations}")
         fq = self.project(self._levels(query))
@@ -211,22 +243,27 @@ class CRNet(nn.Module):
         cooccurrence = None
         if self.cross is not None:
             fq, fs, cooccurrence = self.cross(fq, fs)
+        support_fg, _ = mask_weights(support_mask, fs.shape[-2:], ignore_index)
         cq = fq
         if self.condition is not None:
-            support_fg, _ = mask_weights(support_mask, fs.shape[-2:], ignore_index)
             cq = self.condition(fq, masked_average_pooling(fs, support_fg)[0])
-        out_query = self._predict(self._refinement_input(cq, fq), iterations)
-        out_support = None
+        prior_query = (training_free_prior(self._high_level(query), self._high_level(support), support_fg)
+                       if self.switches["prior"] else None)
+        out_query = self._predict(self._refinement_input(cq, fq, prior_query), iterations)
+        out_support, prior_support = None, None
         if predict_support:
+            if query_mask is not None:
+                query_fg, _ = mask_weights(query_mask, fq.shape[-2:], ignore_index)
+            else:
+                query_fg = torch.softmax(out_query[-1], dim=1)[:, 1:]
             cs = fs
             if self.condition is not None:
-                if query_mask is not None:
-                    query_fg, _ = mask_weights(query_mask, fq.shape[-2:], ignore_index)
-                else:
-                    query_fg = torch.softmax(out_query[-1], dim=1)[:, 1:]
                 cs = self.condition(fs, masked_average_pooling(fq, query_fg)[0])
-            out_support = self._predict(self._refinement_input(cs, fs), iterations)
-        return {"query": out_query, "support": out_support, "cooccurrence": cooccurrence}
+            if self.switches["prior"]:
+                prior_support = training_free_prior(self._high_level(support), self._high_level(query), query_fg)
+            out_support = self._predict(self._refinement_input(cs, fs, prior_support), iterations)
+        return {"query": out_query, "support": out_support, "cooccurrence": cooccurrence,
+                "prior": (prior_query, prior_support) if self.switches["prior"] else None}
 
 
 def foreground_probability(logits: torch.Tensor) -> torch.Tensor:
