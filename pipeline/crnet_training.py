@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import section
-from pipeline.data.fewshot_features import FeatureStore
+from pipeline.data.fewshot_features import FeatureStore, feature_mosaic
 from pipeline.errors import PipelineError
 from pipeline.fewshot import binary_prediction
 from pipeline.losses import segmentation_ce
@@ -39,7 +39,7 @@ def variant_settings(params: dict, variant: str) -> dict:
     variant, _ = split_training_seed(variant)
     settings = dict(SWITCH_DEFAULTS)
     settings["novel_images"] = section(params, "crnet.train.novel_images")
-    settings.update(tpc=False, crc=False)
+    settings.update(tpc=False, crc=False, mosaic=float(params["crnet"].get("train", {}).get("mosaic", 0.0)))
     if variant != FULL:
         variants = {**(section(params, "crnet.ablation.variants") or {}),
                     **(params["crnet"].get("tpc_crc", {}).get("variants") or {})}
@@ -100,7 +100,32 @@ def pair_batches(pairs: list[dict], store: FeatureStore, batch_size: int, flip: 
                       "query_mask": store.mask(pair["query"], pair["class"], fq),
                       "support_mask": store.mask(pair["support"], pair["class"], fs),
                       "positive": torch.tensor(pair["positive"])})
+        if pair.get("mosaic_with"):  # a two-image query (add_mosaics)
+            items[-1]["query"], items[-1]["query_mask"] = feature_mosaic(
+                items[-1]["query"], items[-1]["query_mask"], store.features(pair["mosaic_with"])[0],
+                store.mask(pair["mosaic_with"], pair["class"]), pair["mosaic_left"])
     return group_batches(items, batch_size)
+
+
+def add_mosaics(pairs: list[dict], others: dict[int, list[str]], probability: float,
+                rng: np.random.Generator) -> list[dict]:
+    """With ``probability`` (``crnet.train.mosaic``, an option beyond the paper), a pair's query
+    becomes a feature-space mosaic (:func:`pipeline.data.fewshot_features.feature_mosaic`) of
+    itself and an image of ``others[c]`` (training images without the pair's class, so its
+    objects are background), on a random side: ``mosaic_with``, ``mosaic_left`` added. A
+    negative pair's query has no class object either; its mosaic has two distractors. Drawn
+    after the pairs, from the same generator, so ``probability`` 0 leaves every pair as it was."""
+    if probability <= 0:
+        return pairs
+    out = []
+    for pair in pairs:
+        pair = dict(pair)
+        candidates = [i for i in others.get(pair["class"]) or [] if i != pair["query"]]
+        if rng.random() < probability and candidates:
+            pair.update(mosaic_with=candidates[int(rng.integers(len(candidates)))],
+                        mosaic_left=bool(rng.random() < 0.5))
+        out.append(pair)
+    return out
 
 
 def tpc_batches(pairs: list[dict], store: FeatureStore, batch_size: int) -> list[dict]:

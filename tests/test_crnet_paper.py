@@ -80,3 +80,32 @@ def test_the_prior_row_feeds_the_prior_of_the_query_against_the_masked_support()
         a = net(query, support, mask, iterations=1)["query"][0]
         b = net_no_prior_weight(query, support, mask, iterations=1)["query"][0]
     assert not torch.allclose(a, b)
+
+
+def test_feature_mosaic_puts_the_other_image_beside_and_its_objects_are_background():
+    from pipeline.data.fewshot_features import feature_mosaic
+    # target: 1 channel, 2 x 2 grid, 4 x 4 mask with the class in its top-left quarter;
+    # other: 2 x 1 grid, 4 x 2 mask without the class (0) and a void column (255).
+    target = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])
+    target_mask = torch.zeros(4, 4, dtype=torch.uint8)
+    target_mask[:2, :2] = 1
+    other = torch.tensor([[[7.0], [8.0]]])
+    other_mask = torch.tensor([[0, 255]] * 4, dtype=torch.uint8)
+    feats, mask = feature_mosaic(target, target_mask, other, other_mask, target_left=True)
+    assert torch.equal(feats, torch.tensor([[[1.0, 2.0, 7.0], [3.0, 4.0, 8.0]]]))
+    assert mask.shape == (4, 6) and torch.equal(mask[:, :4], target_mask)
+    assert torch.equal(mask[:, 4:], other_mask)  # the other image's pixels: background or void, never the class
+    assert int((mask == 1).sum()) == 4
+    feats, mask = feature_mosaic(target, target_mask, other, other_mask, target_left=False)
+    assert torch.equal(feats[0, :, 1:], target[0]) and torch.equal(mask[:, 2:], target_mask)
+
+
+def test_add_mosaics_pairs_queries_with_images_without_the_class():
+    import numpy as np
+    from pipeline.crnet_training import add_mosaics
+    pairs = [{"class": 1, "query": "a", "support": "b", "positive": True} for _ in range(200)]
+    out = add_mosaics(pairs, {1: ["x", "y", "a"]}, 0.5, np.random.default_rng(0))
+    chosen = [p for p in out if p.get("mosaic_with")]
+    assert 60 < len(chosen) < 140 and {p["mosaic_with"] for p in chosen} == {"x", "y"}
+    assert {p["mosaic_left"] for p in chosen} == {True, False}
+    assert add_mosaics(pairs, {1: ["x"]}, 0.0, np.random.default_rng(0)) == pairs
