@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import section
-from pipeline.data.fewshot_features import FeatureStore
+from pipeline.data.fewshot_features import FeatureStore, feature_mosaic
 from pipeline.errors import PipelineError
 from pipeline.fewshot import binary_prediction
 from pipeline.losses import segmentation_ce
 from pipeline.metrics.episodic import EpisodeIoUAccumulator
-from pipeline.models.crnet import SWITCHES, CRNet, episode_probabilities, upsample_logits
+from pipeline.models.crnet import LEGACY, SWITCH_DEFAULTS, SWITCHES, CRNet, episode_probabilities, upsample_logits
 from pipeline.tpc_crc import tpc_item
 from pipeline.training import load_model
 
@@ -38,9 +38,9 @@ def variant_settings(params: dict, variant: str) -> dict:
     (``full``: the defaults; a key of ``crnet.ablation.variants`` or of
     ``crnet.tpc_crc.variants``: those values; a ``_seed<n>`` suffix changes the training seed only)."""
     variant, _ = split_training_seed(variant)
-    settings = {name: name != "single_level" for name in SWITCHES}
+    settings = dict(SWITCH_DEFAULTS)
     settings["novel_images"] = section(params, "crnet.train.novel_images")
-    settings.update(tpc=False, crc=False)
+    settings.update(tpc=False, crc=False, mosaic=float(params["crnet"].get("train", {}).get("mosaic", 0.0)))
     if variant != FULL:
         variants = {**(section(params, "crnet.ablation.variants") or {}),
                     **(params["crnet"].get("tpc_crc", {}).get("variants") or {})}
@@ -150,7 +150,32 @@ def pair_batches(pairs: list[dict], store: FeatureStore, batch_size: int, flip: 
                       "query_mask": store.mask(pair["query"], pair["class"], fq),
                       "support_mask": store.mask(pair["support"], pair["class"], fs),
                       "positive": torch.tensor(pair["positive"])})
+        if pair.get("mosaic_with"):  # a two-image query (add_mosaics)
+            items[-1]["query"], items[-1]["query_mask"] = feature_mosaic(
+                items[-1]["query"], items[-1]["query_mask"], store.features(pair["mosaic_with"])[0],
+                store.mask(pair["mosaic_with"], pair["class"]), pair["mosaic_left"])
     return group_batches(items, batch_size)
+
+
+def add_mosaics(pairs: list[dict], others: dict[int, list[str]], probability: float,
+                rng: np.random.Generator) -> list[dict]:
+    """With ``probability`` (``crnet.train.mosaic``, an option beyond the paper), a pair's query
+    becomes a feature-space mosaic (:func:`pipeline.data.fewshot_features.feature_mosaic`) of
+    itself and an image of ``others[c]`` (training images without the pair's class, so its
+    objects are background), on a random side: ``mosaic_with``, ``mosaic_left`` added. A
+    negative pair's query has no class object either; its mosaic has two distractors. Drawn
+    after the pairs, from the same generator, so ``probability`` 0 leaves every pair as it was."""
+    if probability <= 0:
+        return pairs
+    out = []
+    for pair in pairs:
+        pair = dict(pair)
+        candidates = [i for i in others.get(pair["class"]) or [] if i != pair["query"]]
+        if rng.random() < probability and candidates:
+            pair.update(mosaic_with=candidates[int(rng.integers(len(candidates)))],
+                        mosaic_left=bool(rng.random() < 0.5))
+        out.append(pair)
+    return out
 
 
 def tpc_batches(pairs: list[dict], store: FeatureStore, batch_size: int) -> list[dict]:
@@ -204,8 +229,8 @@ def pair_loss(model: CRNet, group: dict, iterations: int, support_weight: float,
         loss = loss + support_weight * cycle_ce
         parts["cycle_ce"] = float(cycle_ce.detach())
     if out["cooccurrence"] is not None and cooccurrence_weight > 0:
-        target = positive.to(torch.float32)
-        bce = sum(F.binary_cross_entropy_with_logits(logit, target) for logit in out["cooccurrence"]) / 2
+        bce = sum(cooccurrence_bce(logit, mask, positive, ignore_index)
+                  for logit, mask in zip(out["cooccurrence"], (qm, sm))) / 2
         loss = loss + cooccurrence_weight * bce
         parts["cooccurrence_bce"] = float(bce.detach())
     return loss, parts
@@ -226,6 +251,22 @@ def cascade_ce(model: CRNet, group: dict, query_logits: torch.Tensor, iterations
                  predict_support=False, ignore_index=ignore_index)
     return torch.stack([segmentation_ce(upsample_logits(o, sm.shape[-2:]), sm, ignore_index)
                         for o in back["query"]]).mean()
+
+
+def cooccurrence_bce(logits: torch.Tensor, mask: torch.Tensor, positive: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """BCE of one branch's co-occurrence prediction. Dense (``B x 1 x h x w``, the paper): the
+    target is the pair's class mask of the image where the pair is positive (the object both
+    images hold) and all 0 in both images of a negative pair (nothing co-occurs), logits
+    resized to the mask, ``ignore_index`` pixels left out. Pooled (``B``): whether the pair is
+    positive."""
+    if logits.dim() == 1:
+        return F.binary_cross_entropy_with_logits(logits, positive.to(torch.float32))
+    logits = upsample_logits(logits, mask.shape[-2:])[:, 0]
+    target = ((mask == 1) & positive.reshape(-1, 1, 1)).to(torch.float32)
+    valid = mask != ignore_index
+    if not valid.any():
+        return logits.sum() * 0.0
+    return F.binary_cross_entropy_with_logits(logits[valid], target[valid])
 
 
 @torch.no_grad()
@@ -258,8 +299,8 @@ def load_crnet(path, store: FeatureStore) -> CRNet:
         raise PipelineError(path, "model file not found (stage train_crnet)") from None
     except Exception as err:  # noqa: BLE001 - any unpickling failure: not our file
         raise PipelineError(path, f"not a readable model file ({type(err).__name__})") from None
-    settings = {k: meta[k] for k in SWITCHES if k in meta}
-    if len(settings) != len(SWITCHES):
+    settings = {k: meta.get(k, LEGACY.get(k)) for k in SWITCHES}
+    if any(v is None for v in settings.values()):
         raise PipelineError(path, "not a CRNet model file (stage train_crnet)")
     model = build_crnet({"crnet": {"hidden": meta.get("hidden", 0)}}, store.level_channels, settings)
     load_model(path, model, {"model": "CRNet", "level_channels": store.level_channels})

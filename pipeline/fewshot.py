@@ -5,7 +5,7 @@ probability fusion and the binary prediction of a foreground probability.
 Masks here are *episode* masks (:func:`pipeline.data.episodes.episode_mask`): 1 = the
 episode's class, 0 = everything else, ``ignore_index`` (255) = not used. Feature maps are
 ``B x C x h x w`` (or ``C x h x w``); a mask of another size is brought to the feature
-grid by :func:`mask_weights` (bilinear, so a stride-8 cell that is half object weighs 0.5;
+grid by :func:`mask_weights` (area average, so a stride-8 cell that is half object weighs 0.5;
 ignored pixels weigh 0 for both foreground and background).
 
 Prototype floor (PANet, Wang et al. ICCV 2019, without its alignment loss;
@@ -31,11 +31,34 @@ PANET_SCALE = 20.0  # PANet's cosine-similarity temperature (models/fewshot.py: 
 EPS = 1e-5
 
 
+def area_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """``n_out x n_in`` matrix of the share of each output cell's span that each input pixel
+    covers: output cell i spans ``[i * n_in / n_out, (i + 1) * n_in / n_out)`` in pixel units
+    and pixel j spans ``[j, j + 1)``; a row sums to 1. ``A @ x`` is the exact area average of a
+    1-D signal, also for non-integer ratios (3 pixels -> 2 cells: rows [2/3, 1/3, 0] and
+    [0, 1/3, 2/3])."""
+    scale = n_in / n_out
+    lo = torch.arange(n_out, dtype=torch.float64)[:, None] * scale
+    px = torch.arange(n_in, dtype=torch.float64)[None, :]
+    overlap = (torch.minimum(lo + scale, px + 1) - torch.maximum(lo, px)).clamp_min(0)
+    return (overlap / scale).to(torch.float32)
+
+
+def area_average(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``B x K x H x W`` maps averaged over the area of each cell of a ``size`` = (h, w) grid
+    (separable: :func:`area_matrix` along each axis)."""
+    h, w = int(size[0]), int(size[1])
+    rows = area_matrix(maps.shape[-2], h).to(maps.device)
+    cols = area_matrix(maps.shape[-1], w).to(maps.device)
+    return torch.einsum("ih,bkhw,jw->bkij", rows, maps, cols)
+
+
 def mask_weights(mask: torch.Tensor, size: Sequence[int], ignore_index: int = 255) -> tuple[torch.Tensor, torch.Tensor]:
     """``(foreground, background)`` weights ``B x 1 x h x w`` of an episode mask ``B x H x W``
-    (or ``H x W``) on a feature grid of ``size`` = (h, w): the bilinear share of class
-    pixels and of non-class, non-ignored pixels under each cell. A floating-point ``mask`` is
-    a *soft* foreground probability (CRC's cascade, :mod:`pipeline.tpc_crc`: a predicted query
+    (or ``H x W``) on a feature grid of ``size`` = (h, w): the area share of class pixels and
+    of non-class, non-ignored pixels under each cell (:func:`area_average`; a point sample,
+    e.g. bilinear without antialias, would drop a thin object between sample points). A
+    floating-point ``mask`` is a *soft* foreground probability (CRC's cascade: a predicted query
     mask as the next pass's support mask): foreground ``mask``, background ``1 - mask``, no
     ignore, gradient kept."""
     if mask.dim() == 2:
@@ -44,12 +67,11 @@ def mask_weights(mask: torch.Tensor, size: Sequence[int], ignore_index: int = 25
         fg = mask[:, None]
         bg = 1 - fg
     else:
-        mask = mask.to(torch.float32)
         fg = (mask == 1).float()[:, None]
         bg = (mask == 0).float()[:, None]
     if tuple(fg.shape[-2:]) != tuple(size):
-        fg = F.interpolate(fg, size=tuple(size), mode="bilinear", align_corners=False)
-        bg = F.interpolate(bg, size=tuple(size), mode="bilinear", align_corners=False)
+        both = area_average(torch.cat([fg, bg], dim=1), size)
+        fg, bg = both[:, :1], both[:, 1:]
     return fg, bg
 
 

@@ -25,11 +25,14 @@ def test_shapes_both_branches_and_cooccurrence():
     out = net(q, s, m, iterations=3)
     assert len(out["query"]) == 3 and len(out["support"]) == 3
     assert out["query"][0].shape == (2, 2, 8, 10) and out["support"][0].shape == (2, 2, 6, 6)
-    assert [t.shape for t in out["cooccurrence"]] == [(2,), (2,)]
+    assert [t.shape for t in out["cooccurrence"]] == [(2, 1, 8, 10), (2, 1, 6, 6)]  # dense: a map per image
+    pooled = CRNet(LEVELS, hidden=16, dense_cooccurrence=False)(q, s, m, iterations=1)
+    assert [t.shape for t in pooled["cooccurrence"]] == [(2,), (2,)]
     assert foreground_probability(out["query"][-1]).shape == (2, 8, 10)
 
 
-@pytest.mark.parametrize("switch", ["cross_reference", "condition", "refinement", "cache", "single_level"])
+@pytest.mark.parametrize("switch", ["cross_reference", "condition", "refinement", "cache", "single_level",
+                                    "refine_cross", "dense_cooccurrence"])
 def test_each_ablation_switch_builds_runs_and_trains(switch):
     net = CRNet(LEVELS, hidden=16, **{switch: switch == "single_level"} if switch == "single_level"
                 else {switch: False})
@@ -91,3 +94,9 @@ def test_encoder_features_concatenate_levels_at_the_finest_grid():
 
     feats = encoder_features(Fake(), torch.randn(1, 3, 16, 16), [1, 2])
     assert feats.shape == (1, 5, 8, 8)
+
+
+def test_refinement_reads_the_cross_reference_output_beside_the_condition_output():
+    net = CRNet(LEVELS, hidden=16)
+    assert net.refine.fuse[0].in_channels == 2 * 16 + 1  # condition output + reinforced features + cache
+    assert CRNet(LEVELS, hidden=16, refine_cross=False).refine.fuse[0].in_channels == 16 + 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.fewshot import (binary_prediction, cosine_map, fuse_probabilities, mask_weights,
+from pipeline.fewshot import (area_matrix, binary_prediction, cosine_map, fuse_probabilities, mask_weights,
                               masked_average_pooling, prototype_probability)
 
 
@@ -27,7 +27,7 @@ def test_mask_weights_ignore_counts_for_neither_region_and_resize_is_the_area_sh
     mask = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [255, 255, 0, 0], [255, 255, 0, 1]], dtype=torch.uint8)
     fg, bg = mask_weights(mask, (4, 4))
     assert fg.sum() == 5 and bg.sum() == 7  # 4 ignored pixels in neither
-    fg2, bg2 = mask_weights(mask, (2, 2))  # bilinear halving = 2x2 block means here
+    fg2, bg2 = mask_weights(mask, (2, 2))  # halving = 2x2 block means
     assert torch.allclose(fg2[0, 0], torch.tensor([[1.0, 0.0], [0.0, 0.25]]))
     assert torch.allclose(bg2[0, 0], torch.tensor([[0.0, 1.0], [0.0, 0.75]]))
 
@@ -40,6 +40,29 @@ def test_mask_weights_of_a_soft_mask_are_the_probability_with_gradient():
     assert torch.equal(soft.grad, torch.ones(2, 2))  # CRC's cascade trains through it
     hard = mask_weights(torch.tensor([[1, 0]], dtype=torch.uint8), (1, 2))[0]
     assert torch.equal(hard[0, 0], torch.tensor([[1.0, 0.0]]))  # label masks stay labels
+
+
+def test_area_matrix_by_hand_for_a_non_integer_ratio():
+    # 3 pixels onto 2 cells: cell 0 spans [0, 1.5) = pixel 0 and half of pixel 1.
+    assert torch.allclose(area_matrix(3, 2), torch.tensor([[2 / 3, 1 / 3, 0.0], [0.0, 1 / 3, 2 / 3]]))
+    assert torch.allclose(area_matrix(2, 4), torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]))
+
+
+def test_mask_weights_are_the_class_share_per_cell_not_a_point_sample():
+    # A one-pixel-wide object column at x = 1 of a 6 x 6 mask, onto a 2 x 2 grid (3 x 3 px per
+    # cell): the left cells hold 1/3 object each. Bilinear without antialias samples x = 1.0
+    # and 4.0 (pixel centres of the two cells' middles) and would give 1 and 0 instead.
+    mask = torch.zeros(6, 6, dtype=torch.uint8)
+    mask[:, 1] = 1
+    mask[0, 3:] = 255  # top-right cell: 3 of its 9 pixels ignored
+    fg, bg = mask_weights(mask, (2, 2))
+    assert torch.allclose(fg[0, 0], torch.tensor([[1 / 3, 0.0], [1 / 3, 0.0]]))
+    assert torch.allclose(bg[0, 0], torch.tensor([[2 / 3, 6 / 9], [2 / 3, 1.0]]))
+    # 5 x 5 -> 2 x 2 (non-integer: 2.5 px per cell): the centre pixel weighs 0.25 / 6.25 in each cell
+    centre = torch.zeros(5, 5, dtype=torch.uint8)
+    centre[2, 2] = 1
+    fg, _ = mask_weights(centre, (2, 2))
+    assert torch.allclose(fg[0, 0], torch.full((2, 2), 0.25 / 6.25))
 
 
 def test_cosine_map_by_hand():

@@ -78,6 +78,30 @@ class Encoder(torch.nn.Module):
         return encoder_features(self.backbone, images, self.cfg["levels"])
 
 
+def feature_mosaic(target: torch.Tensor, target_mask: torch.Tensor, other: torch.Tensor, other_mask: torch.Tensor,
+                   target_left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A two-image query made on the cached feature grid (issue 21: make the support necessary):
+    ``other``'s features (``C x h_o x w_o``) resized bilinearly to the height of ``target``'s
+    (``C x h x w``) and put beside them, left or right; the episode masks likewise, ``other``'s
+    resized (nearest) to the target mask's height and to the width that keeps the target's
+    label-to-grid ratio, so the joint mask still maps linearly onto the joint grid.
+
+    ``other_mask`` is the episode mask of the pair's class in the other image (0 or 255 where
+    the class is absent): the other image's object is background, so predicting every object
+    (objectness alone) is wrong on half of the mosaic. Returns ``(features C x h x (w + w'),
+    mask H x (W + W'))``."""
+    c, h, w = target.shape
+    height, width = target_mask.shape[-2:]
+    w_other = max(1, round(other.shape[-1] * h / other.shape[-2]))
+    other = F.interpolate(other[None], size=(h, w_other), mode="bilinear", align_corners=False)[0]
+    mask_width = max(1, round(w_other * width / w))
+    other_mask = F.interpolate(other_mask[None, None].float(), size=(height, mask_width), mode="nearest")[0, 0]
+    other_mask = other_mask.to(target_mask.dtype)
+    feats = (target, other) if target_left else (other, target)
+    masks = (target_mask, other_mask) if target_left else (other_mask, target_mask)
+    return torch.cat(feats, dim=-1), torch.cat(masks, dim=-1)
+
+
 class FeatureStore:
     """One split's cached features and episode masks, by image id.
 

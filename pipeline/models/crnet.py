@@ -15,9 +15,11 @@ encoder never trains, the few-shot stages compute these features once per image 
 1. *Projection* (shared by both branches): 1x1 conv to ``hidden`` channels + ReLU.
 2. *Cross-reference module*: per branch, global average pooling -> FC -> ReLU -> FC ->
    sigmoid gives a channel vector; the two vectors are multiplied element-wise (what both
-   images hold) and reweight both feature maps. Auxiliary co-occurrence heads (one linear
-   logit per branch on its reweighted, pooled features) predict whether the other image's
-   class occurs in this one.
+   images hold) and reweight both feature maps. An auxiliary decoder (``dense_cooccurrence``,
+   the paper) predicts the co-occurring object's map in both images from the reweighted
+   features (target: the pair's class mask in each; BCE), so the channel product itself must
+   find the shared object; ``dense_cooccurrence=False``: one linear logit per branch on pooled
+   features (whether the class occurs), whose BCE never left its prior here.
 3. *Condition module* (one module for both branches): the other image's foreground
    features average-pooled under its mask (:func:`pipeline.fewshot.masked_average_pooling`),
    expanded over the grid, concatenated with the branch's features, 1x1 conv, then a
@@ -36,7 +38,14 @@ encoder never trains, the few-shot stages compute these features once per image 
 Ablation switches (constructor): ``cross_reference``, ``condition``, ``refinement`` (False:
 a 3x3 conv + classifier once), ``cache`` (False: the refinement never sees its previous
 output, so every iteration gives the same logits), ``single_level`` (only the last level's
-channels of the cached features). ``iterations`` is a forward argument (1-5).
+channels of the cached features), ``refine_cross`` (True, the paper: the refinement's input is
+the condition module's output concatenated with the cross-reference module's reinforced
+features; False: the condition output alone, this project's first reading),
+``dense_cooccurrence`` (above), ``prior`` (False in the paper row; True: the row "CRNet + prior",
+beyond the paper: PFENet's training-free prior, :func:`training_free_prior` on the frozen
+encoder's highest cached level, is one more channel of the refinement's input, so the net sees
+where the query resembles the support's object before any learned layer can ignore it).
+``iterations`` is a forward argument (1-5).
 """
 from __future__ import annotations
 
@@ -48,7 +57,13 @@ import torch.nn.functional as F
 
 from pipeline.fewshot import mask_weights, masked_average_pooling
 
-SWITCHES = ("cross_reference", "condition", "refinement", "cache", "single_level")
+# The switches and the full model's value of each (the paper row). A model file written before a
+# switch existed was built as the switch's LEGACY value (pipeline.crnet_training.load_crnet).
+SWITCH_DEFAULTS = {"cross_reference": True, "condition": True, "refinement": True, "cache": True,
+                   "single_level": False, "refine_cross": True, "dense_cooccurrence": True, "prior": False}
+SWITCHES = tuple(SWITCH_DEFAULTS)
+LEGACY = {"refine_cross": False, "dense_cooccurrence": False, "prior": False}
+PRIOR_EPS = 1e-7  # PFENet's min-max normalisation eps (model/PFENet.py: cosine_eps)
 
 
 def encoder_features(backbone: nn.Module, images: torch.Tensor, levels: Sequence[int]) -> torch.Tensor:
@@ -62,6 +77,23 @@ def encoder_features(backbone: nn.Module, images: torch.Tensor, levels: Sequence
     return torch.cat(chosen, dim=1)
 
 
+def training_free_prior(query: torch.Tensor, support: torch.Tensor, support_fg: torch.Tensor) -> torch.Tensor:
+    """PFENet's training-free prior (Tian et al., TPAMI 2020, model/PFENet.py): per query cell,
+    the highest cosine similarity to any cell of the support's masked features (features times
+    the foreground weight, so a background cell is a zero vector with cosine 0), min-max
+    normalised over the query's cells: ``B x 1 x h x w`` in [0, 1].
+
+    ``query``: ``B x C x h x w`` and ``support``: ``B x C x h_s x w_s`` frozen high-level
+    features; ``support_fg``: ``B x 1 x h_s x w_s`` foreground weights on the support grid. An
+    all-zero mask gives a zero prior everywhere."""
+    q = F.normalize(query.flatten(2), dim=1, eps=PRIOR_EPS)                   # B x C x Nq
+    s = F.normalize((support * support_fg).flatten(2), dim=1, eps=PRIOR_EPS)  # B x C x Ns
+    best = torch.bmm(q.transpose(1, 2), s).max(dim=2).values                  # B x Nq
+    low = best.min(dim=1, keepdim=True).values
+    high = best.max(dim=1, keepdim=True).values
+    return ((best - low) / (high - low + PRIOR_EPS)).reshape(query.shape[0], 1, *query.shape[-2:])
+
+
 def _conv(cin: int, cout: int, kernel=3, stride: int = 1) -> nn.Conv2d:
     kernel = (kernel, kernel) if isinstance(kernel, int) else kernel
     return nn.Conv2d(cin, cout, kernel, stride=stride, padding=(kernel[0] // 2, kernel[1] // 2))
@@ -69,22 +101,32 @@ def _conv(cin: int, cout: int, kernel=3, stride: int = 1) -> nn.Conv2d:
 
 class CrossReference(nn.Module):
     """Channel vectors of both branches (GAP -> FC -> ReLU -> FC -> sigmoid), their product,
-    and the co-occurrence logits of the reweighted features."""
+    and the co-occurrence predictions of the reweighted features: ``dense`` (the paper) a small
+    decoder shared by both branches (3x3 conv -> ReLU -> 1x1 conv) that predicts the
+    co-occurring object's map in each image (``B x 1 x h x w`` logits); else one linear logit
+    per branch on the pooled features (``B``), this project's first reading."""
 
-    def __init__(self, channels: int, reduction: int = 16):
+    def __init__(self, channels: int, reduction: int = 16, dense: bool = True):
         super().__init__()
         inner = max(channels // reduction, 8)
+        self.dense = dense
         self.fc_query = nn.Sequential(nn.Linear(channels, inner), nn.ReLU(inplace=True), nn.Linear(inner, channels))
         self.fc_support = nn.Sequential(nn.Linear(channels, inner), nn.ReLU(inplace=True), nn.Linear(inner, channels))
-        self.head_query = nn.Linear(channels, 1)
-        self.head_support = nn.Linear(channels, 1)
+        if dense:
+            self.decoder = nn.Sequential(_conv(channels, channels), nn.ReLU(inplace=True), nn.Conv2d(channels, 1, 1))
+        else:
+            self.head_query = nn.Linear(channels, 1)
+            self.head_support = nn.Linear(channels, 1)
 
     def forward(self, query: torch.Tensor, support: torch.Tensor):
         vq = torch.sigmoid(self.fc_query(query.mean(dim=(2, 3))))
         vs = torch.sigmoid(self.fc_support(support.mean(dim=(2, 3))))
         common = (vq * vs)[:, :, None, None]
         query, support = query * common, support * common
-        logits = (self.head_query(query.mean(dim=(2, 3)))[:, 0], self.head_support(support.mean(dim=(2, 3)))[:, 0])
+        if self.dense:
+            logits = (self.decoder(query), self.decoder(support))
+        else:
+            logits = (self.head_query(query.mean(dim=(2, 3)))[:, 0], self.head_support(support.mean(dim=(2, 3)))[:, 0])
         return query, support, logits
 
 
@@ -106,10 +148,11 @@ class Refinement(nn.Module):
     """One iteration of the mask refinement: [features, cache] -> downsample -> global
     convolution (1x7/7x1) -> combine -> {background, foreground} logits."""
 
-    def __init__(self, channels: int, cache: bool = True, kernel: int = 7):
+    def __init__(self, channels: int, cache: bool = True, kernel: int = 7, in_channels: int | None = None):
         super().__init__()
         self.cache = cache
-        self.fuse = nn.Sequential(nn.Conv2d(channels + (1 if cache else 0), channels, 1), nn.ReLU(inplace=True))
+        cin = (channels if in_channels is None else in_channels) + (1 if cache else 0)
+        self.fuse = nn.Sequential(nn.Conv2d(cin, channels, 1), nn.ReLU(inplace=True))
         self.down = nn.Sequential(_conv(channels, channels, stride=2), nn.ReLU(inplace=True))
         self.gcn_a = nn.Sequential(_conv(channels, channels, (1, kernel)), _conv(channels, channels, (kernel, 1)))
         self.gcn_b = nn.Sequential(_conv(channels, channels, (kernel, 1)), _conv(channels, channels, (1, kernel)))
@@ -129,20 +172,24 @@ class CRNet(nn.Module):
 
     def __init__(self, level_channels: Sequence[int], hidden: int = 256, cross_reference: bool = True,
                  condition: bool = True, refinement: bool = True, cache: bool = True, single_level: bool = False,
+                 refine_cross: bool = True, dense_cooccurrence: bool = True, prior: bool = False,
                  reduction: int = 16):
         super().__init__()
         self.level_channels = [int(c) for c in level_channels]
         self.switches = {"cross_reference": bool(cross_reference), "condition": bool(condition),
-                         "refinement": bool(refinement), "cache": bool(cache), "single_level": bool(single_level)}
+                         "refinement": bool(refinement), "cache": bool(cache), "single_level": bool(single_level),
+                         "refine_cross": bool(refine_cross), "dense_cooccurrence": bool(dense_cooccurrence),
+                         "prior": bool(prior)}
         self.hidden = int(hidden)
         cin = self.level_channels[-1] if single_level else sum(self.level_channels)
         self.project = nn.Sequential(nn.Conv2d(cin, hidden, 1), nn.ReLU(inplace=True))
-        self.cross = CrossReference(hidden, reduction) if cross_reference else None
+        self.cross = CrossReference(hidden, reduction, dense=dense_cooccurrence) if cross_reference else None
         self.condition = Condition(hidden) if condition else None
+        refine_in = (2 * hidden if refine_cross else hidden) + (1 if prior else 0)
         if refinement:
-            self.refine = Refinement(hidden, cache=cache)
+            self.refine = Refinement(hidden, cache=cache, in_channels=refine_in)
         else:
-            self.refine = nn.Sequential(_conv(hidden, hidden), nn.ReLU(inplace=True), nn.Conv2d(hidden, 2, 1))
+            self.refine = nn.Sequential(_conv(refine_in, hidden), nn.ReLU(inplace=True), nn.Conv2d(hidden, 2, 1))
 
     @property
     def meta(self) -> dict:
@@ -153,6 +200,18 @@ class CRNet(nn.Module):
             raise ValueError(f"features have {features.shape[1]} channels, the net expects "
                              f"{sum(self.level_channels)} ({self.level_channels})")
         return features[:, -self.level_channels[-1]:] if self.switches["single_level"] else features
+
+    def _refinement_input(self, conditioned: torch.Tensor, reinforced: torch.Tensor,
+                          prior: torch.Tensor | None) -> torch.Tensor:
+        """The refinement's input: the condition module's output and, with ``refine_cross`` (the
+        paper's figure 2), the cross-reference module's reinforced features beside it; with
+        ``prior``, the training-free prior as one more channel."""
+        parts = [conditioned] + ([reinforced] if self.switches["refine_cross"] else [])
+        return torch.cat(parts + ([prior] if prior is not None else []), dim=1)
+
+    def _high_level(self, features: torch.Tensor) -> torch.Tensor:
+        """The frozen encoder's highest cached level (the prior's features, before any training)."""
+        return features[:, -self.level_channels[-1]:]
 
     def _predict(self, features: torch.Tensor, iterations: int) -> list[torch.Tensor]:
         if not self.switches["refinement"]:
@@ -174,7 +233,9 @@ class CRNet(nn.Module):
         ``support_mask`` (and ``query_mask``, optional): ``B x H x W`` episode masks.
 
         Returns ``{"query": [B x 2 x h x w logits per iteration], "support": the same for the
-        support or None, "cooccurrence": (query logit B, support logit B) or None}``."""
+        support or None, "cooccurrence": (query, support) co-occurrence logits -- maps
+        ``B x 1 x h x w`` (dense) or ``B`` -- or None, "prior": (query prior, support prior or
+        None) with ``prior``, else None}``."""
         if iterations < 1:
             raise ValueError(f"iterations must be >= 1, not {iterations}")
         fq = self.project(self._levels(query))
@@ -182,22 +243,27 @@ class CRNet(nn.Module):
         cooccurrence = None
         if self.cross is not None:
             fq, fs, cooccurrence = self.cross(fq, fs)
+        support_fg, _ = mask_weights(support_mask, fs.shape[-2:], ignore_index)
         cq = fq
         if self.condition is not None:
-            support_fg, _ = mask_weights(support_mask, fs.shape[-2:], ignore_index)
             cq = self.condition(fq, masked_average_pooling(fs, support_fg)[0])
-        out_query = self._predict(cq, iterations)
-        out_support = None
+        prior_query = (training_free_prior(self._high_level(query), self._high_level(support), support_fg)
+                       if self.switches["prior"] else None)
+        out_query = self._predict(self._refinement_input(cq, fq, prior_query), iterations)
+        out_support, prior_support = None, None
         if predict_support:
+            if query_mask is not None:
+                query_fg, _ = mask_weights(query_mask, fq.shape[-2:], ignore_index)
+            else:
+                query_fg = torch.softmax(out_query[-1], dim=1)[:, 1:]
             cs = fs
             if self.condition is not None:
-                if query_mask is not None:
-                    query_fg, _ = mask_weights(query_mask, fq.shape[-2:], ignore_index)
-                else:
-                    query_fg = torch.softmax(out_query[-1], dim=1)[:, 1:]
                 cs = self.condition(fs, masked_average_pooling(fq, query_fg)[0])
-            out_support = self._predict(cs, iterations)
-        return {"query": out_query, "support": out_support, "cooccurrence": cooccurrence}
+            if self.switches["prior"]:
+                prior_support = training_free_prior(self._high_level(support), self._high_level(query), query_fg)
+            out_support = self._predict(self._refinement_input(cs, fs, prior_support), iterations)
+        return {"query": out_query, "support": out_support, "cooccurrence": cooccurrence,
+                "prior": (prior_query, prior_support) if self.switches["prior"] else None}
 
 
 def foreground_probability(logits: torch.Tensor) -> torch.Tensor:

@@ -19,9 +19,10 @@ on the same cached encoder features; an all-zero support mask predicts backgroun
 
 ``--finetune`` (with ``--model``): only the first ``crnet.test.finetune.episodes`` episodes;
 for each, a copy of the net is trained (everything but the frozen encoder) for
-``crnet.test.finetune.steps`` steps on the k^2 ordered support pairs (i, j) -- support i as
-query, support j as support, both masks known -- with the training loss and optimizer
-(lr ``crnet.test.finetune.lr``; ``batch_size`` pairs a step, null = all k^2), then predicts
+``crnet.test.finetune.steps`` steps on the k(k-1) ordered support pairs (i, j), i != j -- support
+i as query, support j as support, both masks known; no self-pair, which would teach copying --
+with the training loss and optimizer (lr ``crnet.test.finetune.lr``; ``batch_size`` pairs a
+step, null = all pairs), then predicts
 with fusion. The file holds ``fusion`` and
 ``finetune`` on the same subset.
 
@@ -127,14 +128,24 @@ def trivial_predictions(shape) -> dict[str, np.ndarray]:
     return {"all_foreground": np.ones(shape, np.uint8), "all_background": np.zeros(shape, np.uint8)}
 
 
+def finetune_pairs(class_id: int, supports: list[str]) -> list[dict]:
+    """The k(k-1) ordered pairs (i, j), i != j, of an episode's supports: support i as query,
+    support j as support. Never a self-pair (i, i): with support = query the loss is lowest for
+    copying the support's mask, which teaches the net to ignore the query (CRNet finetunes on
+    the supports "as query and support of each other")."""
+    return [{"class": class_id, "query": a, "support": b, "positive": True, "flip_query": False,
+             "flip_support": False} for i, a in enumerate(supports) for j, b in enumerate(supports) if i != j]
+
+
 def finetuned(model: CRNet, store: FeatureStore, e: dict, shots: int, params: dict, device) -> CRNet:
-    """A copy of ``model`` trained on the episode's k^2 support pairs (module docstring): each
-    step takes ``crnet.test.finetune.batch_size`` pairs (null: all) in a seeded cyclic order."""
+    """A copy of ``model`` trained on the episode's k(k-1) support pairs (:func:`finetune_pairs`):
+    each step takes ``crnet.test.finetune.batch_size`` pairs (null: all) in a seeded cyclic
+    order. One support has no pair: the model is returned unchanged (finetune = fusion)."""
     train_cfg = section(params, "crnet.train")
     ft = section(params, "crnet.test.finetune")
-    supports = e["supports"][:shots]
-    pairs = [{"class": e["class"], "query": a, "support": b, "positive": True, "flip_query": False,
-              "flip_support": False} for a in supports for b in supports]
+    pairs = finetune_pairs(e["class"], e["supports"][:shots])
+    if not pairs:
+        return model
     size = len(pairs) if ft.get("batch_size") is None else min(int(ft["batch_size"]), len(pairs))
     order = np.random.default_rng([int(params["seed"]), int(e["episode"])]).permutation(len(pairs)).tolist()
     net = copy.deepcopy(model).to(device).train()
