@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -47,6 +49,20 @@ def snakefile(jobs: int, python: str, kinds: list[str]) -> str:
         lines += [f"rule {kind}:", f"    output: 'out/{kind}_{{i}}'", f"    benchmark: 'bench/{kind}_{{i}}.tsv'",
                   f"    shell: \"{cmd.format(python=python)} && touch {{output}}\"", ""]
     return "\n".join(lines)
+
+
+def direct_cost(cmd: str, env: dict, repeats: int) -> dict:
+    """Wall and CPU seconds (user + sys, from the OS's child rusage) of ``cmd`` run directly:
+    snakemake's ``cpu_time`` samples the process and misses most of a short job."""
+    walls, cpus = [], []
+    for _ in range(repeats):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        subprocess.run(shlex.split(cmd), env=env, check=True, cwd=REPO_ROOT)
+        walls.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return {"median_wall_s": statistics.median(walls), "median_cpu_s": statistics.median(cpus)}
 
 
 def main(argv=None) -> dict:
@@ -84,12 +100,18 @@ def main(argv=None) -> dict:
     for kind, row in per_kind.items():
         print(f"{kind:<8} {row['median_s']:>9.2f} {row['min_s']:>7.2f} {row['max_s']:>7.2f} {row['median_cpu_s']:>7.2f}  "
               f"{KINDS[kind].format(python='python')}")
-    print("cpu s: the job's CPU time (snakemake's benchmark cpu_time): its wall time on an idle core")
+    print("cpu s: snakemake's benchmark cpu_time (sampled: misses most of a short job)")
+    direct = {kind: direct_cost(KINDS[kind].format(python=python), env, args.jobs) for kind in args.kinds
+              if kind != "shell"}
+    print("run directly (no snakemake), CPU = user + sys of the process: about its wall time on an idle core")
+    for kind, row in direct.items():
+        print(f"{kind:<8} wall {row['median_wall_s']:>6.2f} s  cpu {row['median_cpu_s']:>6.2f} s")
     print(f"whole run: {run_s:.1f} s for {n_jobs} jobs + the DAG ({run_s / n_jobs:.2f} s per job, snakemake's "
           f"scheduling included)")
     load_after = os.getloadavg()
     print(f"load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f} on {os.cpu_count()} cores")
     summary = {"jobs_per_kind": args.jobs, "cores": args.cores, "per_kind": per_kind, "run_s": run_s,
+               "direct": direct,
                "load_before": load_before, "load_after": load_after}
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))

@@ -64,6 +64,19 @@ def best_time(fn, repeats: int):
     return best, out
 
 
+def best_times_interleaved(fns: list, repeats: int) -> list:
+    """[(best seconds, last result)] of each of ``fns``, run in turn ``repeats`` times after a
+    warm-up of each: on a shared machine the load then drifts over both alike."""
+    outs = [fn() for fn in fns]
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for k, fn in enumerate(fns):
+            start = time.perf_counter()
+            outs[k] = fn()
+            best[k] = min(best[k], time.perf_counter() - start)
+    return list(zip(best, outs))
+
+
 def irn_style_cams(model, image, scales, flip, stride, channels, mean, std):
     """IRN ``make_cam.py``: all classes per scale (image + mirror), strided and full-size maps summed."""
     import torch
@@ -148,8 +161,17 @@ def run_schedule(schedule: str, args) -> dict:
     def affinity_stage():
         return predict_affinities(aff_model, batch, pcfg["radius"], pcfg["flip"])
 
+    def cam_default_layout():
+        return normalize_cams(multiscale_cams(anchor_cam_model.cams, image, scales, flip, strided_size(size, store),
+                                              mean, std, channels)).numpy()
+
     with torch.no_grad():
-        times["cam"], state["cams"] = best_time(cam_stage, args.repeats)
+        if args.anchors:  # channels_last (the stage's) and the default layout, interleaved
+            (times["cam"], state["cams"]), (notes["cam_default_layout_s"], default) = best_times_interleaved(
+                [cam_stage, cam_default_layout], args.repeats)
+            notes["cam_max_abs_diff_vs_default_layout"] = float(np.abs(default - state["cams"]).max())
+        else:
+            times["cam"], state["cams"] = best_time(cam_stage, args.repeats)
         times["boundary"], _ = best_time(boundary_stage, args.repeats)
         times["affinity"], (affs, grid) = best_time(affinity_stage, args.repeats)
     cell = int(aff_model.out_stride)
@@ -180,11 +202,6 @@ def run_schedule(schedule: str, args) -> dict:
         anchors["walk"], dense = best_time(lambda: walk_stage("dense"), 1 if args.repeats else 0)
         notes["walk_max_abs_diff_vs_dense"] = float(np.abs(dense - revised).max())
         with torch.no_grad():
-            notes["cam_default_layout_s"], default = best_time(
-                lambda: normalize_cams(multiscale_cams(anchor_cam_model.cams, image, scales, flip,
-                                                       strided_size(size, store), mean, std, channels)).numpy(),
-                args.repeats)
-            notes["cam_max_abs_diff_vs_default_layout"] = float(np.abs(default - state["cams"]).max())
             anchors["cam"], _ = best_time(lambda: irn_style_cams(anchor_cam_model, image, scales, flip, store, channels,
                                                                  mean, std), args.repeats)
     return {"schedule": schedule, "times": times, "anchors": anchors, "notes": notes, "grid": list(grid),
@@ -248,7 +265,8 @@ def main(argv=None) -> dict:
             print("anchors: walk = PSA's dense form of the same two-stage walk (max |diff| "
                   f"{res['notes']['walk_max_abs_diff_vs_dense']:.1e}); cam = IRN-style make_cam (all classes, "
                   "stride-4 and full-size maps)")
-            print(f"cam stage in the default (contiguous) layout: {res['notes']['cam_default_layout_s']:.3f} s, "
+            print(f"cam stage in the default (contiguous) layout, timed in turn with it: "
+                  f"{res['notes']['cam_default_layout_s']:.3f} s, "
                   f"{res['notes']['cam_default_layout_s'] / res['times']['cam']:.2f}x the channels_last one "
                   f"(max |diff| of the CAMs {res['notes']['cam_max_abs_diff_vs_default_layout']:.1e})")
     print(f"\nload average (1/5/15 min) before {' '.join(f'{x:.2f}' for x in load_before)}, after "

@@ -21,6 +21,12 @@ idle 2-core machine, 2 threads: dense power 3.8-4.0 s and ~120 MiB peak, sparse 
 0.11-0.13 s and ~14 MiB (31-36x faster), max |difference| 1.4e-5. With int64 indices on
 one thread, as before, the sparse walk took 0.27-0.30 s (10-14x).
 
+A third form, :func:`random_walk_stencil`, takes the same steps as shifted multiply-adds over
+dense per-offset weight planes (the graph is a fixed-radius stencil on a regular grid). Same
+numbers (tests), but on the 2-core Intel Xeon it is 3-4x slower than the CSR product (one
+``addcmul_`` per offset and step streams the whole grid through memory 69 times a step;
+docs/operations.md "Throughput and memory"), so ``sparse`` stays the default.
+
 Inputs may be numpy arrays or torch tensors (CPU); outputs are numpy arrays. Affinities
 are the ``(M,)`` pair vectors of :func:`pipeline.propagation.affinity.pairwise_affinity`
 for one image (a leading batch axis of size 1 is accepted).
