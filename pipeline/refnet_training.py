@@ -45,8 +45,9 @@ after ``warmup_steps`` RSM-only steps: a critic of random masks has no boundary 
   weight that holds ``|d(lambda L_adv)/dp| = b |d L_dice/dp|`` at the prediction
   (:func:`balanced_weight`).
 * Health per step in the history: the gradient norm of each weighted term at the prediction
-  (``grad_dice``, ``grad_rep``, ``grad_sel``, ``grad_adv``) and the adversarial / Dice ratio, the predicted vs true foreground share of the unlabelled batch (the true one
-  from the targets' masks: logged, never used), each critic's Wasserstein estimate.
+  (``grad_dice``, ``grad_rep``, ``grad_sel``, ``grad_adv``) and the adversarial / Dice ratio,
+  the predicted vs true foreground share of the unlabelled batch (the true one from the
+  targets' masks: logged, never used), each critic's Wasserstein estimate.
 
 Everything runs on a fixed grid: features resized to ``grid`` x ``grid`` cells, images and
 masks to ``size`` x ``size`` px (non-square photos are squashed; predictions are resized

@@ -86,7 +86,8 @@ TRAIN = {**{f"t{i}": [(CAT, 4 + i, 16 + i, 4, 16)] for i in range(4)},
 VAL = {"v0": [(BUS, 4, 20, 4, 20)], "v1": [(CAT, 4, 20, 4, 20)]}
 SMALL = {"refnet.size": 32, "refnet.grid": 4, "refnet.hidden": 64, "refnet.min_pixels": 4,
          "refnet.train.steps": 3, "refnet.train.warmup_steps": 1, "refnet.train.batch_size": 2,
-         "refnet.critic.n_critic": 1, "refnet.critic.channels": 4, "report.figure_samples": 2,
+         "refnet.critic.n_critic": 1, "refnet.critic.channels": 4, "refnet.critic.diagnostic_steps": 2,
+         "report.figure_samples": 2,
          "backbone.output_stride": 16, "refnet.select.classes": 1,
          "refnet.select.candidates": {"adv_half": {"adversarial_weight": 0.5},
                                       "no_critics": {"inner_critic": False, "outer_critic": False}}}
