@@ -17,9 +17,10 @@ targets (pseudo-targets) on the train images without any novel pixel.
 
 **Training** (:func:`train_refnet`), per step: ``n_critic`` updates of each critic
 (Adam 1e-4, betas (0, 0.9), WGAN-GP lambda 10: the paper), then one step of the
-segmentation net on ``xi L_dice + zeta L_rep + eta L_sel - D_o(fake) - D_i(fake)`` (the critics
-and their term join after ``warmup_steps`` RSM-only steps: a critic of random masks has no
-boundary to teach):
+segmentation net (Adam 1e-4, the paper's) on
+``xi L_dice + zeta L_rep + eta L_sel - lambda (D_o(fake) + D_i(fake))`` (the critics' term joins
+after ``warmup_steps`` RSM-only steps: a critic of random masks has no boundary to teach; with
+``critic_warmup`` the critics already train during them):
 
 * L_dice on labelled pairs: a reference image as target, another reference of the same
   class as condition (itself when K = 1); with probability ``negative_prob`` the condition
@@ -27,13 +28,26 @@ boundary to teach):
   Augmentation: horizontal flip of the cached features and the mask.
 * L_rep: Gaussian MMD (median heuristic) between E(pred * target) and E(m_ref * x_ref),
   pooled per image, over the batch of unlabelled pairs (S and the references as targets).
-* L_sel: ``mean || w' F(Ax) - A(w F(x)) ||^2`` on the pixels A keeps inside the image,
-  A a random affine (rotation, scale, translation) applied to the cached feature grid
-  (not to the pixels: the encoder is frozen and cached), w the band of radius r of the
-  prediction (detached: it selects pixels, as the paper's weight map).
+* L_sel: ``|| w' F(Ax) - A(w F(x)) ||^2``, the paper's squared norm (a sum over the pixels A
+  keeps inside the image, averaged over the batch), A a random affine (rotation, scale,
+  translation) applied to the cached feature grid (not to the pixels: the encoder is frozen
+  and cached), w the band of radius r of the prediction (detached: it selects pixels, as
+  the paper's weight map).
 * Critics on [x, m, x*m] at ``size`` px: outer (object masks) and inner (background
-  masks 1 - m); pseudo triplets dilate the open-source mask (inner: the background mask)
-  by a disk of random radius ``pseudo_radius`` x ``size / paper_size``.
+  masks 1 - m). Every mask a critic sees -- real, pseudo, predicted -- takes the
+  prediction's path (:func:`critic_path`: averaged onto the feature grid, upsampled
+  bilinearly), so softness tells real from fake nothing; real masks have MSRC's void filled
+  from the nearest labelled pixel (:func:`fill_void`), not called background. Pseudo
+  triplets dilate the open-source mask (inner: the background mask, i.e. erode the object)
+  by a disk of an integer radius drawn per sample on ``1..`` :func:`pseudo_radius_bound`
+  of that object (a share of its inradius, so erosion never empties it).
+* lambda: ``adversarial_weight`` (the paper's 1) or, with ``adversarial_balance`` b, the
+  weight that holds ``|d(lambda L_adv)/dp| = b |d L_dice/dp|`` at the prediction
+  (:func:`balanced_weight`).
+* Health per step in the history: the gradient norm of each weighted term at the prediction
+  (``grad_dice``, ``grad_rep``, ``grad_sel``, ``grad_adv``) and the adversarial / Dice ratio,
+  the predicted vs true foreground share of the unlabelled batch (the true one from the
+  targets' masks: logged, never used), each critic's Wasserstein estimate.
 
 Everything runs on a fixed grid: features resized to ``grid`` x ``grid`` cells, images and
 masks to ``size`` x ``size`` px (non-square photos are squashed; predictions are resized
@@ -48,6 +62,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from pipeline.adversarial import (
     critic_generator_loss, critic_loss, gradient_penalty, triplet, wasserstein_estimate)
@@ -55,7 +70,7 @@ from pipeline.data.augment import resize_image, resize_mask
 from pipeline.errors import PipelineError
 from pipeline.losses import dice_loss, gaussian_mmd
 from pipeline.models.refnet import BoundaryCritic, RefNet, pooled_encoding
-from pipeline.morphology import boundary_band, dilate
+from pipeline.morphology import boundary_band
 from pipeline.training import load_model, read_model_meta
 
 FULL = "full"
@@ -164,10 +179,61 @@ def effective_switches(variant: Mapping[str, bool], zero_shot: bool,
     return out
 
 
-def pseudo_radius_range(radius: Sequence[int], size: int, paper_size: int) -> tuple[int, int]:
-    """The paper's dilation radii (11..55 px at ``paper_size``) scaled to ``size`` px, at least 1."""
-    low, high = (max(1, round(float(r) * size / paper_size)) for r in radius)
-    return low, max(low, high)
+def inradius(mask: np.ndarray) -> float:
+    """The radius of the largest disk inside a binary mask: the largest Euclidean distance of an
+    object pixel to the nearest background pixel of the image (outside the image does not count,
+    as :func:`pipeline.morphology.erode` treats it). 0 for an empty mask; an all-object mask
+    (nothing to erode towards) gets the image's larger side."""
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return 0.0
+    if mask.all():
+        return float(max(mask.shape))
+    return float(ndimage.distance_transform_edt(mask).max())
+
+
+def pseudo_radius_bound(mask: np.ndarray, fraction: float) -> int:
+    """The largest pseudo radius r of one open-source object (0: too thin for any).
+
+    Erosion by ``disk(r)`` keeps the pixels whose distance to the background exceeds r, so it
+    leaves the object non-empty iff ``r < inradius``. The bound is ``floor(fraction * R)``
+    (at least 1) and below R: with ``fraction`` 1/2 a disk of radius R gains ``2Rr + r^2`` px by
+    dilation and loses ``2Rr - r^2`` by erosion, at most 5:3 apart, so neither critic's pseudo
+    triplet is much easier to spot than the other's. An object with R <= 1 (a line one pixel
+    wide) has no such radius: 0."""
+    radius = inradius(mask)
+    if radius <= 1.0:
+        return 0
+    return int(max(1, min(math.ceil(radius) - 1, math.floor(fraction * radius))))
+
+
+def draw_pseudo_radii(bounds: Sequence[int], rng: np.random.Generator) -> list[int]:
+    """One integer radius per sample, uniform on ``1..bound`` (the paper draws r per pseudo
+    triplet from a range; ours is each object's own, :func:`pseudo_radius_bound`)."""
+    if any(int(b) < 1 for b in bounds):
+        raise ValueError(f"every pseudo-radius bound must be >= 1, got {list(bounds)}")
+    return [int(rng.integers(1, int(b) + 1)) for b in bounds]
+
+
+def fill_void(mask: np.ndarray, ignore_index: int) -> np.ndarray:
+    """A class mask with every void pixel (``ignore_index``) given the class of the nearest
+    labelled pixel: MSRC's unlabelled areas are unknown, not background, so a critic's real
+    mask must not call them background. A mask without a labelled pixel is returned as it is."""
+    void = mask == ignore_index
+    if not void.any() or void.all():
+        return mask.copy()
+    _, (rows, cols) = ndimage.distance_transform_edt(void, return_indices=True)
+    return mask[rows, cols]
+
+
+def critic_path(masks: torch.Tensor, grid: int) -> torch.Tensor:
+    """Masks as the critics see them: averaged onto the ``grid`` x ``grid`` cells and upsampled
+    bilinearly back to their size, the path the prediction takes (logits on the feature grid,
+    bilinear upsampling). Real, pseudo and predicted masks all pass through it, so how soft an
+    edge is tells the critics nothing about where the mask came from."""
+    size = masks.shape[-2:]
+    pooled = F.adaptive_avg_pool2d(masks[:, None].float(), (grid, grid))
+    return F.interpolate(pooled, size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
 
 
 # --------------------------------------------------------------------------- cached inputs
@@ -185,12 +251,17 @@ class ImageBank:
                                        ).permute(0, 3, 1, 2).float() / 255.0 if order else torch.zeros(0)
         self.masks = torch.from_numpy(np.stack([resize_mask(store.class_mask(i), (size, size)) for i in order])
                                       ).long() if order else torch.zeros(0)
+        # the critics' real masks: void given the nearest labelled pixel's class (fill_void)
+        self.filled = torch.stack([torch.from_numpy(fill_void(m.numpy(), dataset.ignore_index)) for m in self.masks]
+                                  ) if order else torch.zeros(0)
         self.size = size
         self.ignore_index = dataset.ignore_index
 
-    def take(self, ids: Sequence[str], flips: Sequence[bool] | None = None) -> dict:
+    def take(self, ids: Sequence[str], flips: Sequence[bool] | None = None, filled: bool = False) -> dict:
+        """Features, images and class masks of ``ids`` (``filled``: void filled, :func:`fill_void`)."""
         rows = torch.tensor([self.index[i] for i in ids], dtype=torch.long)
-        feats, images, masks = self.features[rows], self.images[rows], self.masks[rows]
+        feats, images = self.features[rows], self.images[rows]
+        masks = (self.filled if filled else self.masks)[rows]
         if flips is not None:
             flip = torch.tensor(list(flips), dtype=torch.bool)
             feats = torch.where(flip[:, None, None, None], feats.flip(-1), feats)
@@ -198,9 +269,11 @@ class ImageBank:
             masks = torch.where(flip[:, None, None], masks.flip(-1), masks)
         return {"features": feats, "images": images, "masks": masks}
 
-    def class_masks(self, ids: Sequence[str], classes: Sequence[int], flips=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(binary masks of each id's class, valid pixels) at ``size``."""
-        masks = self.take(ids, flips)["masks"]
+    def class_masks(self, ids: Sequence[str], classes: Sequence[int], flips=None,
+                    filled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(binary masks of each id's class, valid pixels) at ``size``; ``filled``: void pixels
+        take the nearest labelled pixel's class (all valid then)."""
+        masks = self.take(ids, flips, filled)["masks"]
         cls = torch.tensor(list(classes))[:, None, None]
         return (masks == cls).float(), masks != self.ignore_index
 
@@ -261,17 +334,84 @@ def warp(maps: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(maps, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def squared_norm_per_sample(diff: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The paper's squared L2 norm ``|| . ||^2`` of each sample's map: the SUM of the squares
+    over the kept pixels (not their mean: at 64 px the mean is 4096 times smaller), averaged
+    over the batch (the expectation over samples). ``diff``, ``keep``: ``B x H x W``."""
+    return ((diff ** 2) * keep.to(diff.dtype)).flatten(1).sum(1).mean()
+
+
 def self_supervision_loss(model: RefNet, target_feats: torch.Tensor, ref_feats: torch.Tensor, ref_masks: torch.Tensor,
                           prob: torch.Tensor, theta: torch.Tensor, radius: int) -> torch.Tensor:
-    """Ref-Net's boundary-aware self-supervision: ``|| w' F(Ax) - A(w F(x)) ||^2`` (mean over the
-    pixels that stay inside the image), A applied to the feature grid and to the maps."""
+    """Ref-Net's boundary-aware self-supervision: ``|| w' F(Ax) - A(w F(x)) ||^2`` summed over the
+    pixels that stay inside the image (:func:`squared_norm_per_sample`), A applied to the
+    feature grid and to the maps."""
     size = prob.shape[-2:]
     prob_a = model.probability(warp(target_feats, theta), ref_feats, ref_masks, size)
     band, band_a = boundary_band(prob.detach(), radius), boundary_band(prob_a.detach(), radius)
     moved = warp((band * prob)[:, None], theta)[:, 0]
     inside = warp(torch.ones_like(prob)[:, None], theta)[:, 0] > 0.999
-    diff = (band_a * prob_a - moved) ** 2
-    return (diff * inside).sum() / inside.sum().clamp_min(1)
+    return squared_norm_per_sample(band_a * prob_a - moved, inside)
+
+
+def foreground_share(masks: torch.Tensor, valid: torch.Tensor, threshold: float = 0.5) -> float:
+    """The share of valid pixels above ``threshold`` (the training-health foreground share)."""
+    count = valid.sum()
+    return float(((masks > threshold) & valid).sum() / count) if count > 0 else float("nan")
+
+
+def gradient_norm(loss: torch.Tensor, at: torch.Tensor) -> float:
+    """``|| d loss / d at ||_2`` over the whole tensor (graph kept for the real backward)."""
+    if not loss.requires_grad:
+        return 0.0
+    (grad,) = torch.autograd.grad(loss, at, retain_graph=True, allow_unused=True)
+    return 0.0 if grad is None else float(grad.norm())
+
+
+def balanced_weight(fixed: float, balance: float | None, dice_norm: float, adversarial_norm: float) -> float:
+    """The adversarial weight of one step. ``balance`` None: the fixed weight (the paper's 1).
+    Else the weight that makes ``|| d(weight * L_adv) / dp || = balance * || d L_dice / dp ||``
+    at the prediction p this step (detached: a scale, not a path for gradients), the fixed weight
+    when either norm is 0 (no Dice this step, or a critic with no gradient)."""
+    if balance is None or dice_norm <= 0.0 or adversarial_norm <= 0.0:
+        return float(fixed)
+    return float(balance) * dice_norm / adversarial_norm
+
+
+def fresh_critic_separation(real_batch, fake_batch, steps: int, channels: int, lr: float,
+                            betas: tuple[float, float], gp_weight: float, seed: int) -> list[float]:
+    """The Wasserstein estimate per step of a fresh critic trained (plain WGAN-GP, no pseudo
+    triplets) to tell ``real_batch()`` from ``fake_batch()`` triplets: the diagnostic of what the
+    critics can separate. Fake drawn from the real distribution: about 0; a large value with the
+    target images' own ground truth as fake means the critic separates on image content or
+    mask softness, not on boundaries."""
+    generator = torch.Generator().manual_seed(int(seed))
+    with torch.random.fork_rng():
+        torch.manual_seed(int(seed))
+        critic = BoundaryCritic(channels)
+    optimizer = torch.optim.Adam(critic.parameters(), lr=lr, betas=betas)
+    estimates = []
+    for _ in range(int(steps)):
+        real, fake = real_batch(), fake_batch()
+        device = real.device
+        critic.to(device)
+        d_real, d_fake = critic(real), critic(fake)
+        eps = torch.rand(real.shape[0], generator=generator).to(device)
+        loss = critic_loss(d_real, d_fake, None, gradient_penalty(critic, real, fake, eps), gp_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        estimates.append(wasserstein_estimate(d_real.detach(), d_fake.detach()))
+    return estimates
+
+
+def last_quarter_mean(values: Sequence[float]) -> float:
+    """The mean of the last quarter of a curve (at least one value)."""
+    values = list(values)
+    if not values:
+        return float("nan")
+    tail = values[-max(1, len(values) // 4):]
+    return float(sum(tail) / len(tail))
 
 
 # --------------------------------------------------------------------------- training
@@ -279,7 +419,7 @@ def self_supervision_loss(model: RefNet, target_feats: torch.Tensor, ref_feats: 
 @dataclass
 class TrainConfig:
     steps: int
-    warmup_steps: int        # RSM-only steps before the critics start
+    warmup_steps: int        # RSM-only steps before the critics' term joins the net's loss
     batch_size: int
     lr: float
     negative_prob: float
@@ -293,12 +433,46 @@ class TrainConfig:
     critic_betas: tuple[float, float]
     gp_weight: float
     critic_channels: int
-    pseudo_radius: tuple[int, int]   # already scaled to size
+    pseudo_radius_fraction: float   # per-sample bound of the pseudo radius (pseudo_radius_bound)
+    grid: int                       # the critics' mask path (critic_path): the prediction's grid
+    adversarial_balance: float | None = None   # hold the adversarial / Dice gradient ratio (balanced_weight)
+    critic_warmup: bool = False     # the critics also train during the warm-up steps
+    diagnostic_steps: int = 0       # fresh-critic separation after training (critic_diagnostic)
+
+
+def critic_pool(setting: Setting, bank: ImageBank, fraction: float) -> tuple[list[tuple[str, int]], dict]:
+    """(O pairs whose objects admit a pseudo radius, their bounds) from the void-filled masks at
+    the bank's size: a pair with bound 0 (inradius <= 1 px) is left out of the critics' batches,
+    real and pseudo alike, so every pseudo triplet keeps an object after erosion."""
+    bounds = {}
+    for pair in setting.open_source:
+        mask, _ = bank.class_masks([pair[0]], [pair[1]], filled=True)
+        bounds[pair] = pseudo_radius_bound(mask[0].numpy() > 0.5, fraction)
+    pool = [p for p in setting.open_source if bounds[p] >= 1]
+    if not pool:
+        raise PipelineError("open-source set", "no open-source object is wider than 2 px at refnet.size: "
+                            "no pseudo radius leaves an eroded object")
+    return pool, bounds
+
+
+def pseudo_masks(region: torch.Tensor, radii: Sequence[int]) -> torch.Tensor:
+    """Each binary ``region`` mask dilated by a disk of its own radius: the pixels within
+    Euclidean distance r of the region (= :func:`pipeline.morphology.dilate` with ``disk(r)``
+    on binary masks, outside the image adding nothing) from one distance transform per mask,
+    ~20x faster than the disk's unfold at r = 12 on 64 px. No gradient: pseudo masks are data."""
+    out = []
+    for mask, r in zip(region.detach().cpu().numpy() > 0.5, radii):
+        if not mask.any():
+            out.append(mask)
+            continue
+        out.append(ndimage.distance_transform_edt(~mask) <= int(r))
+    return torch.from_numpy(np.stack(out)).to(region.device, region.dtype)
 
 
 def train_refnet(model: RefNet, setting: Setting, bank: ImageBank, labels: Mapping[str, Sequence[int]],
                  cfg: TrainConfig, switches: Mapping[str, bool], seed: int, device: str, log) -> tuple[list[dict], dict]:
-    """Train ``model`` in place; returns the per-step history and the critics' state dicts."""
+    """Train ``model`` in place; returns the per-step history and the critics' state dicts
+    (plus ``"diagnostic"``: :func:`critic_diagnostic`'s result when ``cfg.diagnostic_steps``)."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     pairs = target_pairs(setting, labels)
@@ -313,43 +487,49 @@ def train_refnet(model: RefNet, setting: Setting, bank: ImageBank, labels: Mappi
     size = (bank.size, bank.size)
     bsz = cfg.batch_size
     history = []
+    pool, bounds = critic_pool(setting, bank, cfg.pseudo_radius_fraction) if critics else ([], {})
 
     def unlabelled_batch():
         chosen = [pairs[j] for j in rng.integers(len(pairs), size=bsz)]
         refs = [setting.references[c][int(rng.integers(len(setting.references[c])))] for _, c in chosen]
         target = bank.take([i for i, _ in chosen])
         ref_feats, ref_images, ref_masks = reference_batch(bank, refs)
+        # the target's own mask: training health only (foreground share), never a loss
+        truth, valid = bank.class_masks([i for i, _ in chosen], [c for _, c in chosen])
         return (target["features"].to(device), target["images"].to(device), ref_feats.to(device),
-                ref_masks.to(device))
+                ref_masks.to(device), truth.to(device), valid.to(device))
 
     def open_batch():
-        chosen = [setting.open_source[j] for j in rng.integers(len(setting.open_source), size=bsz)]
-        masks, _ = bank.class_masks([i for i, _ in chosen], [c for _, c in chosen])
+        chosen = [pool[j] for j in rng.integers(len(pool), size=bsz)]
+        masks, _ = bank.class_masks([i for i, _ in chosen], [c for _, c in chosen], filled=True)
         images = bank.take([i for i, _ in chosen])["images"]
-        radii = rng.integers(cfg.pseudo_radius[0], cfg.pseudo_radius[1] + 1, size=2)
-        return images.to(device), masks.to(device), [int(r) for r in radii]
+        radii = {name: draw_pseudo_radii([bounds[p] for p in chosen], rng) for name in ("outer", "inner")}
+        return images.to(device), masks.to(device), radii
 
     def critic_inputs(name, images, masks):
-        return triplet(images, masks if name == "outer" else 1.0 - masks)
+        # outer: the object mask; inner: the background mask; both on the prediction's path
+        return triplet(images, critic_path(masks if name == "outer" else 1.0 - masks, cfg.grid))
 
     for step in range(1, cfg.steps + 1):
         row = {"step": step}
         adversarial = critics if step > cfg.warmup_steps else {}
+        training_critics = critics if (adversarial or cfg.critic_warmup) else {}
         # ---- critics (n_critic updates each, the segmentation net fixed)
-        for _ in range(cfg.n_critic if adversarial else 0):
-            feats, images, ref_feats, ref_masks = unlabelled_batch()
+        for _ in range(cfg.n_critic if training_critics else 0):
+            feats, images, ref_feats, ref_masks, _, _ = unlabelled_batch()
             with torch.no_grad():
                 fake_masks = model.probability(feats, ref_feats, ref_masks, size)
             open_images, open_masks, radii = open_batch()
-            for k, (name, critic) in enumerate(adversarial.items()):
+            for name, critic in training_critics.items():
                 real = critic_inputs(name, open_images, open_masks)
                 fake = critic_inputs(name, images, fake_masks)
                 d_real, d_fake = critic(real), critic(fake)
                 d_pseudo = None
                 if switches["pseudo"]:
+                    # inner: the background dilated = the object eroded (pseudo_radius_bound keeps it)
                     region = open_masks if name == "outer" else 1.0 - open_masks
-                    pseudo_region = dilate(region, radii[k])
-                    d_pseudo = critic(triplet(open_images, pseudo_region))
+                    pseudo_region = pseudo_masks(region, radii[name])
+                    d_pseudo = critic(triplet(open_images, critic_path(pseudo_region, cfg.grid)))
                 eps = torch.rand(bsz, device=device)
                 loss = critic_loss(d_real, d_fake, d_pseudo, gradient_penalty(critic, real, fake, eps), cfg.gp_weight)
                 critic_opts[name].zero_grad(set_to_none=True)
@@ -359,6 +539,7 @@ def train_refnet(model: RefNet, setting: Setting, bank: ImageBank, labels: Mappi
                 row[f"w_{name}"] = wasserstein_estimate(d_real.detach(), d_fake.detach())
         # ---- segmentation net
         total = torch.zeros((), device=device)
+        dice_term, dice_prob = None, None
         if switches["dice"]:
             chosen = labelled_pairs(setting, labels, bsz, cfg.negative_prob, rng)
             flips = rng.random(bsz) < 0.5 if cfg.flip else None
@@ -366,29 +547,45 @@ def train_refnet(model: RefNet, setting: Setting, bank: ImageBank, labels: Mappi
             target = bank.take(ids, flips)
             gt, valid = bank.class_masks(ids, [c for _, c, _ in chosen], flips)
             ref_feats, _, ref_masks = reference_batch(bank, [r for _, _, r in chosen])
-            prob = model.probability(target["features"].to(device), ref_feats.to(device), ref_masks.to(device), size)
-            loss_dice = dice_loss(prob, gt.to(device), cfg.dice_tau, valid.to(device))
-            total = total + cfg.weights["dice"] * loss_dice
+            dice_prob = model.probability(target["features"].to(device), ref_feats.to(device), ref_masks.to(device), size)
+            loss_dice = dice_loss(dice_prob, gt.to(device), cfg.dice_tau, valid.to(device))
+            dice_term = cfg.weights["dice"] * loss_dice
+            total = total + dice_term
             row["loss_dice"] = float(loss_dice.detach())
+            row["grad_dice"] = gradient_norm(dice_term, dice_prob)
         needs_unlabelled = switches["representation"] or switches["self_supervision"] or adversarial
         if needs_unlabelled:
-            feats, images, ref_feats, ref_masks = unlabelled_batch()
+            feats, images, ref_feats, ref_masks, truth, valid = unlabelled_batch()
             prob = model.probability(feats, ref_feats, ref_masks, size)
+            row["fg_pred"] = foreground_share(prob.detach(), valid)
+            row["fg_true"] = foreground_share(truth, valid)
             if switches["representation"]:
                 loss_rep = gaussian_mmd(pooled_encoding(model.encode(feats), prob),
                                         pooled_encoding(model.encode(ref_feats), ref_masks))
                 total = total + cfg.weights["representation"] * loss_rep
                 row["loss_rep"] = float(loss_rep.detach())
+                row["grad_rep"] = gradient_norm(cfg.weights["representation"] * loss_rep, prob)
             if switches["self_supervision"]:
                 theta = random_affine(bsz, rng, cfg.affine["rotate_deg"], cfg.affine["scale"],
                                       cfg.affine["translate"]).to(device)
                 loss_sel = self_supervision_loss(model, feats, ref_feats, ref_masks, prob, theta, cfg.boundary_radius)
                 total = total + cfg.weights["self_supervision"] * loss_sel
                 row["loss_sel"] = float(loss_sel.detach())
-            for name, critic in adversarial.items():
-                adv = critic_generator_loss(critic(critic_inputs(name, images, prob)))
-                total = total + cfg.weights["adversarial"] * adv
-                row[f"loss_adv_{name}"] = float(adv.detach())
+                row["grad_sel"] = gradient_norm(cfg.weights["self_supervision"] * loss_sel, prob)
+            if adversarial:
+                adv = torch.zeros((), device=device)
+                for name, critic in adversarial.items():
+                    term = critic_generator_loss(critic(critic_inputs(name, images, prob)))
+                    adv = adv + term
+                    row[f"loss_adv_{name}"] = float(term.detach())
+                # health: both gradients at the prediction (norms over each batch's probability maps)
+                adv_norm = gradient_norm(adv, prob)
+                dice_norm = row.get("grad_dice", 0.0)
+                weight = balanced_weight(cfg.weights["adversarial"], cfg.adversarial_balance, dice_norm, adv_norm)
+                total = total + weight * adv
+                row["adv_weight"] = weight
+                row["grad_adv"] = weight * adv_norm
+                row["grad_ratio"] = weight * adv_norm / dice_norm if dice_norm > 0 else float("nan")
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         for critic in critics.values():  # the net's step must not leave gradients in the critics
@@ -401,7 +598,62 @@ def train_refnet(model: RefNet, setting: Setting, bank: ImageBank, labels: Mappi
         if step % max(1, cfg.steps // 10) == 0 or step == cfg.steps:
             log.info("step %d/%d %s", step, cfg.steps, " ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "step"))
     model.eval()
-    return history, {name: c.state_dict() for name, c in critics.items()}
+    states = {name: c.state_dict() for name, c in critics.items()}
+    if cfg.diagnostic_steps and critics:
+        states["diagnostic"] = critic_diagnostic(model, setting, bank, labels, cfg, pool, seed, device)
+        log.info("critic diagnostic (fresh critics, mean W over the last quarter of %d steps): %s",
+                 cfg.diagnostic_steps, states["diagnostic"])
+    return history, states
+
+
+@torch.no_grad()
+def _predicted(model: RefNet, feats, ref_feats, ref_masks, size):
+    return model.probability(feats, ref_feats, ref_masks, size)
+
+
+def critic_diagnostic(model: RefNet, setting: Setting, bank: ImageBank, labels: Mapping[str, Sequence[int]],
+                      cfg: TrainConfig, pool: Sequence[tuple[str, int]], seed: int, device: str) -> dict:
+    """What the critics can tell apart (issue 23's check), for each critic form (outer: object
+    masks, inner: background masks): fresh critics trained ``cfg.diagnostic_steps`` steps on
+    real = open-source triplets vs fake = the target images with (a) the trained net's
+    predictions, (b) their own ground-truth masks (void filled), both on the critics' mask path.
+    The same seed draws the same batches for (a) and (b). Returns the mean Wasserstein estimate
+    over the last quarter of the steps per form and fake source. The target masks here are a
+    diagnostic only: nothing is chosen on them."""
+    pairs = target_pairs(setting, labels)
+    size = (bank.size, bank.size)
+    out = {}
+    for name in ("outer", "inner"):
+        out[name] = {}
+        for source in ("prediction", "ground_truth"):
+            rng = np.random.default_rng([seed, 23])
+
+            def real_batch():
+                chosen = [pool[j] for j in rng.integers(len(pool), size=cfg.batch_size)]
+                masks, _ = bank.class_masks([i for i, _ in chosen], [c for _, c in chosen], filled=True)
+                images = bank.take([i for i, _ in chosen])["images"]
+                region = masks if name == "outer" else 1.0 - masks
+                return triplet(images, critic_path(region, cfg.grid)).to(device)
+
+            def fake_batch():
+                chosen = [pairs[j] for j in rng.integers(len(pairs), size=cfg.batch_size)]
+                ids = [i for i, _ in chosen]
+                taken = bank.take(ids)
+                # drawn for both sources, so (a) and (b) see the same images in the same order
+                refs = [setting.references[c][int(rng.integers(len(setting.references[c])))] for _, c in chosen]
+                if source == "ground_truth":
+                    masks, _ = bank.class_masks(ids, [c for _, c in chosen], filled=True)
+                else:
+                    ref_feats, _, ref_masks = reference_batch(bank, refs)
+                    masks = _predicted(model, taken["features"].to(device), ref_feats.to(device),
+                                       ref_masks.to(device), size).cpu()
+                region = masks if name == "outer" else 1.0 - masks
+                return triplet(taken["images"], critic_path(region, cfg.grid)).to(device)
+
+            curve = fresh_critic_separation(real_batch, fake_batch, cfg.diagnostic_steps, cfg.critic_channels,
+                                            cfg.critic_lr, cfg.critic_betas, cfg.gp_weight, seed)
+            out[name][source] = last_quarter_mean(curve)
+    return out
 
 
 # --------------------------------------------------------------------------- prediction and scores

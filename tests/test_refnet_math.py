@@ -17,7 +17,7 @@ from pipeline.metrics.semantic import frequency_weighted_iou, mean_pixel_accurac
 from pipeline.models.refnet import BoundaryCritic, RefNet
 from pipeline.morphology import boundary_band, dilate, disk, erode
 from pipeline.refnet_training import (
-    combine_classes, draw_setting, effective_switches, parse_shots, pseudo_radius_range, random_affine,
+    combine_classes, draw_setting, effective_switches, parse_shots, random_affine,
     target_ground_truth, warp)
 
 
@@ -139,11 +139,6 @@ def test_zero_shot_is_conditioned_on_open_source_pairs():
     assert not switches["dice"] and not switches["representation"] and switches["outer_critic"]
     with pytest.raises(PipelineError, match="unknown switch 'nope'"):
         effective_switches({"nope": False}, zero_shot=False)
-
-
-def test_pseudo_radius_scales_with_the_image_size():
-    assert pseudo_radius_range([11, 55], 512, 512) == (11, 55)
-    assert pseudo_radius_range([11, 55], 64, 512) == (1, 7)
 
 
 def test_identity_affine_leaves_maps_unchanged():

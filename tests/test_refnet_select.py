@@ -86,7 +86,8 @@ TRAIN = {**{f"t{i}": [(CAT, 4 + i, 16 + i, 4, 16)] for i in range(4)},
 VAL = {"v0": [(BUS, 4, 20, 4, 20)], "v1": [(CAT, 4, 20, 4, 20)]}
 SMALL = {"refnet.size": 32, "refnet.grid": 4, "refnet.hidden": 64, "refnet.min_pixels": 4,
          "refnet.train.steps": 3, "refnet.train.warmup_steps": 1, "refnet.train.batch_size": 2,
-         "refnet.critic.n_critic": 1, "refnet.critic.channels": 4, "report.figure_samples": 2,
+         "refnet.critic.n_critic": 1, "refnet.critic.channels": 4, "refnet.critic.diagnostic_steps": 2,
+         "report.figure_samples": 2,
          "backbone.output_stride": 16, "refnet.select.classes": 1,
          "refnet.select.candidates": {"adv_half": {"adversarial_weight": 0.5},
                                       "no_critics": {"inner_critic": False, "outer_critic": False}}}
@@ -170,11 +171,11 @@ def test_too_few_base_classes_and_unknown_candidate_are_one_line(tiny, capsys):
 
 def test_dry_run_of_refnet_select_and_unknown_candidate(tmp_path):
     workdir = scratch_workflow(tmp_path)
-    counts = rule_counts(workdir, "results/refnet_select")  # 4 candidates x fold 0 x 2 training seeds
-    assert counts["train_refnet"] == 8 and counts["test_refnet"] == 8 and counts["refnet_table"] == 1
+    counts = rule_counts(workdir, "results/refnet_select")  # 6 candidates x fold 0 x 2 training seeds
+    assert counts["train_refnet"] == 12 and counts["test_refnet"] == 12 and counts["refnet_table"] == 1
     assert counts["publish_refnet_default"] == 1 and "train_crnet" not in counts
     msrc = rule_counts(workdir, "results/msrc/refnet_select")
-    assert msrc["train_refnet"] == 8 and "make_embedded" not in msrc
+    assert msrc["train_refnet"] == 12 and "make_embedded" not in msrc
     proc = snakemake(workdir, "work/embedded/select0/refnet/nope/10shot_seed0/model.pt", "-n", "--cores", "1")
     assert proc.returncode != 0 and "refnet.select.candidates has no candidate 'nope'" in proc.stdout + proc.stderr
     proc = snakemake(workdir, "work/embedded/select0/refnet/adv_0p1/10shot_seed0/model.pt", "-n", "--cores", "1",

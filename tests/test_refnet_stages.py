@@ -20,7 +20,8 @@ VAL = {**{f"v{i}": [(CAT, 4 + 2 * i, 18 + 2 * i, 6, 20)] for i in range(3)}, "v3
 
 SMALL = {"refnet.size": 32, "refnet.grid": 4, "refnet.hidden": 64, "refnet.min_pixels": 4,
          "refnet.train.steps": 3, "refnet.train.warmup_steps": 1, "refnet.train.batch_size": 2,
-         "refnet.critic.n_critic": 2, "refnet.critic.channels": 4, "refnet.zero_shot_references": 2,
+         "refnet.critic.n_critic": 2, "refnet.critic.channels": 4, "refnet.critic.diagnostic_steps": 2,
+         "refnet.zero_shot_references": 2,
          "report.figure_samples": 2, "report.figure_cell": 32, "backbone.output_stride": 16}
 
 

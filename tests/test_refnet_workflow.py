@@ -30,8 +30,8 @@ def test_dry_runs_of_the_refnet_targets(tmp_path):
     assert every["train_refnet"] == 20 and every["refnet_table"] == 1
     ablation = rule_counts(workdir, "results/refnet_ablation")  # full + 7 variants on fold 0
     assert ablation["train_refnet"] == 8
-    critics = rule_counts(workdir, "results/refnet_critics")  # full, no_critics, adv_0p01 x 3 training seeds
-    assert critics["train_refnet"] == 9
+    critics = rule_counts(workdir, "results/refnet_critics")  # full, no_critics x 3 training seeds (no candidate)
+    assert critics["train_refnet"] == 6
     cow = rule_counts(workdir, "results/msrc/refnet_single_cow")  # K in 0, 1, 5, 10
     assert cow["train_refnet"] == 4 and "make_embedded" not in cow
     msrc = rule_counts(workdir, "results/msrc/refnet_all")

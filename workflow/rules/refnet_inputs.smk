@@ -27,9 +27,9 @@ def refnet_train_params(wildcards):
     if wildcards.scope.startswith("select") or refnet_is_candidate(wildcards.dataset, wildcards.variant):
         # a candidate's weight overrides refnet.train's; other fold / single jobs' params stay as they were
         variant = dict(out["variant"])
-        weight = variant.pop("adversarial_weight", None)
-        train = settings["train"] if weight is None else {**settings["train"], "adversarial_weight": weight}
-        out.update(train=train, variant=variant, select_classes=settings["select"]["classes"])
+        overrides = {k: variant.pop(k) for k in ("adversarial_weight", "adversarial_balance") if k in variant}
+        out.update(train={**settings["train"], **overrides}, variant=variant,
+                   select_classes=settings["select"]["classes"])
     return out
 
 
@@ -143,14 +143,16 @@ def refnet_table_inputs(wildcards):
         refnet_variant(d, variant)
     for fold in selection["folds"]:
         num_folds(d, fold)
-    return {f"{v}:fold{k}:{t}": refnet_eval(d, f"fold{k}", v, selection["shots"], t)
-            for v in variants for k in selection["folds"] for t in selection["training_seeds"]}
+    evals = {f"{v}:fold{k}:{t}": refnet_eval(d, f"fold{k}", v, selection["shots"], t)
+             for v in variants for k in selection["folds"] for t in selection["training_seeds"]}
+    # the training histories beside (the tables' health columns: gradient ratio, foreground shares, W)
+    return {**evals, **{f"history:{key}": str(_RefnetPath(path).parent / "history.tsv") for key, path in evals.items()}}
 
 
 def refnet_table_args(wildcards, input):
     kind = "rk" if wildcards.table == "all" or wildcards.table.startswith("single_") else "ablation"
-    if wildcards.table == "select":
-        return "--kind select " + " ".join(
+    if wildcards.table in ("select", "ablation", "critics"):
+        return f"--kind {'select' if wildcards.table == 'select' else 'ablation'} " + " ".join(
             f"--history {name[len('history:'):]}={input[name]}" if name.startswith("history:")
             else f"--eval {name}={input[name]}" for name in input.keys())
     return f"--kind {kind} " + " ".join(f"--eval {name}={input[name]}" for name in input.keys())

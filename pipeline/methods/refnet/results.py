@@ -67,3 +67,21 @@ def foreground_shares(confusion) -> dict:
         return {"predicted": None, "ground_truth": None}
     return {"predicted": sum(sum(row[1:]) for row in confusion) / total,
             "ground_truth": sum(sum(row) for row in confusion[1:]) / total}
+
+
+def late_history_means(history_path: str, columns: tuple[str, ...], share: float = 0.25) -> dict:
+    """The mean of each column over the last ``share`` of a train_refnet history's steps (None
+    where the column is blank there, e.g. the gradient ratio of a variant without critics)."""
+    try:
+        rows = list(csv.DictReader(open(history_path), delimiter="\t"))
+    except OSError as err:
+        raise PipelineError(history_path, f"unreadable ({err})") from None
+    if not rows or "step" not in rows[0]:
+        raise PipelineError(history_path, "not a history of stage train_refnet (no 'step' column)")
+    last = max(int(r["step"]) for r in rows)
+    out = {}
+    for key in columns:
+        values = [float(r[key]) for r in rows if int(r["step"]) > (1 - share) * last and r.get(key)]
+        values = [v for v in values if v == v]
+        out[key] = sum(values) / len(values) if values else None
+    return out

@@ -23,7 +23,7 @@ from pipeline.config import load_params
 from pipeline.errors import PipelineError, run_stage
 from pipeline.metrics.episodic import format_mean_std, mean_std_over_seeds
 from pipeline.methods.refnet.results import (
-    COLUMNS, foreground_shares, late_critic_max, parse_evals, percent, read_eval, write_outputs)
+    COLUMNS, foreground_shares, late_critic_max, late_history_means, parse_evals, percent, read_eval, write_outputs)
 from pipeline.report import markdown_table
 from pipeline.runtime import stage_run
 from pipeline.stage import stage_parser
@@ -79,6 +79,73 @@ def render(metrics: dict, kind: str, dataset: str) -> str:
     if any(metrics[r]["short"] for r in rows):
         notes.append("* K exceeded a target class's train images: all of them were used.")
     return "\n".join([f"# Ref-Net {TITLES[kind]}: {dataset}\n", markdown_table(header, lines), *notes]) + "\n"
+
+
+SHARE_TOLERANCE = 0.3  # issue 23's goal: predicted foreground share within +-30 % of the true share
+HEALTH_COLUMNS = ("grad_ratio", "adv_weight", "fg_pred", "fg_true", "w_outer", "w_inner")
+
+
+def _mean(values):
+    values = [v for v in values if v is not None and v == v]
+    return sum(values) / len(values) if values else None
+
+
+def health_metrics(docs: dict[tuple[str, str, int], dict], histories: dict[tuple[str, str, int], str]) -> dict:
+    """Per row of an ablation / critics table: the predicted vs ground-truth foreground share of
+    the scored pixels (mean over jobs, and how many jobs are within +-30 % of the true share), the
+    fresh-critic diagnostic of the models (W with predictions vs with the targets' own GT as fake,
+    mean over jobs), and, where histories are given, the last quarter's mean of the training-health
+    columns (adversarial / Dice gradient ratio at the prediction, weight, train foreground shares, W)."""
+    out: dict = {}
+    for key, doc in docs.items():
+        row = out.setdefault(key[0], {"jobs": {}})
+        shares = foreground_shares(doc["confusion"])
+        ratio = (shares["predicted"] / shares["ground_truth"]
+                 if shares["predicted"] is not None and shares["ground_truth"] else None)
+        job = {"foreground_share": shares, "share_ratio": ratio,
+               "within_tolerance": ratio is not None and abs(ratio - 1.0) <= SHARE_TOLERANCE,
+               "critic_diagnostic": doc.get("critic_diagnostic")}
+        if key in histories:
+            job["late"] = late_history_means(histories[key], HEALTH_COLUMNS, LATE_SHARE)
+        row["jobs"][f"{key[1]}:{key[2]}"] = job
+    for row in out.values():
+        jobs = list(row["jobs"].values())
+        row["predicted_share"] = _mean(j["foreground_share"]["predicted"] for j in jobs)
+        row["ground_truth_share"] = _mean(j["foreground_share"]["ground_truth"] for j in jobs)
+        row["within_tolerance"] = sum(j["within_tolerance"] for j in jobs)
+        row["share_ratio_range"] = [min((j["share_ratio"] for j in jobs if j["share_ratio"] is not None), default=None),
+                                    max((j["share_ratio"] for j in jobs if j["share_ratio"] is not None), default=None)]
+        row["diagnostic"] = {f"{c}_{src}": _mean((j["critic_diagnostic"] or {}).get(c, {}).get(src) for j in jobs)
+                             for c in ("outer", "inner") for src in ("prediction", "ground_truth")}
+        row["late"] = {k: _mean(j.get("late", {}).get(k) for j in jobs) for k in HEALTH_COLUMNS}
+    return out
+
+
+def render_health(health: dict, kind: str) -> str:
+    def number(value, digits=3):
+        return "–" if value is None else f"{value:.{digits}g}"
+
+    header = ["Variant", "pred / GT fg share (val)", "pred/GT range", f"jobs within ±{int(100 * SHARE_TOLERANCE)} %",
+              "W outer: pred / GT as fake", "W inner: pred / GT as fake", "grad ratio adv/Dice (last 25 %)",
+              "adv weight", "train fg pred / true"]
+    lines = []
+    for name in ordered(health, kind):
+        h = health[name]
+        d, late = h["diagnostic"], h["late"]
+        lines.append([name, f"{number(h['predicted_share'], 2)} / {number(h['ground_truth_share'], 2)}",
+                      f"{number(h['share_ratio_range'][0], 2)}..{number(h['share_ratio_range'][1], 2)}",
+                      f"{h['within_tolerance']} / {len(h['jobs'])}",
+                      f"{number(d['outer_prediction'])} / {number(d['outer_ground_truth'])}",
+                      f"{number(d['inner_prediction'])} / {number(d['inner_ground_truth'])}",
+                      number(late["grad_ratio"]), number(late["adv_weight"]),
+                      f"{number(late['fg_pred'], 2)} / {number(late['fg_true'], 2)}"])
+    notes = ["Health: foreground shares of the scored val pixels (mean over jobs; the goal is every job within "
+             f"±{int(100 * SHARE_TOLERANCE)} % of the true share); W: fresh critics (refnet.critic.diagnostic_steps) on "
+             "open-source triplets vs the target images with the trained net's predictions / with their own "
+             "ground truth as fake (mean W over the last quarter of the steps, mean over jobs): far below with GT "
+             "means the critics judge the masks, not image content; training columns: the last 25 % of steps' mean "
+             "of history.tsv (– where the table got no histories or the variant has no critics)."]
+    return "\n".join(["\n## Training health\n", markdown_table(header, lines), *notes]) + "\n"
 
 
 def select_metrics(docs: dict[tuple[str, str, int], dict], histories: dict[tuple[str, str, int], str]) -> dict:
@@ -153,7 +220,8 @@ def main(argv=None):
     ap.add_argument("--kind", required=True, choices=sorted(TITLES))
     ap.add_argument("--eval", action="append", default=[], help="ROW:SCOPE:SEED=eval.json (repeat)")
     ap.add_argument("--history", action="append", default=[],
-                    help="--kind select: ROW:SCOPE:SEED=history.tsv of each eval's training (repeat)")
+                    help="--kind select (required) / ablation (optional, health columns): ROW:SCOPE:SEED=history.tsv of "
+                    "each eval's training (repeat)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     params = load_params(args.params, args.dataset)
@@ -169,6 +237,9 @@ def main(argv=None):
         else:
             metrics = {"rows": table_metrics(docs)}
             text = render(metrics["rows"], args.kind, params["dataset"])
+            if args.kind == "ablation":
+                metrics["health"] = health_metrics(docs, parse_evals(args.history))
+                text += render_health(metrics["health"], args.kind)
             log.info("%s table of %d rows -> %s", args.kind, len(metrics["rows"]), args.out)
         write_outputs(args.out, {"dataset": params["dataset"], "method": "refnet", "table": args.kind, **metrics}, text)
 

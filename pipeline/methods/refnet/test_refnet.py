@@ -117,7 +117,9 @@ def main(argv=None):
             "summary": summary, "per_class_iou": {n: (None if v != v else float(v)) for n, v in zip(names, iou)},
             "confusion": cm.tolist(), "classes": names, "setting": setting, "variant": meta["variant"],
             "train_seed": meta["train_seed"], "switches": meta["switches"], "model": args.model,
-            "scored_on": score_on, **({"select": {k: v for k, v in meta["select"].items() if k != "unlabelled"}}
+            "scored_on": score_on, "adversarial_weight": meta.get("adversarial_weight"),
+            "adversarial_balance": meta.get("adversarial_balance"),
+            "critic_diagnostic": meta.get("critic_diagnostic"), **({"select": {k: v for k, v in meta["select"].items() if k != "unlabelled"}}
                                       if "select" in meta else {}),
             "figure": [{"id": i, "references": {train.class_names[c]: refs[c][0][0] for c in targets
                                                 if c in labels.get(i, ())}} for i in figure_ids]})

@@ -30,7 +30,7 @@ from pipeline.errors import PipelineError, run_stage
 from pipeline.io import write_text
 from pipeline.models.refnet import RefNet
 from pipeline.refnet_training import (
-    FULL, ImageBank, TrainConfig, draw_setting, effective_switches, parse_shots, pseudo_radius_range, select_scope,
+    FULL, ImageBank, TrainConfig, draw_setting, effective_switches, parse_shots, select_scope,
     step_tsv, train_refnet)
 from pipeline.runtime import seed_everything, stage_run
 from pipeline.stage import stage_device, stage_parser
@@ -72,33 +72,36 @@ def is_candidate(params: dict, name: str) -> bool:
     return name != FULL and name not in ablation and name in (section(params, "refnet.select.candidates") or {})
 
 
-def candidate(params: dict, name: str) -> tuple[dict, float | None]:
-    """(switches, adversarial weight or None) of a key of refnet.select.candidates."""
+def candidate(params: dict, name: str) -> tuple[dict, dict]:
+    """(switches, refnet.train overrides: adversarial_weight and/or adversarial_balance) of a key of
+    refnet.select.candidates."""
     candidates = section(params, "refnet.select.candidates") or {}
     if name not in candidates:
         raise PipelineError("params.yaml", f"refnet.select.candidates has no candidate '{name}' "
                             f"(known: {', '.join(sorted(candidates)) or 'none'})")
     switches = dict(candidates[name])
-    weight = switches.pop("adversarial_weight", None)
-    if weight is not None:
-        check_range(float(weight), f"refnet.select.candidates.{name}.adversarial_weight", 0)
-    return switches, None if weight is None else float(weight)
+    overrides = {k: float(switches.pop(k)) for k in ("adversarial_weight", "adversarial_balance") if k in switches}
+    for key, value in overrides.items():
+        check_range(value, f"refnet.select.candidates.{name}.{key}", 0)
+    return switches, overrides
 
 
-def train_config(params: dict, size: int, adversarial_weight: float | None = None) -> TrainConfig:
-    train, critic = section(params, "refnet.train"), section(params, "refnet.critic")
+def train_config(params: dict, grid: int, overrides: dict | None = None) -> TrainConfig:
+    """refnet.train / refnet.critic as a TrainConfig; ``overrides`` (a candidate's) replace refnet.train keys."""
+    train, critic = {**section(params, "refnet.train"), **(overrides or {})}, section(params, "refnet.critic")
     check_range(float(train["lr"]), "refnet.train.lr", 0, low_open=True)
     return TrainConfig(
         steps=int(train["steps"]), warmup_steps=int(train["warmup_steps"]), batch_size=int(train["batch_size"]), lr=float(train["lr"]),
         negative_prob=float(train["negative_prob"]), dice_tau=float(train["dice_tau"]),
         weights={"dice": float(train["dice_weight"]), "representation": float(train["representation_weight"]),
                  "self_supervision": float(train["self_supervision_weight"]),
-                 "adversarial": float(train["adversarial_weight"] if adversarial_weight is None
-                                      else adversarial_weight)},
+                 "adversarial": float(train["adversarial_weight"])},
         boundary_radius=int(train["boundary_radius"]), affine=dict(train["affine"]), flip=bool(train["flip"]),
         n_critic=int(critic["n_critic"]), critic_lr=float(critic["lr"]), critic_betas=tuple(critic["betas"]),
         gp_weight=float(critic["gp_weight"]), critic_channels=int(critic["channels"]),
-        pseudo_radius=pseudo_radius_range(critic["pseudo_radius"], size, int(critic["paper_size"])))
+        pseudo_radius_fraction=float(critic["pseudo_radius_fraction"]), grid=grid,
+        adversarial_balance=None if train.get("adversarial_balance") is None else float(train["adversarial_balance"]),
+        critic_warmup=bool(critic["warmup"]), diagnostic_steps=int(critic["diagnostic_steps"]))
 
 
 def main(argv=None):
@@ -137,10 +140,10 @@ def main(argv=None):
     # a select job's variant is a candidate; so is a fold job's variant that names a candidate
     # and no ablation variant (refnet.critics_check.candidates: the chosen setting on the test fold)
     as_candidate = select or is_candidate(params, args.variant)
-    variant, weight = candidate(params, args.variant) if as_candidate else (variant_switches(params, args.variant), None)
+    variant, overrides = candidate(params, args.variant) if as_candidate else (variant_switches(params, args.variant), {})
     switches = effective_switches(variant, setting.zero_shot,
                                   "refnet.select.candidates" if as_candidate else "refnet.ablation.variants")
-    train_cfg = train_config(params, size, weight)
+    train_cfg = train_config(params, grid, overrides)
     # what the job read: a fold / single job's record leaves refnet.select out (unchanged by it)
     read = cfg if as_candidate else {k: v for k, v in cfg.items() if k != "select"}
     device = stage_device(args, params)
@@ -159,12 +162,15 @@ def main(argv=None):
         ids |= {i for refs in setting.references.values() for i, _ in refs}
         bank = ImageBank(store, dataset, sorted(ids), grid, size)
         model = RefNet(sum(store.level_channels), int(cfg["hidden"]), tuple(cfg["aspp_rates"]), switches["condition"])
-        history, _ = train_refnet(model, setting, bank, document["labels"], train_cfg, switches, args.train_seed,
-                                  device, log)
+        history, states = train_refnet(model, setting, bank, document["labels"], train_cfg, switches,
+                                       args.train_seed, device, log)
         meta = {**model.meta, "task": "refnet", "dataset": params["dataset"], "variant": args.variant,
                 "train_seed": args.train_seed, "switches": switches, "setting": setting.to_json(),
                 "grid": grid, "size": size, "class_names": names,
-                "adversarial_weight": train_cfg.weights["adversarial"]}
+                "adversarial_weight": train_cfg.weights["adversarial"],
+                "adversarial_balance": train_cfg.adversarial_balance}
+        if "diagnostic" in states:  # fresh critics: W with predictions vs with the targets' own GT as fake
+            meta["critic_diagnostic"] = states["diagnostic"]
         if select:  # test_refnet scores these S images of the train split (base-class masks only)
             meta["select"] = {"fold_file": args.select_fold_file, "unlabelled": setting.unlabelled,
                               "adversarial_weight": train_cfg.weights["adversarial"]}
