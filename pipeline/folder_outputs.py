@@ -3,7 +3,7 @@
 An output folder holds ``masks/<stem>.png`` (palette PNG of class indices at the image's own
 size: 0 = background, VOC colours), ``overlays/<stem>.jpg`` (the image with every
 non-background pixel tinted by its class colour) and ``sheet.jpg`` (every overlay, in name
-order, in a grid of captioned cells). The folder is written by :func:`pipeline.io.atomic_dir`
+order, in a grid of captioned cells; a folder too large for one JPEG shows its first images). The folder is written by :func:`pipeline.io.atomic_dir`
 in the stages: complete or absent.
 """
 from __future__ import annotations
@@ -71,5 +71,17 @@ def contact_sheet(cells: Sequence[tuple[str, Image.Image]], cell: int, columns: 
     return sheet
 
 
-def save_sheet(out_dir: Path, cells: Sequence[tuple[str, Image.Image]], cell: int, columns: int) -> None:
-    contact_sheet(cells, cell, columns).save(out_dir / SHEET, format="JPEG", quality=JPEG_QUALITY)
+MAX_SHEET_SIDE = 60000  # px: JPEG's limit is 65535 a side; a larger folder's sheet shows its first images
+
+
+def sheet_capacity(cell: int, columns: int, pad: int = 4) -> int:
+    """How many thumbnails fit in a sheet no taller than :data:`MAX_SHEET_SIDE`."""
+    band = title_band_height(ImageFont.load_default(), 2)
+    return max(1, columns * ((MAX_SHEET_SIDE - pad) // (cell + band + pad)))
+
+
+def save_sheet(out_dir: Path, cells: Sequence[tuple[str, Image.Image]], cell: int, columns: int) -> int:
+    """Write ``sheet.jpg`` of the first :func:`sheet_capacity` cells; returns how many it shows."""
+    shown = list(cells)[:sheet_capacity(cell, columns)]
+    contact_sheet(shown, cell, columns).save(out_dir / SHEET, format="JPEG", quality=JPEG_QUALITY)
+    return len(shown)

@@ -377,3 +377,13 @@ def test_exif_orientation_is_applied(seg, tmp_path):
     assert read_rgb(tmp_path / "imgs" / "phone.jpg").shape == (40, 20, 3)
     run_ok(segment_folder.main, seg_args(seg, tmp_path / "imgs", tmp_path / "out"))
     assert read_label_png(tmp_path / "out" / "masks" / "phone.png").shape == (40, 20)
+
+
+def test_the_sheet_of_a_large_folder_stays_within_jpeg_limits(tmp_path):
+    from pipeline.folder_outputs import MAX_SHEET_SIDE, save_sheet, sheet_capacity
+
+    capacity = sheet_capacity(32, 2)
+    cells = [(f"n{k}", Image.new("RGB", (32, 32))) for k in range(capacity + 3)]
+    assert save_sheet(tmp_path, cells, 32, 2) == capacity
+    with Image.open(tmp_path / "sheet.jpg") as sheet:
+        assert sheet.size[1] <= MAX_SHEET_SIDE

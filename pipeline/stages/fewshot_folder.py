@@ -174,13 +174,14 @@ def main(argv=None):
             cells.append((path.name, thumbnail(tinted, cell)))
             per_image[path.name] = {"height": int(size[0]), "width": int(size[1]),
                                     "object_share": round(float(labels.mean()), 4)}
-        save_sheet(tmp, cells, cell, int(apply["sheet"]["columns"]))
+        shown = save_sheet(tmp, cells, cell, int(apply["sheet"]["columns"]))
         seconds = time.perf_counter() - started
         write_json(tmp / "info.json", {
             "method": args.method, "model": args.model, "dataset": params["dataset"], "query": args.query,
             "supports": [{"image": str(i), "mask": str(m), "object_share": round(float((k == 1).mean()), 4)}
                          for (i, m), k in zip(pairs, masks)],
-            "classes": {"0": "background", "1": "object"}, "seconds": round(seconds, 2), "per_image": per_image})
+            "classes": {"0": "background", "1": "object"}, "seconds": round(seconds, 2), "sheet_shows": shown,
+            "per_image": per_image})
         log.info("%d-shot %s on %d images in %.1f s -> %s", len(pairs), args.method, len(queries), seconds, args.out)
 
 

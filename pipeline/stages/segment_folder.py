@@ -79,11 +79,12 @@ def main(argv=None):
             cells.append((path.name, thumbnail(tinted, int(apply["sheet"]["cell"]))))
             per_image[path.name] = {"height": int(size[0]), "width": int(size[1]),
                                     "classes": class_shares(labels, class_names)}
-        save_sheet(tmp, cells, int(apply["sheet"]["cell"]), int(apply["sheet"]["columns"]))
+        shown = save_sheet(tmp, cells, int(apply["sheet"]["cell"]), int(apply["sheet"]["columns"]))
         seconds = time.perf_counter() - started
         write_json(tmp / "info.json", {"model": args.model, "dataset": params["dataset"], "images": args.images,
                                        "classes": dict(enumerate(class_names)), "predict": cfg,
-                                       "seconds": round(seconds, 2), "per_image": per_image})
+                                       "seconds": round(seconds, 2), "sheet_shows": shown,
+                                       "per_image": per_image})
         log.info("%d images segmented in %.1f s -> %s", len(files), seconds, args.out)
 
 
