@@ -399,8 +399,9 @@ def crnet_tiny(tmp_path_factory):
         run_ok(make_episodes.main, common + ["--labels", labels, "--fold-file", fold, "--shots", shots, "--seed", 0,
                                              "--out", tmp / f"ep{shots}.jsonl"])
     train_args = common + ["--features", tmp / "train.pt", "--labels", labels, "--fold-file", fold,
-                           "--out", tmp / "model.pt", "--history", tmp / "history.tsv"]
-    run_ok(train_crnet.main, train_args)
+                           "--out", tmp / "model.pt", "--history", tmp / "history.tsv",
+                           "--threads", 1]  # fixed: a rerun (test_unknown_variant_and_resume) must give the same
+    run_ok(train_crnet.main, train_args)      # bits whatever thread count earlier tests left torch at
     return {"tmp": tmp, "data": data, "params": params, "labels": labels, "fold": fold, "common": common,
             "train_args": train_args}
 
