@@ -44,9 +44,8 @@ def write_outputs(out: str, metrics: dict, text: str, figure=None, files: dict[s
             (tmp / name).write_text(content)
 
 
-def late_critic_max(history_path: str, share: float = 0.25) -> float | None:
-    """The largest |Wasserstein estimate| of either critic over the last ``share`` of a
-    train_refnet history's steps (None when no critic trained then, e.g. without critics)."""
+def late_history_rows(history_path: str, share: float) -> list[dict]:
+    """The rows of a train_refnet history (history.tsv) in the last ``share`` of its steps."""
     try:
         rows = list(csv.DictReader(open(history_path), delimiter="\t"))
     except OSError as err:
@@ -54,8 +53,14 @@ def late_critic_max(history_path: str, share: float = 0.25) -> float | None:
     if not rows or "step" not in rows[0]:
         raise PipelineError(history_path, "not a history of stage train_refnet (no 'step' column)")
     last = max(int(r["step"]) for r in rows)
-    values = [abs(float(r[k])) for r in rows if int(r["step"]) > (1 - share) * last
-              for k in ("w_outer", "w_inner") if r.get(k)]
+    return [r for r in rows if int(r["step"]) > (1 - share) * last]
+
+
+def late_critic_max(history_path: str, share: float = 0.25) -> float | None:
+    """The largest |Wasserstein estimate| of either critic over the last ``share`` of a
+    train_refnet history's steps (None when no critic trained then, e.g. without critics)."""
+    values = [abs(float(r[k])) for r in late_history_rows(history_path, share) for k in ("w_outer", "w_inner")
+              if r.get(k)]
     return max(values) if values else None
 
 
@@ -72,16 +77,10 @@ def foreground_shares(confusion) -> dict:
 def late_history_means(history_path: str, columns: tuple[str, ...], share: float = 0.25) -> dict:
     """The mean of each column over the last ``share`` of a train_refnet history's steps (None
     where the column is blank there, e.g. the gradient ratio of a variant without critics)."""
-    try:
-        rows = list(csv.DictReader(open(history_path), delimiter="\t"))
-    except OSError as err:
-        raise PipelineError(history_path, f"unreadable ({err})") from None
-    if not rows or "step" not in rows[0]:
-        raise PipelineError(history_path, "not a history of stage train_refnet (no 'step' column)")
-    last = max(int(r["step"]) for r in rows)
+    rows = late_history_rows(history_path, share)
     out = {}
     for key in columns:
-        values = [float(r[key]) for r in rows if int(r["step"]) > (1 - share) * last and r.get(key)]
+        values = [float(r[key]) for r in rows if r.get(key)]
         values = [v for v in values if v == v]
         out[key] = sum(values) / len(values) if values else None
     return out
