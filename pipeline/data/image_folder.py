@@ -25,11 +25,12 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
+from pipeline.data.voc import decoding
 from pipeline.errors import PipelineError
 
-_DECODE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError)
+BROKEN = "unreadable or corrupt {what} ({err})"  # a file that PIL recognises but cannot decode
 SUPPORT_IMAGES, SUPPORT_MASKS = "images", "masks"
 IGNORE = 255  # ignored pixels of an episode mask (VOC's void index; pipeline.data.episodes keeps it)
 # A grey-scale (mode 'L' / '1') support mask is the object where its value is at or above this:
@@ -62,17 +63,10 @@ def check_unique_stems(files: list[Path]) -> None:
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
     """HxWx3 uint8 RGB of any image PIL decodes (grey repeated, alpha dropped); errors name the file."""
     path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            # camera photos store their orientation in EXIF: segment the image as viewers show it
-            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.uint8).copy()
-    except FileNotFoundError:
-        raise PipelineError(path, "file not found") from None
-    except UnidentifiedImageError:
-        raise PipelineError(path, "not a readable image (unknown or corrupt format)") from None
-    except _DECODE_ERRORS as err:
-        raise PipelineError(path, f"unreadable or corrupt image ({err})") from None
+    with decoding(path, "image", BROKEN), Image.open(path) as im:
+        im.load()
+        # camera photos store their orientation in EXIF: segment the image as viewers show it
+        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.uint8).copy()
 
 
 def check_images(files: list[Path]) -> list[tuple[int, int]]:
@@ -138,23 +132,16 @@ def read_object_mask(path: str | os.PathLike, size: tuple[int, int],
     any object pixel is one error naming it (there is nothing to segment from it).
     """
     path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            if mode == "P":
-                values = np.asarray(im, dtype=np.uint8)
-            elif mode in ("L", "1", "LA", "I", "I;16"):
-                values = np.asarray(im.convert("L") if mode != "L" else im, dtype=np.uint8)
-            else:
-                raise PipelineError(path, f"support mask of mode '{mode}': give a palette PNG of class indices or a "
-                                    "grey-scale 0/255 PNG")
-    except FileNotFoundError:
-        raise PipelineError(path, "file not found") from None
-    except UnidentifiedImageError:
-        raise PipelineError(path, "not a readable mask (unknown or corrupt format)") from None
-    except _DECODE_ERRORS as err:
-        raise PipelineError(path, f"unreadable or corrupt mask ({err})") from None
+    with decoding(path, "mask", BROKEN), Image.open(path) as im:
+        im.load()
+        mode = im.mode
+        if mode == "P":
+            values = np.asarray(im, dtype=np.uint8)
+        elif mode in ("L", "1", "LA", "I", "I;16"):
+            values = np.asarray(im.convert("L") if mode != "L" else im, dtype=np.uint8)
+        else:
+            raise PipelineError(path, f"support mask of mode '{mode}': give a palette PNG of class indices or a "
+                                "grey-scale 0/255 PNG")
     if values.shape != tuple(size):
         raise PipelineError(path, f"mask is {values.shape[1]}x{values.shape[0]} but its image is {size[1]}x{size[0]}")
     if mode == "P":

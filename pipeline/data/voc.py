@@ -15,7 +15,9 @@ loaded (decodable JPEG, mask size equals image size, mask ids are known classes 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -90,17 +92,24 @@ def _list_names(directory: Path) -> set[str]:
         raise PipelineError(directory, "not a directory") from None
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the image header, without decoding the pixels."""
+@contextmanager
+def decoding(path, what: str = "image", broken: str = "not a readable {what} ({err})") -> Iterator[None]:
+    """PIL's failures while reading ``path`` inside the block as one error line naming the file:
+    missing, not an image at all, or broken (``broken`` formatted with ``what`` and the error)."""
     try:
-        with Image.open(path) as im:
-            return im.size
+        yield
     except FileNotFoundError:
         raise PipelineError(path, "file not found") from None
     except UnidentifiedImageError:
-        raise PipelineError(path, "not a readable image (unknown or corrupt format)") from None
+        raise PipelineError(path, f"not a readable {what} (unknown or corrupt format)") from None
     except _DECODE_ERRORS as err:
-        raise PipelineError(path, f"not a readable image ({err})") from None
+        raise PipelineError(path, broken.format(what=what, err=err)) from None
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the image header, without decoding the pixels."""
+    with decoding(path), Image.open(path) as im:
+        return im.size
 
 
 class VOCDataset:
